@@ -1,0 +1,284 @@
+//! Node configuration, read with the `config` crate.
+//!
+//! Sources, later ones overriding earlier ones:
+//! 1. the embedded defaults (`conf/myonode.toml`, compiled into the binary);
+//! 2. the file given with `--config` (TOML), if any;
+//! 3. environment variables `MYONODE__SECTION__KEY`, e.g.
+//!    `MYONODE__RECEIVE__PORT=11112` or `MYONODE__ASSEMBLE__QUIET_PERIOD_SECONDS=1`.
+//!
+//! [`Config::validate`] checks values that types alone cannot, and every error
+//! names the offending key (`section.key`).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The default configuration shipped in `conf/myonode.toml`, embedded at build time.
+pub const EMBEDDED_DEFAULTS: &str = include_str!("../conf/myonode.toml");
+
+/// Errors from loading or validating the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The configuration could not be read or did not deserialize (message names the key).
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    /// A value is out of range or inconsistent.
+    #[error("configuration key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+/// The whole configuration. Sections mirror the pipeline stages.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub receive: ReceiveConfig,
+    pub spool: SpoolConfig,
+    pub assemble: AssembleConfig,
+    pub segment: SegmentConfig,
+    pub pipeline: PipelineConfig,
+    pub log: LogConfig,
+    #[serde(default)]
+    pub destinations: Vec<DestinationConfig>,
+}
+
+/// `[node]`: identity of this node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// AE title of this node (1–16 characters, no backslash).
+    pub ae_title: String,
+    /// Institution name written to Enhanced General Equipment of derived objects (optional).
+    #[serde(default)]
+    pub institution_name: String,
+}
+
+/// `[receive]`: the C-STORE / C-ECHO SCP.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiveConfig {
+    /// Address to listen on.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Maximum PDU length we accept, bytes (≥ 16384; DCMTK's A-ASSOCIATE-RQ needs more than 8192 in strict mode).
+    pub max_pdu_length: u32,
+    /// Calling AE titles allowed to associate; empty = any.
+    pub allowed_calling_ae_titles: Vec<String>,
+    /// Maximum concurrent associations.
+    pub max_associations: usize,
+    /// Idle timeout of an association, seconds.
+    pub association_timeout_seconds: f64,
+}
+
+/// `[spool]`: durable on-disk storage.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Spool root; holds `incoming/`, `jobs/`, `outbox/`, `sent/`, `failed/`, `quarantine/`.
+    pub dir: PathBuf,
+    /// fsync every instance (and its directory) before acknowledging. Turn off only for benchmarks.
+    pub fsync: bool,
+}
+
+/// `[assemble]`: series completion and volume reassembly.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssembleConfig {
+    /// A series is complete after this many seconds with no new instance.
+    pub quiet_period_seconds: f64,
+    /// Fewest slices that form a volume.
+    pub min_slices: usize,
+    /// Allowed deviation of slice spacing from the median, mm (dcm2niix uses 0.2).
+    pub spacing_tolerance_mm: f64,
+}
+
+/// `[segment]`: which analysis runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentConfig {
+    /// Analysis to run on every job. Built-in: `body-mask`.
+    pub analysis: String,
+    /// Worker threads running analyses.
+    pub workers: usize,
+}
+
+/// `[pipeline]`: channel capacities between stages.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Capacity of each bounded channel between stages (back-pressure beyond it).
+    pub channel_capacity: usize,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `tracing` filter, e.g. `info` or `myonode=debug`. `RUST_LOG` overrides it.
+    pub level: String,
+    /// Emit JSON lines instead of human-readable text.
+    pub json: bool,
+}
+
+/// `[[destinations]]`: a PACS or other C-STORE SCP that receives results.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationConfig {
+    /// Name used in logs and as the outbox folder (letters, digits, `-`, `_`).
+    pub name: String,
+    /// Called AE title of the destination.
+    pub ae_title: String,
+    pub host: String,
+    pub port: u16,
+    /// How many association attempts before an object is dead-lettered to `failed/`.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// First retry delay in seconds; doubles after each failure.
+    #[serde(default = "default_retry_delay")]
+    pub retry_delay_seconds: f64,
+}
+
+fn default_max_attempts() -> u32 {
+    5
+}
+fn default_retry_delay() -> f64 {
+    2.0
+}
+
+impl Config {
+    /// Load embedded defaults, then `path` (if given), then `MYONODE__…` environment variables; validate.
+    ///
+    /// # Errors
+    /// [`ConfigError::Load`] when a file is unreadable or a value has the wrong type or an unknown key;
+    /// [`ConfigError::Invalid`] when [`Config::validate`] fails.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            EMBEDDED_DEFAULTS,
+            config::FileFormat::Toml,
+        ));
+        if let Some(p) = path {
+            builder = builder.add_source(config::File::from(p).format(config::FileFormat::Toml).required(true));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("MYONODE")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("receive.allowed_calling_ae_titles"),
+        );
+        let cfg: Config = builder.build()?.try_deserialize()?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Check values that deserialization cannot; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn bad(key: &str, message: impl Into<String>) -> Result<(), ConfigError> {
+            Err(ConfigError::Invalid { key: key.into(), message: message.into() })
+        }
+        check_ae_title("node.ae_title", &self.node.ae_title)?;
+        if self.receive.port == 0 {
+            return bad("receive.port", "must be 1..65535");
+        }
+        if self.receive.max_pdu_length < 16_384 || self.receive.max_pdu_length > 16_777_216 {
+            return bad("receive.max_pdu_length", "must be between 16384 and 16777216 bytes");
+        }
+        for (i, ae) in self.receive.allowed_calling_ae_titles.iter().enumerate() {
+            check_ae_title(&format!("receive.allowed_calling_ae_titles[{i}]"), ae)?;
+        }
+        if self.receive.max_associations == 0 {
+            return bad("receive.max_associations", "must be at least 1");
+        }
+        if !(self.receive.association_timeout_seconds > 0.0) {
+            return bad("receive.association_timeout_seconds", "must be > 0");
+        }
+        if self.spool.dir.as_os_str().is_empty() {
+            return bad("spool.dir", "must not be empty");
+        }
+        if !(self.assemble.quiet_period_seconds > 0.0) {
+            return bad("assemble.quiet_period_seconds", "must be > 0");
+        }
+        if self.assemble.min_slices < 2 {
+            return bad("assemble.min_slices", "must be at least 2");
+        }
+        if !(self.assemble.spacing_tolerance_mm > 0.0) {
+            return bad("assemble.spacing_tolerance_mm", "must be > 0");
+        }
+        if !crate::segment::BUILTIN_ANALYSES.contains(&self.segment.analysis.as_str()) {
+            return bad(
+                "segment.analysis",
+                format!("unknown analysis `{}`; built-in: {:?}", self.segment.analysis, crate::segment::BUILTIN_ANALYSES),
+            );
+        }
+        if self.segment.workers == 0 {
+            return bad("segment.workers", "must be at least 1");
+        }
+        if self.pipeline.channel_capacity == 0 {
+            return bad("pipeline.channel_capacity", "must be at least 1");
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, d) in self.destinations.iter().enumerate() {
+            let key = |k: &str| format!("destinations[{i}].{k}");
+            if d.name.is_empty() || !d.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return bad(&key("name"), "must be non-empty letters, digits, '-' or '_'");
+            }
+            if !names.insert(d.name.clone()) {
+                return bad(&key("name"), format!("duplicate destination name `{}`", d.name));
+            }
+            check_ae_title(&key("ae_title"), &d.ae_title)?;
+            if d.port == 0 {
+                return bad(&key("port"), "must be 1..65535");
+            }
+            if d.max_attempts == 0 {
+                return bad(&key("max_attempts"), "must be at least 1");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An AE title is 1–16 characters of the Default Character Repertoire without backslash
+/// or control characters, and not all spaces (PS3.5 6.2, VR AE).
+pub fn check_ae_title(key: &str, ae: &str) -> Result<(), ConfigError> {
+    let ok = !ae.trim().is_empty()
+        && ae.len() <= 16
+        && ae.chars().all(|c| c.is_ascii() && !c.is_ascii_control() && c != '\\');
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            key: key.into(),
+            message: format!("`{ae}` is not a valid AE title (1-16 ASCII characters, no backslash)"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_are_valid() {
+        let c = Config::load(None).unwrap();
+        assert_eq!(c.node.ae_title, "MYONODE");
+        assert_eq!(c.receive.port, 11112);
+        assert_eq!(c.assemble.quiet_period_seconds, 10.0);
+    }
+
+    #[test]
+    fn bad_value_names_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[assemble]\nquiet_period_seconds = -1\n").unwrap();
+        let e = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(e.contains("assemble.quiet_period_seconds"), "{e}");
+        std::fs::write(&p, "[receive]\nport = \"abc\"\n").unwrap();
+        let e = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(e.contains("receive.port"), "{e}");
+        std::fs::write(&p, "[node]\nae_title = \"THIS_TITLE_IS_MUCH_TOO_LONG\"\n").unwrap();
+        let e = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(e.contains("node.ae_title"), "{e}");
+    }
+}

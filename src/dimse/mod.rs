@@ -1,0 +1,1 @@
+//! dimse stage (being written).

@@ -1,0 +1,18 @@
+//! myonode: a streaming DICOM node for musculoskeletal segmentation.
+//!
+//! Flow (see `shared/DESIGN.md` and [`pipeline`]):
+//! `receive` (C-STORE SCP) → `assemble` (series completion, volume) → `segment`
+//! (analysis) → `measure` → `encode` (DICOM-SEG) → `send` (C-STORE SCU).
+
+pub mod assemble;
+pub mod config;
+pub mod dimse;
+pub mod encode;
+pub mod measure;
+pub mod pipeline;
+pub mod receive;
+pub mod segment;
+pub mod send;
+pub mod spool;
+pub mod uid;
+pub mod volume;

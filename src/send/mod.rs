@@ -1,0 +1,1 @@
+//! send stage (being written).
