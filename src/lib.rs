@@ -9,6 +9,7 @@ pub mod config;
 pub mod dimse;
 pub mod encode;
 pub mod measure;
+pub mod node;
 pub mod pipeline;
 pub mod receive;
 pub mod segment;

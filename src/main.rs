@@ -1,1 +1,133 @@
-fn main(){}
+//! `myonode` command line: parses arguments and hands over to the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use myonode::config::Config;
+
+/// Streaming DICOM node: receives MR/CT series, segments them, sends DICOM-SEG to PACS.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file (TOML) overriding the embedded defaults; `MYONODE__SECTION__KEY`
+    /// environment variables override both.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node: C-ECHO/C-STORE SCP and the processing pipeline, until SIGTERM/SIGINT.
+    Serve,
+    /// Run the pipeline offline over a folder of DICOM files; results go to --out.
+    Process {
+        /// Folder with DICOM files (searched recursively).
+        input: PathBuf,
+        /// Output folder: jobs/<job_id>/ with seg.dcm, labels.npy, job.json, measurements.*.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Validate the configuration; names the offending key on error.
+    CheckConfig {
+        /// Print the effective configuration as TOML-like JSON.
+        #[arg(long)]
+        print: bool,
+    },
+    /// C-ECHO (verification) to a DICOM node.
+    Echo {
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        #[arg(long)]
+        port: u16,
+        /// Called AE title.
+        #[arg(long, default_value = "ANY-SCP")]
+        aet: String,
+    },
+    /// C-STORE files to a configured destination (by name).
+    Send {
+        /// Destination name from the configuration.
+        #[arg(long)]
+        destination: String,
+        /// Part-10 files to send.
+        files: Vec<PathBuf>,
+    },
+}
+
+fn init_logging(level: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let cfg = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("myonode: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&cfg.log.level, cfg.log.json);
+    let result = match cli.command {
+        Command::Serve => myonode::node::serve(cfg),
+        Command::Process { input, out } => myonode::node::process(&cfg, &input, &out).map(|s| {
+            println!("{}", serde_json::to_string_pretty(&s).expect("json"));
+        }),
+        Command::CheckConfig { print } => {
+            if print {
+                println!("{}", serde_json::to_string_pretty(&cfg).expect("json"));
+            }
+            println!("configuration OK");
+            Ok(())
+        }
+        Command::Echo { host, port, aet } => myonode::send::c_echo(&aet, &host, port, &cfg.node.ae_title)
+            .map_err(anyhow::Error::from)
+            .and_then(|status| {
+                println!("C-ECHO-RSP status 0x{status:04X}");
+                if status == 0 { Ok(()) } else { Err(anyhow::anyhow!("C-ECHO failed with status 0x{status:04X}")) }
+            }),
+        Command::Send { destination, files } => send_files(&cfg, &destination, &files),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("myonode: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn send_files(cfg: &Config, destination: &str, files: &[PathBuf]) -> anyhow::Result<()> {
+    let dest = cfg
+        .destinations
+        .iter()
+        .find(|d| d.name == destination)
+        .ok_or_else(|| anyhow::anyhow!("no destination named `{destination}` in the configuration"))?;
+    let mut failed = 0;
+    for f in files {
+        match myonode::send::c_store(dest, &cfg.node.ae_title, f) {
+            Ok(status) if status == 0 || (status & 0xF000) == 0xB000 => println!("{}: status 0x{status:04X}", f.display()),
+            Ok(status) => {
+                failed += 1;
+                println!("{}: FAILED status 0x{status:04X}", f.display());
+            }
+            Err(e) => {
+                failed += 1;
+                println!("{}: FAILED {e}", f.display());
+            }
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} files not stored", files.len());
+    }
+    Ok(())
+}

@@ -1,1 +1,3 @@
-//! encode stage (being written).
+//! encode stage: DICOM-SEG encoding ([`seg`]) and the stage loop ([`stage`]).
+pub mod seg;
+pub mod stage;

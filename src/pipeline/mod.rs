@@ -1,2 +1,101 @@
-//! Pipeline wiring: the only place that connects the stages with bounded channels.
+//! Pipeline wiring: the only place that connects the stages.
+//!
+//! ```text
+//! receive ─InstanceStored─▶ assemble ─StudyJob─▶ segment ×N ─Segmentation─▶ measure ─Findings─▶ encode ─Outbound─▶ send
+//! ```
+//! Every arrow is a bounded `crossbeam-channel` of capacity
+//! `pipeline.channel_capacity`, so a slow stage holds back the one before it
+//! instead of growing memory. Each stage runs on its own OS thread(s); the
+//! async receive side hands over through [`Pipeline::instances`].
+//! Dropping the input sender shuts the pipeline down stage by stage;
+//! [`Pipeline::join`] waits for that.
+
 pub mod messages;
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Sender};
+use tracing::info;
+
+use crate::assemble::{stage as assemble_stage, tracker::SeriesTracker};
+use crate::config::Config;
+use crate::encode::stage::{self as encode_stage, EncodeContext};
+use crate::spool::Spool;
+use messages::InstanceStored;
+
+/// How the pipeline runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `myonode serve`: recover the spool at start, keep open series for the next start at shutdown,
+    /// deliver to the configured destinations.
+    Serve,
+    /// `myonode process`: complete every series when input ends, never move input files, no delivery.
+    Offline,
+}
+
+/// A running pipeline.
+pub struct Pipeline {
+    /// Feed stored instances here (the receive stage, or the offline file reader).
+    pub instances: Sender<InstanceStored>,
+    handles: Vec<(&'static str, JoinHandle<()>)>,
+}
+
+fn spawn(name: &'static str, f: impl FnOnce() + Send + 'static) -> (&'static str, JoinHandle<()>) {
+    let h = std::thread::Builder::new().name(name.into()).spawn(f).expect("spawn stage thread");
+    (name, h)
+}
+
+impl Pipeline {
+    /// Start every stage's threads.
+    pub fn start(cfg: &Config, spool: Arc<Spool>, mode: Mode) -> Pipeline {
+        let cap = cfg.pipeline.channel_capacity;
+        let (inst_tx, inst_rx) = bounded(cap);
+        let (job_tx, job_rx) = bounded(cap);
+        let (seg_tx, seg_rx) = bounded(cap);
+        let (find_tx, find_rx) = bounded(cap);
+        let (out_tx, out_rx) = bounded(cap);
+        let mut handles = Vec::new();
+
+        let mut tracker = SeriesTracker::new(Duration::from_secs_f64(cfg.assemble.quiet_period_seconds));
+        if mode == Mode::Serve {
+            let n = assemble_stage::recover(&spool, &mut tracker, Instant::now());
+            if n > 0 {
+                info!(instances = n, "recovered unfinished series from incoming/");
+            }
+        }
+        {
+            let (cfg, spool) = (cfg.assemble.clone(), spool.clone());
+            let offline = mode == Mode::Offline;
+            handles.push(spawn("assemble", move || assemble_stage::run(inst_rx, job_tx, cfg, spool, tracker, offline)));
+        }
+        for w in 0..cfg.segment.workers {
+            let (rx, tx, name) = (job_rx.clone(), seg_tx.clone(), cfg.segment.analysis.clone());
+            handles.push(spawn("segment", move || crate::segment::stage::run_worker(w, name, rx, tx)));
+        }
+        drop((job_rx, seg_tx));
+        handles.push(spawn("measure", move || crate::measure::run(seg_rx, find_tx)));
+        let destinations: Vec<_> = if mode == Mode::Serve { cfg.destinations.clone() } else { vec![] };
+        let ctx = EncodeContext {
+            spool: spool.clone(),
+            destinations: destinations.iter().map(|d| d.name.clone()).collect(),
+            ae_title: cfg.node.ae_title.clone(),
+            institution_name: cfg.node.institution_name.clone(),
+        };
+        handles.push(spawn("encode", move || encode_stage::run(find_rx, out_tx, ctx)));
+        let ae = cfg.node.ae_title.clone();
+        handles.push(spawn("send", move || crate::send::run(out_rx, destinations, ae, spool)));
+        Pipeline { instances: inst_tx, handles }
+    }
+
+    /// Close the input and wait until every stage has finished its work and exited.
+    pub fn join(self) {
+        drop(self.instances);
+        for (name, h) in self.handles {
+            if h.join().is_err() {
+                tracing::error!(stage = name, "stage thread panicked");
+            }
+        }
+    }
+}
