@@ -1,13 +1,22 @@
 //! measure stage: quantitative results per segment.
 //!
-//! For each segment of a [`Segmentation`] (label map on the source grid):
-//! * voxel count;
-//! * volume in mL = voxel count × voxel volume (mm³) / 1000, voxel volume from the
-//!   source spacing (z spacing measured along the slice normal);
-//! * cross-sectional area per slice in cm² = voxels in the slice × row spacing ×
-//!   column spacing (mm²) / 100, i.e. the area in the slice plane; the maximum over slices is reported;
-//! * mean and standard deviation (population, N in the denominator) of the source intensity
-//!   inside the segment — HU on CT after Rescale Slope/Intercept.
+//! For each segment of a [`Segmentation`] (label map on the source grid,
+//! `(nz, ny, nx)`), with voxel spacing `(sz, sy, sx)` mm from the source (sz
+//! measured along the slice normal):
+//! * voxel count `n`;
+//! * volume (mL) = `n · sz·sy·sx / 1000`;
+//! * cross-sectional area of slice `z` (cm²) = voxels of the segment in that slice
+//!   `· sy·sx / 100`, i.e. the area in the slice plane; the maximum over slices and
+//!   the area at the slice nearest the segment's centroid are reported;
+//! * centroid (LPS, mm) = mean position of the segment's voxel centres;
+//! * mean and population standard deviation of the source intensity inside the
+//!   segment (real-world values after Rescale Slope/Intercept; reported as mean
+//!   attenuation in HU when the modality is CT);
+//! * left/right split: voxels whose centre lies on the patient's left (LPS `x` greater
+//!   than the midline) versus right, where the midline is the sagittal plane
+//!   through the centroid of all segmented voxels of the job (robust to a patient
+//!   lying off the scanner's x = 0). Meaningful for bilateral structures (both
+//!   thighs or calves in one field of view); reported for every segment.
 //!
 //! Results are written per job as `measurements.json` and `measurements.csv`.
 
@@ -16,65 +25,120 @@ use std::path::Path;
 use crossbeam_channel::{Receiver, Sender};
 use tracing::{info, info_span, warn};
 
-use crate::pipeline::messages::{Findings, SegmentMeasurements, Segmentation};
+use crate::pipeline::messages::{Findings, SegmentMeasurements, Segmentation, SideMeasurements};
+
+#[derive(Default, Clone)]
+struct Acc {
+    n: u64,
+    sum: f64,
+    sumsq: f64,
+    pos: [f64; 3],
+    per_slice: Vec<u64>,
+    left_n: u64,
+    left_sum: f64,
+    right_n: u64,
+    right_sum: f64,
+}
 
 /// Measure every segment listed in `seg.segments` (also those with zero voxels).
 ///
-/// Shapes: `seg.labels` and `seg.job.volume.data` are both `(nz, ny, nx)`; a mismatch
-/// is a programming error upstream and yields zero-voxel results for safety.
+/// `seg.labels` must have the shape of `seg.job.volume.data`; otherwise every
+/// segment is reported with zero voxels and a warning is logged (an upstream bug).
 pub fn measure(seg: &Segmentation) -> Vec<SegmentMeasurements> {
     let vol = &seg.job.volume;
     let labels = &seg.labels;
     let (nz, ny, nx) = vol.shape();
     let max_label = seg.segments.iter().map(|s| s.label_value as usize).max().unwrap_or(0);
-    // accumulators per label value: count, sum, sum of squares, per-slice counts
-    let mut count = vec![0u64; max_label + 1];
-    let mut sum = vec![0f64; max_label + 1];
-    let mut sumsq = vec![0f64; max_label + 1];
-    let mut max_slice = vec![0u64; max_label + 1];
-    if labels.shape() == vol.data.shape() {
-        let mut slice_count = vec![0u64; max_label + 1];
-        for z in 0..nz {
-            slice_count.iter_mut().for_each(|c| *c = 0);
-            let ls = labels.index_axis(ndarray::Axis(0), z);
-            let vs = vol.data.index_axis(ndarray::Axis(0), z);
-            for (l, v) in ls.iter().zip(vs.iter()) {
-                let l = *l as usize;
-                if l != 0 && l <= max_label {
-                    slice_count[l] += 1;
-                    let v = *v as f64;
-                    sum[l] += v;
-                    sumsq[l] += v * v;
-                }
-            }
-            for l in 1..=max_label {
-                count[l] += slice_count[l];
-                max_slice[l] = max_slice[l].max(slice_count[l]);
+    let mut acc = vec![Acc { per_slice: vec![0; nz], ..Default::default() }; max_label + 1];
+    let shapes_match = labels.shape() == vol.data.shape();
+    if !shapes_match {
+        warn!(labels = ?labels.shape(), volume = ?vol.data.shape(), "label map and volume differ in shape");
+    }
+    // LPS x of voxel (z, y, x) is affine: x0 + z·dz + y·dy + x·dx.
+    let dx = [
+        vol.spacing[0] * vol.slice_direction[0],
+        vol.spacing[1] * vol.column_direction[0],
+        vol.spacing[2] * vol.row_direction[0],
+    ];
+    let mut midline = 0.0;
+    if shapes_match {
+        // pass 1: midline from the centroid of all labelled voxels
+        let (mut n_all, mut sx_all) = (0u64, 0f64);
+        for ((z, y, x), &l) in labels.indexed_iter() {
+            if l != 0 {
+                n_all += 1;
+                sx_all += z as f64 * dx[0] + y as f64 * dx[1] + x as f64 * dx[2];
             }
         }
-        let _ = (ny, nx);
+        if n_all > 0 {
+            midline = sx_all / n_all as f64;
+        }
+        // pass 2: per-label sums
+        for ((z, y, x), &l) in labels.indexed_iter() {
+            let l = l as usize;
+            if l == 0 || l > max_label {
+                continue;
+            }
+            let v = vol.data[[z, y, x]] as f64;
+            let a = &mut acc[l];
+            a.n += 1;
+            a.sum += v;
+            a.sumsq += v * v;
+            a.pos[0] += z as f64;
+            a.pos[1] += y as f64;
+            a.pos[2] += x as f64;
+            a.per_slice[z] += 1;
+            if z as f64 * dx[0] + y as f64 * dx[1] + x as f64 * dx[2] > midline {
+                a.left_n += 1;
+                a.left_sum += v;
+            } else {
+                a.right_n += 1;
+                a.right_sum += v;
+            }
+        }
     }
-    let voxel_mm3 = vol.voxel_volume_mm3();
-    let pixel_mm2 = vol.spacing[1] * vol.spacing[2];
+    let _ = (ny, nx);
+    let voxel_ml = vol.voxel_volume_mm3() / 1000.0;
+    let pixel_cm2 = vol.spacing[1] * vol.spacing[2] / 100.0;
+    let is_ct = seg.job.header.modality == "CT";
+    let mean_of = |sum: f64, n: u64| if n > 0 { sum / n as f64 } else { 0.0 };
     seg.segments
         .iter()
         .map(|s| {
-            let l = s.label_value as usize;
-            let n = count[l];
-            let (mean, sd) = if n > 0 {
-                let m = sum[l] / n as f64;
-                (m, (sumsq[l] / n as f64 - m * m).max(0.0).sqrt())
+            let a = &acc[s.label_value as usize];
+            let mean = mean_of(a.sum, a.n);
+            let sd = if a.n > 0 { (a.sumsq / a.n as f64 - mean * mean).max(0.0).sqrt() } else { 0.0 };
+            let csa: Vec<f64> = a.per_slice.iter().map(|&c| c as f64 * pixel_cm2).collect();
+            let (centroid_slice, centroid_lps_mm) = if a.n > 0 {
+                let c = [a.pos[0] / a.n as f64, a.pos[1] / a.n as f64, a.pos[2] / a.n as f64];
+                let zc = (c[0].round() as usize).min(nz.saturating_sub(1));
+                (Some(zc), Some(vol.voxel_to_patient(c[0], c[1], c[2])))
             } else {
-                (0.0, 0.0)
+                (None, None)
             };
             SegmentMeasurements {
                 label_value: s.label_value,
                 label: s.label.clone(),
-                voxel_count: n,
-                volume_ml: n as f64 * voxel_mm3 / 1000.0,
-                max_cross_sectional_area_cm2: max_slice[l] as f64 * pixel_mm2 / 100.0,
+                voxel_count: a.n,
+                volume_ml: a.n as f64 * voxel_ml,
+                max_cross_sectional_area_cm2: csa.iter().cloned().fold(0.0, f64::max),
+                area_at_centroid_slice_cm2: centroid_slice.map(|z| csa[z]).unwrap_or(0.0),
+                cross_sectional_area_cm2: csa,
+                centroid_slice,
+                centroid_lps_mm,
                 mean_intensity: mean,
                 sd_intensity: sd,
+                mean_attenuation_hu: (is_ct && a.n > 0).then_some(mean),
+                left: SideMeasurements {
+                    voxel_count: a.left_n,
+                    volume_ml: a.left_n as f64 * voxel_ml,
+                    mean_intensity: mean_of(a.left_sum, a.left_n),
+                },
+                right: SideMeasurements {
+                    voxel_count: a.right_n,
+                    volume_ml: a.right_n as f64 * voxel_ml,
+                    mean_intensity: mean_of(a.right_sum, a.right_n),
+                },
             }
         })
         .collect()
@@ -86,12 +150,23 @@ pub fn measure(seg: &Segmentation) -> Vec<SegmentMeasurements> {
 /// I/O errors.
 pub fn write_measurements(dir: &Path, m: &[SegmentMeasurements]) -> std::io::Result<()> {
     std::fs::write(dir.join("measurements.json"), serde_json::to_vec_pretty(m).expect("serializes"))?;
-    let mut csv = String::from("label_value,label,voxel_count,volume_ml,max_cross_sectional_area_cm2,mean_intensity,sd_intensity\n");
+    let mut csv = String::from(
+        "label_value,label,voxel_count,volume_ml,max_cross_sectional_area_cm2,area_at_centroid_slice_cm2,\
+         mean_intensity,sd_intensity,left_volume_ml,right_volume_ml\n",
+    );
     for r in m {
         csv.push_str(&format!(
-            "{},\"{}\",{},{:.4},{:.4},{:.4},{:.4}\n",
-            r.label_value, r.label.replace('"', "\"\""), r.voxel_count, r.volume_ml,
-            r.max_cross_sectional_area_cm2, r.mean_intensity, r.sd_intensity
+            "{},\"{}\",{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4}\n",
+            r.label_value,
+            r.label.replace('"', "\"\""),
+            r.voxel_count,
+            r.volume_ml,
+            r.max_cross_sectional_area_cm2,
+            r.area_at_centroid_slice_cm2,
+            r.mean_intensity,
+            r.sd_intensity,
+            r.left.volume_ml,
+            r.right.volume_ml
         ));
     }
     std::fs::write(dir.join("measurements.csv"), csv)
@@ -129,10 +204,14 @@ mod tests {
     use std::sync::Arc;
 
     fn seg_of(data: Array3<f32>, labels: Array3<u8>, spacing: [f64; 3]) -> Segmentation {
+        seg_at(data, labels, spacing, [0.0; 3])
+    }
+
+    fn seg_at(data: Array3<f32>, labels: Array3<u8>, spacing: [f64; 3], origin: [f64; 3]) -> Segmentation {
         let vol = Volume {
             data,
             spacing,
-            origin: [0.0; 3],
+            origin,
             row_direction: [1.0, 0.0, 0.0],
             column_direction: [0.0, 1.0, 0.0],
             slice_direction: [0.0, 0.0, 1.0],
@@ -201,5 +280,66 @@ mod tests {
         assert!((m[1].max_cross_sectional_area_cm2 - 0.09).abs() < 1e-12);
         assert_eq!(m[1].mean_intensity, -5.0);
         assert_eq!(m[1].sd_intensity, 0.0);
+    }
+
+    /// Sphere of radius 20 mm on a 0.5 mm grid: volume 4/3·π·r³ = 33.510 mL within 1 %.
+    #[test]
+    fn sphere_volume_within_one_percent() {
+        let n = 90;
+        let h = 0.5;
+        let r = 20.0;
+        let c = (n as f64 - 1.0) / 2.0;
+        let labels = Array3::from_shape_fn((n, n, n), |(z, y, x)| {
+            let d2 = ((z as f64 - c) * h).powi(2) + ((y as f64 - c) * h).powi(2) + ((x as f64 - c) * h).powi(2);
+            (d2 <= r * r) as u8
+        });
+        let data = labels.mapv(|l| l as f32 * 100.0);
+        let m = measure(&seg_of(data, labels, [h, h, h]));
+        let expected = 4.0 / 3.0 * std::f64::consts::PI * r.powi(3) / 1000.0;
+        assert!((m[0].volume_ml / expected - 1.0).abs() < 0.01, "{} vs {expected}", m[0].volume_ml);
+        // the largest cross-section is the equator: π r² = 12.566 cm²
+        let equator = std::f64::consts::PI * r * r / 100.0;
+        assert!((m[0].max_cross_sectional_area_cm2 / equator - 1.0).abs() < 0.01);
+        assert_eq!(m[0].centroid_slice, Some(45));
+        assert_eq!(m[0].mean_attenuation_hu, Some(100.0), "CT: mean reported as HU");
+    }
+
+    /// Two cylinders (legs) along z, radius 15 mm, the patient lying 30 mm off x = 0:
+    /// area in the slice plane π r², left/right split at the midline between them.
+    #[test]
+    fn cylinders_area_and_left_right_split() {
+        let (nz, ny, nx) = (20, 80, 240);
+        let h = 0.5; // in-plane spacing, mm
+        let r = 15.0;
+        // voxel x index i sits at LPS x = origin_x + i·h; origin_x = -20 → cylinders at x = +10 and x = +70 mm
+        let origin = [-20.0, 0.0, 0.0];
+        let cy = 40.0;
+        let centres = [(10.0, 1u8, 30.0f32), (70.0, 2u8, 60.0f32)];
+        let mut labels = Array3::<u8>::zeros((nz, ny, nx));
+        let mut data = Array3::<f32>::zeros((nz, ny, nx));
+        for ((z, y, x), l) in labels.indexed_iter_mut() {
+            let px = origin[0] + x as f64 * h;
+            for (cx, lab, hu) in centres {
+                if (px - cx).powi(2) + ((y as f64 - cy) * h).powi(2) <= r * r {
+                    *l = lab;
+                    data[[z, y, x]] = hu;
+                }
+            }
+        }
+        let m = measure(&seg_at(data, labels, [3.0, h, h], origin));
+        let area = std::f64::consts::PI * r * r / 100.0;
+        for s in &m {
+            assert!((s.area_at_centroid_slice_cm2 / area - 1.0).abs() < 0.01, "{}", s.area_at_centroid_slice_cm2);
+            let len_cm = 20.0 * 3.0 / 10.0;
+            assert!((s.volume_ml / (area * len_cm) - 1.0).abs() < 0.01);
+        }
+        // label 1 at x = +10 mm is right of the midline (x = 40), label 2 at x = +70 mm is left (LPS +x = left)
+        assert_eq!(m[0].left.voxel_count, 0);
+        assert_eq!(m[0].right.voxel_count, m[0].voxel_count);
+        assert_eq!(m[1].left.voxel_count, m[1].voxel_count);
+        assert_eq!(m[1].left.mean_intensity, 60.0);
+        assert_eq!(m[0].right.mean_intensity, 30.0);
+        let c = m[1].centroid_lps_mm.unwrap();
+        assert!((c[0] - 70.0).abs() < 0.1 && (c[1] - 20.0).abs() < 0.1 && (c[2] - 28.5).abs() < 1e-9, "{c:?}");
     }
 }

@@ -147,20 +147,42 @@ pub struct Segmentation {
     pub algorithm: AlgorithmIdentification,
 }
 
-/// Measurements of one segment (units in field names; see `measure`).
+/// Measurements of one segment (units in field names; formulas in `measure`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SegmentMeasurements {
     pub label_value: u8,
     pub label: String,
     pub voxel_count: u64,
-    /// Volume in mL (= cm³), voxel count × voxel volume.
+    /// Volume in mL (= cm³): voxel count × voxel volume.
     pub volume_ml: f64,
-    /// Largest cross-sectional area over the slices, cm², in the slice plane.
+    /// Cross-sectional area in the slice plane per slice `z` (cm²), length = number of slices.
+    pub cross_sectional_area_cm2: Vec<f64>,
+    /// Largest cross-sectional area over the slices, cm².
     pub max_cross_sectional_area_cm2: f64,
-    /// Mean of the source intensity inside the segment (HU on CT).
+    /// Slice index `z` nearest the segment's centroid (None when the segment is empty).
+    pub centroid_slice: Option<usize>,
+    /// Cross-sectional area at `centroid_slice`, cm² (0 when empty).
+    pub area_at_centroid_slice_cm2: f64,
+    /// Centroid of the segment in patient coordinates (LPS, mm).
+    pub centroid_lps_mm: Option<[f64; 3]>,
+    /// Mean of the source intensity inside the segment (real-world values: HU on CT).
     pub mean_intensity: f64,
-    /// Standard deviation of the source intensity inside the segment.
+    /// Standard deviation (population) of the source intensity inside the segment.
     pub sd_intensity: f64,
+    /// Mean attenuation in HU, present when the source modality is CT.
+    pub mean_attenuation_hu: Option<f64>,
+    /// The part of the segment on the patient's left (LPS x > 0) and right (x < 0) of the
+    /// patient coordinate origin's sagittal plane x = 0 (voxel centres; x = 0 counts as right).
+    pub left: SideMeasurements,
+    pub right: SideMeasurements,
+}
+
+/// Measurements of the part of a segment on one side of the patient.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SideMeasurements {
+    pub voxel_count: u64,
+    pub volume_ml: f64,
+    pub mean_intensity: f64,
 }
 
 /// measure → encode.
