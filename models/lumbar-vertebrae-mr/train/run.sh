@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Create the training venv (outside the repository) and train the lumbar-vertebrae-mr model.
+#   models/lumbar-vertebrae-mr/train/run.sh [--smoke] [--minutes N]
+# Output: models/lumbar-vertebrae-mr/train/out/{model.onnx, metrics.json}; copy model.onnx next to model.toml
+# after checking metrics.json, and update MODEL_CARD.md with its figures.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+venv="${MYONODE_TRAIN_VENV:-$HOME/.cache/myonode/train-venv}"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+"$venv/bin/pip" install -q -r "$here/requirements.txt"
+export MYONODE_DATA="${MYONODE_DATA:-$here/../../../../shared/data}"
+exec "$venv/bin/python" "$here/train.py" --out "$here/out" "$@"

@@ -1,0 +1,268 @@
+#!/usr/bin/env python3
+"""Train the lumbar vertebral body segmentation model (L1-L5) on water-fat MRI.
+
+Data: ``$MYONODE_DATA/training/lumbar-vertebrae-mr/NN.mat`` (MyoSegmenTUM spine as packaged by
+fastcleverseg; see ``../shared/data/README.md``): ``I`` uint8 224x224x77 (axis 0 head->foot,
+axis 1 anterior->posterior, axis 2 left-right; ~1 mm isotropic), ``GT`` 0 = background, 1..5 = L1..L5.
+
+Model: a compact 2-D U-Net on sagittal slices ``I[:, :, k]`` resampled to 2 mm in-plane (112x112,
+2x2 average pooling = linear resampling with centre-aligned grids), input z-scored over the whole
+volume, output 6-class logits. Split by volume with a fixed seed; the split, the scores and the
+time are written to ``metrics.json`` for the model card.
+
+Usage: ``python train.py --out DIR [--minutes 30] [--smoke]``.
+"""
+import argparse
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+import scipy.ndimage as ndi
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+NUM_CLASSES = 6
+LEVELS = ["L1", "L2", "L3", "L4", "L5"]
+
+
+def data_dir() -> Path:
+    root = Path(os.environ.get("MYONODE_DATA", Path(__file__).resolve().parents[4] / "shared" / "data"))
+    return root / "training" / "lumbar-vertebrae-mr"
+
+
+def load(path: Path):
+    m = scipy.io.loadmat(path)
+    return m["I"].astype(np.float32), m["GT"].astype(np.int64)
+
+
+def split(files, seed=20261122):
+    files = sorted(files)
+    rng = random.Random(seed)
+    rng.shuffle(files)
+    return files[:30], files[30:35], files[35:40]
+
+
+def zscore(vol):
+    return (vol - vol.mean()) / max(float(vol.std()), 1e-6)
+
+
+def to_slices(img, lab):
+    """Volume (224,224,77) -> sagittal slices at 2 mm: images (77,112,112) float, labels (77,112,112)."""
+    x = torch.from_numpy(zscore(img)).permute(2, 0, 1)[:, None]  # (77,1,224,224)
+    x = F.avg_pool2d(x, 2)[:, 0]
+    # labels: majority over each 2x2 block (mode), ties broken to the higher label
+    y = torch.from_numpy(lab).permute(2, 0, 1)
+    onehot = F.one_hot(y, NUM_CLASSES).permute(0, 3, 1, 2).float()
+    y2 = F.avg_pool2d(onehot, 2).argmax(1)
+    return x.numpy(), y2.numpy()
+
+
+class Block(nn.Sequential):
+    def __init__(self, cin, cout):
+        super().__init__(
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.InstanceNorm2d(cout, affine=True), nn.LeakyReLU(0.01),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.InstanceNorm2d(cout, affine=True), nn.LeakyReLU(0.01),
+        )
+
+
+class UNet(nn.Module):
+    def __init__(self, base=16, depth=5, cin=1, ncls=NUM_CLASSES):
+        super().__init__()
+        chs = [base * 2 ** i for i in range(depth)]
+        self.down = nn.ModuleList()
+        c = cin
+        for ch in chs:
+            self.down.append(Block(c, ch))
+            c = ch
+        self.up = nn.ModuleList()
+        self.upconv = nn.ModuleList()
+        for ch in reversed(chs[:-1]):
+            self.upconv.append(nn.ConvTranspose2d(c, ch, 2, stride=2))
+            self.up.append(Block(2 * ch, ch))
+            c = ch
+        self.head = nn.Conv2d(c, ncls, 1)
+
+    def forward(self, x):
+        skips = []
+        for i, blk in enumerate(self.down):
+            x = blk(x)
+            if i < len(self.down) - 1:
+                skips.append(x)
+                x = F.max_pool2d(x, 2)
+        for upc, blk in zip(self.upconv, self.up):
+            x = upc(x)
+            x = blk(torch.cat([x, skips.pop()], 1))
+        return self.head(x)
+
+
+def dice_loss(logits, y):
+    p = logits.softmax(1)
+    oh = F.one_hot(y, NUM_CLASSES).permute(0, 3, 1, 2).float()
+    inter = (p * oh).sum((0, 2, 3))
+    den = p.sum((0, 2, 3)) + oh.sum((0, 2, 3))
+    return 1 - ((2 * inter + 1) / (den + 1))[1:].mean()
+
+
+def predict_volume(model, img):
+    """Full-resolution label volume (224,224,77) for one volume: model at 2 mm, logits upsampled bilinearly."""
+    xs, _ = to_slices(img, np.zeros(img.shape, np.int64))
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(xs), 16):
+            lg = model(torch.from_numpy(xs[i:i + 16])[:, None])
+            lg = F.interpolate(lg, scale_factor=2, mode="bilinear", align_corners=False)
+            out.append(lg.argmax(1))
+    lab = torch.cat(out).permute(1, 2, 0).numpy()
+    return largest_component_per_label(lab)
+
+
+def largest_component_per_label(lab):
+    out = np.zeros_like(lab)
+    for v in range(1, NUM_CLASSES):
+        cc, n = ndi.label(lab == v)
+        if n == 0:
+            continue
+        sizes = ndi.sum(np.ones_like(cc), cc, index=range(1, n + 1))
+        out[cc == (1 + int(np.argmax(sizes)))] = v
+    return out
+
+
+def dice_per_level(pred, gt):
+    d = []
+    for v in range(1, NUM_CLASSES):
+        a, b = pred == v, gt == v
+        s = a.sum() + b.sum()
+        d.append(float(2 * (a & b).sum() / s) if s else 1.0)
+    return d
+
+
+def level_order_ok(pred):
+    """Centroids along head->foot (axis 0) must increase L1 < L2 < ... < L5 and all levels be present."""
+    zs = []
+    for v in range(1, NUM_CLASSES):
+        idx = np.argwhere(pred == v)
+        if len(idx) == 0:
+            return False
+        zs.append(idx[:, 0].mean())
+    return all(a < b for a, b in zip(zs, zs[1:]))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--minutes", type=float, default=30.0)
+    ap.add_argument("--smoke", action="store_true", help="a few steps on two volumes; checks loss falls and export loads")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--base", type=int, default=16)
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    files = sorted(data_dir().glob("*.mat"))
+    if len(files) != 40:
+        raise SystemExit(f"expected 40 volumes in {data_dir()}, found {len(files)}")
+    train_f, val_f, test_f = split(files)
+    if args.smoke:
+        train_f, val_f, test_f = train_f[:2], val_f[:1], []
+    t0 = time.time()
+    X, Y = [], []
+    for f in train_f:
+        x, y = to_slices(*load(f))
+        X.append(x)
+        Y.append(y)
+    X = torch.from_numpy(np.concatenate(X))
+    Y = torch.from_numpy(np.concatenate(Y))
+    fg = (Y > 0).flatten(1).any(1)
+    print(f"train slices {len(X)} ({int(fg.sum())} with vertebrae); load {time.time() - t0:.0f}s", flush=True)
+    val = [load(f) for f in val_f]
+
+    model = UNet(base=args.base)
+    nparams = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    budget = 60 if args.smoke else args.minutes * 60
+    max_steps = 12 if args.smoke else 10 ** 9
+    bs = 16
+    step, best, best_state, history, losses = 0, -1.0, None, [], []
+    t_train = time.time()
+    fg_idx = torch.nonzero(fg).flatten()
+    all_idx = torch.arange(len(X))
+    while time.time() - t_train < budget and step < max_steps:
+        model.train()
+        # 75 % slices with vertebrae, 25 % any slice
+        idx = torch.cat([fg_idx[torch.randint(len(fg_idx), (bs * 3 // 4,))], all_idx[torch.randint(len(X), (bs // 4,))]])
+        x, y = X[idx][:, None].clone(), Y[idx].clone()
+        # augmentation: intensity scale/shift, in-plane translation up to 8 px (16 mm)
+        x = x * (1 + 0.1 * torch.randn(len(x), 1, 1, 1)) + 0.1 * torch.randn(len(x), 1, 1, 1)
+        dy, dx = np.random.randint(-8, 9, 2)
+        x = torch.roll(x, (int(dy), int(dx)), (2, 3))
+        y = torch.roll(y, (int(dy), int(dx)), (1, 2))
+        lr = 2e-3 * 0.5 * (1 + np.cos(np.pi * min(1.0, (time.time() - t_train) / budget)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        logits = model(x)
+        loss = F.cross_entropy(logits, y) + dice_loss(logits, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+        step += 1
+        if step % 150 == 0 or args.smoke and step % 4 == 0:
+            scores = [dice_per_level(predict_volume(model, im), gt) for im, gt in val]
+            order = [level_order_ok(predict_volume(model, im)) for im, _ in val] if not args.smoke else []
+            mean = float(np.mean(scores))
+            # checkpoint by mean foreground Dice, penalising volumes whose level order is wrong
+            sel = mean - 0.1 * sum(not o for o in order)
+            history.append({"step": step, "minutes": (time.time() - t_train) / 60, "val_dice": mean,
+                            "val_order_ok": order, "loss": float(np.mean(losses[-50:]))})
+            print(json.dumps(history[-1]), flush=True)
+            if sel > best:
+                best, best_state = sel, {k: v.clone() for k, v in model.state_dict().items()}
+    train_minutes = (time.time() - t_train) / 60
+    if best_state is not None:
+        model.load_state_dict(best_state)
+
+    results = {"split_seed": 20261122, "train": [f.name for f in train_f], "validation": [f.name for f in val_f],
+               "test": [f.name for f in test_f], "parameters": nparams, "steps": step,
+               "train_minutes": train_minutes, "history": history, "torch": torch.__version__}
+    per_volume = {}
+    for f in test_f:
+        img, gt = load(f)
+        pred = predict_volume(model, img)
+        d = dice_per_level(pred, gt)
+        per_volume[f.name] = {"dice": dict(zip(LEVELS, d)), "mean": float(np.mean(d)), "level_order_ok": level_order_ok(pred)}
+    results["test_results"] = per_volume
+    if per_volume:
+        allm = [v["mean"] for v in per_volume.values()]
+        results["test_mean_dice"] = float(np.mean(allm))
+        results["test_min_volume_dice"] = float(np.min(allm))
+        results["test_mean_dice_per_level"] = {l: float(np.mean([v["dice"][l] for v in per_volume.values()])) for l in LEVELS}
+
+    # export: input (N,1,H,W) float32 z-scored slice at 2 mm, output (N,6,H,W) logits; H, W multiples of 16
+    model.eval()
+    onnx_path = args.out / "model.onnx"
+    torch.onnx.export(model, torch.zeros(1, 1, 112, 112), onnx_path, input_names=["image"], output_names=["logits"],
+                      dynamic_axes={"image": {0: "n", 2: "h", 3: "w"}, "logits": {0: "n", 2: "h", 3: "w"}},
+                      opset_version=17, dynamo=False)
+    import onnxruntime as ort
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    probe = torch.randn(2, 1, 112, 112)
+    diff = float(np.abs(sess.run(None, {"image": probe.numpy()})[0] - model(probe).detach().numpy()).max())
+    results["onnx_max_abs_diff_vs_torch"] = diff
+    (args.out / "metrics.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps({k: v for k, v in results.items() if k not in ("history", "train", "test_results")}, indent=2))
+    if args.smoke:
+        first, last = np.mean(losses[:3]), np.mean(losses[-3:])
+        assert last < first, f"smoke: loss did not fall ({first:.3f} -> {last:.3f})"
+        assert diff < 1e-3, f"smoke: ONNX export differs from torch by {diff}"
+        print(f"smoke OK: loss {first:.3f} -> {last:.3f}, ONNX max abs diff {diff:.2e}")
+
+
+if __name__ == "__main__":
+    main()
