@@ -26,6 +26,7 @@ use myonode::uid::new_uid;
 use myonode::volume::{cross, dot, norm, SliceRef, Volume};
 
 const MR_IMAGE_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.4";
+const ENHANCED_MR_IMAGE_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.4.1";
 
 fn crate_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -169,16 +170,28 @@ struct Synthetic {
 }
 
 /// 5 slices of 13 rows × 11 columns, oblique; `reversed` stores the slices in
-/// descending position along the normal (slice_direction = −n).
-fn synthetic(labels: Array3<u8>, reversed: bool) -> Synthetic {
+/// descending position along the normal (slice_direction = −n); `multi_frame`
+/// makes the source one Enhanced MR instance whose frame `z + 1` is slice `z`.
+fn synthetic(labels: Array3<u8>, reversed: bool, multi_frame: bool) -> Synthetic {
     let (row, col) = oblique_axes();
     let n = cross(row, col);
     let slice_direction = if reversed { n.map(|c| -c) } else { n };
     let study = new_uid();
     let series = new_uid();
     let frame_of_reference = new_uid();
-    let slices: Vec<SliceRef> = (0..5)
-        .map(|_| SliceRef { sop_class_uid: MR_IMAGE_STORAGE.into(), sop_instance_uid: new_uid(), frame_number: None })
+    let enhanced_uid = new_uid();
+    let slices: Vec<SliceRef> = (0..5u32)
+        .map(|z| {
+            if multi_frame {
+                SliceRef {
+                    sop_class_uid: ENHANCED_MR_IMAGE_STORAGE.into(),
+                    sop_instance_uid: enhanced_uid.clone(),
+                    frame_number: Some(z + 1),
+                }
+            } else {
+                SliceRef { sop_class_uid: MR_IMAGE_STORAGE.into(), sop_instance_uid: new_uid(), frame_number: None }
+            }
+        })
         .collect();
     let volume = Volume {
         data: Array3::zeros((5, 13, 11)),
@@ -222,7 +235,7 @@ fn synthetic(labels: Array3<u8>, reversed: bool) -> Synthetic {
         "slices": (0..5).map(|z| json!({
             "sop_class_uid": slices[z].sop_class_uid,
             "sop_instance_uid": slices[z].sop_instance_uid,
-            "frame_number": null,
+            "frame_number": slices[z].frame_number,
             "position": volume.slice_position(z),
         })).collect::<Vec<_>>(),
         "attributes": {
@@ -286,9 +299,9 @@ fn frame_count(bytes: &[u8]) -> (InMemDicomObject, u32) {
     (obj.into_inner(), n)
 }
 
-fn synthetic_round_trip(reversed: bool) {
+fn synthetic_round_trip(reversed: bool, multi_frame: bool) {
     let labels = pattern();
-    let case = synthetic(labels.clone(), reversed);
+    let case = synthetic(labels.clone(), reversed, multi_frame);
     let enc = encode_binary_seg(&case.seg, &options()).expect("encode");
     assert_eq!(enc.sop_class_uid, uids::SEGMENTATION_STORAGE);
 
@@ -299,11 +312,18 @@ fn synthetic_round_trip(reversed: bool) {
     assert_eq!(obj.element(tags::SERIES_INSTANCE_UID).unwrap().to_str().unwrap(), enc.series_instance_uid);
     assert_eq!(obj.element(tags::PATIENT_NAME).unwrap().to_str().unwrap(), "Müller^Jürgen");
     assert_eq!(obj.element(tags::SPECIFIC_CHARACTER_SET).unwrap().to_str().unwrap(), "ISO_IR 192");
+    let series_item = &obj.element(tags::REFERENCED_SERIES_SEQUENCE).unwrap().items().unwrap()[0];
+    let instances = series_item.element(tags::REFERENCED_INSTANCE_SEQUENCE).unwrap().items().unwrap();
+    assert_eq!(instances.len(), if multi_frame { 1 } else { 5 }, "distinct source instances");
     // ceil(5·13·11 / 8) = 90 bytes (even).
     assert_eq!(obj.element(tags::PIXEL_DATA).unwrap().to_bytes().unwrap().len(), 90);
 
     let dir = tempfile::tempdir().unwrap();
-    let name = if reversed { "synthetic-reversed" } else { "synthetic" };
+    let name = match (reversed, multi_frame) {
+        (false, false) => "synthetic",
+        (true, false) => "synthetic-reversed",
+        (_, true) => "synthetic-multiframe",
+    };
     let (seg, npy, geo) = write_case(dir.path(), name, &enc.bytes, &labels, Some(&case.geometry));
     let geo = geo.unwrap();
     let (ok, out) = run_checker(&seg, &npy, &["--geometry", geo.to_str().unwrap()]);
@@ -322,18 +342,23 @@ fn synthetic_round_trip(reversed: bool) {
 
 #[test]
 fn synthetic_oblique_odd_grid_round_trips() {
-    synthetic_round_trip(false);
+    synthetic_round_trip(false, false);
 }
 
 #[test]
 fn synthetic_descending_slice_order_round_trips() {
-    synthetic_round_trip(true);
+    synthetic_round_trip(true, false);
+}
+
+#[test]
+fn synthetic_multi_frame_source_round_trips() {
+    synthetic_round_trip(false, true);
 }
 
 #[test]
 fn empty_mask_keeps_all_frames_and_round_trips() {
     let labels = Array3::<u8>::zeros((5, 13, 11));
-    let case = synthetic(labels.clone(), false);
+    let case = synthetic(labels.clone(), false, false);
     let enc = encode_binary_seg(&case.seg, &options()).expect("encode");
     let (_, frames) = frame_count(&enc.bytes);
     assert_eq!(frames, 10, "2 segments × 5 slices");
@@ -345,7 +370,7 @@ fn empty_mask_keeps_all_frames_and_round_trips() {
 
 #[test]
 fn ascii_only_headers_have_no_specific_character_set() {
-    let mut case = synthetic(pattern(), false);
+    let mut case = synthetic(pattern(), false, false);
     let mut ds = (*case.seg.job.header.dataset).clone();
     put(&mut ds, tags::PATIENT_NAME, VR::PN, "Doe^John");
     ds.remove_element(tags::SPECIFIC_CHARACTER_SET);
@@ -358,7 +383,7 @@ fn ascii_only_headers_have_no_specific_character_set() {
 
 #[test]
 fn label_map_of_wrong_shape_is_rejected() {
-    let case = synthetic(pattern(), false);
+    let case = synthetic(pattern(), false, false);
     let mut seg = case.seg;
     seg.labels = Arc::new(Array3::zeros((5, 13, 10)));
     let err = encode_binary_seg(&seg, &options()).unwrap_err();
