@@ -55,8 +55,8 @@ pub enum EncodeError {
     PixelDataTooLarge { bytes: u64 },
     /// Building the File Meta Information failed.
     #[error("cannot build the File Meta Information")]
-    FileMeta(#[source] dicom_object::WithMetaError),
+    FileMeta(#[source] Box<dicom_object::WithMetaError>),
     /// Serialising the data set failed.
     #[error("cannot serialise the data set")]
-    Write(#[source] dicom_object::WriteError),
+    Write(#[source] Box<dicom_object::WriteError>),
 }
