@@ -4,6 +4,7 @@
 Usage:
     check_seg.py SEG_FILE --labels LABELS.npy (--source-dir DIR | --geometry GEOMETRY.json)
                  [--label-values 1,2,...] [--tol-mm 0.01] [--dciodvfy PATH]
+                 [--require-dcmqi] [--dcmqi-dir DIR]
 
 What is checked (any failure → exit status 1 with one "FAIL:" line per problem):
 
@@ -25,6 +26,12 @@ What is checked (any failure → exit status 1 with one "FAIL:" line per problem
    between frames) and the one returned by highdicom
    (``hd.seg.segread`` + ``get_pixels_by_source_instance`` /
    ``get_pixels_by_source_frame``) both equal LABELS.npy exactly.
+4. Geometry as a viewer sees it: dcmqi ``segimage2itkimage`` (PyPI ``dcmqi``)
+   rebuilds each segment as a volume from ImagePositionPatient /
+   ImageOrientationPatient alone (ignoring the source references); every one
+   of its planes must land on a source slice position and hold exactly that
+   slice's mask, and slices it does not cover must be empty. Skipped with a
+   note when dcmqi is not installed, unless --require-dcmqi is given.
 
 Label map convention (identical to src/volume.rs in myonode): LABELS.npy has
 shape (slices, rows, columns) = [z][y][x]; axis 0 is ordered by ascending
@@ -327,6 +334,63 @@ def check_with_highdicom(path: Path, geom: dict, seg_to_label: dict[int, int], f
     return lut[arr.astype(np.int64)]
 
 
+def find_tool(name: str, explicit_dir: str | None) -> str | None:
+    if explicit_dir:
+        p = Path(explicit_dir) / name
+        return str(p) if p.exists() else None
+    here = Path(sys.executable).parent / name
+    if here.exists():
+        return str(here)
+    return shutil.which(name)
+
+
+def check_with_dcmqi(path: Path, geom: dict, labels: np.ndarray, seg_to_label: dict[int, int],
+                     tol: float, exe: str, fails: Failures) -> None:
+    import tempfile
+    import nibabel as nib
+
+    with tempfile.TemporaryDirectory(prefix="check_seg_dcmqi_") as out:
+        proc = subprocess.run([exe, "--inputDICOM", str(path), "--outputDirectory", out, "-t", "nii"],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            fails.add(f"dcmqi segimage2itkimage failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
+            return
+        positions = np.asarray([s["position"] for s in geom["slices"]], dtype=float)
+        iop = np.asarray(geom["image_orientation"], dtype=float)
+        # NIfTI affines are RAS and stored as float32: allow for that.
+        ptol = max(tol, 1e-3 * max(1.0, float(np.abs(positions).max())) / 100.0)
+        for s, value in seg_to_label.items():
+            f = Path(out) / f"{s}.nii.gz"
+            if not f.exists():
+                f = Path(out) / f"{s}.nii"
+            if not fails.check(f.exists(), f"dcmqi wrote no volume for segment {s}"):
+                continue
+            img = nib.load(str(f))
+            data = np.asanyarray(img.dataobj)  # (columns, rows, planes)
+            lps = np.diag([-1.0, -1.0, 1.0]) @ img.affine[:3, :]
+            for axis, expected, what in ((0, iop[0:3], "row"), (1, iop[3:6], "column")):
+                d = lps[:, axis] / np.linalg.norm(lps[:, axis])
+                fails.check(np.allclose(d, expected, atol=1e-3),
+                            f"dcmqi segment {s}: {what} direction {d} != ImageOrientationPatient {expected}")
+            covered = set()
+            for k in range(data.shape[2]):
+                pos = lps @ np.array([0.0, 0.0, k, 1.0])
+                dist = np.abs(positions - pos).max(axis=1)
+                z = int(dist.argmin())
+                if not fails.check(dist[z] <= ptol,
+                                   f"dcmqi segment {s}: plane {k} at {pos.tolist()} matches no source slice"):
+                    continue
+                covered.add(z)
+                got = data[:, :, k].T != 0
+                want = labels[z] == value
+                if not np.array_equal(got, want):
+                    fails.add(f"dcmqi segment {s}: plane {k} (source slice {z}) differs from labels.npy "
+                              f"in {int((got != want).sum())} pixels")
+            for z in set(range(len(positions))) - covered:
+                fails.check(not (labels[z] == value).any(),
+                            f"dcmqi segment {s}: source slice {z} is labelled but not in dcmqi's volume")
+
+
 def compare(name: str, got: np.ndarray, want: np.ndarray, fails: Failures) -> None:
     if got.shape != want.shape:
         fails.add(f"{name}: shape {got.shape} != labels {want.shape}")
@@ -349,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated label value of segment 1, 2, ... (default: segment number)")
     ap.add_argument("--tol-mm", type=float, default=0.01, help="ImagePositionPatient tolerance in mm")
     ap.add_argument("--dciodvfy", default=os.environ.get("DCIODVFY"), help="path of dciodvfy")
+    ap.add_argument("--dcmqi-dir", default=None, help="directory holding dcmqi's segimage2itkimage")
+    ap.add_argument("--require-dcmqi", action="store_true", help="fail when dcmqi is not installed")
     args = ap.parse_args(argv)
 
     fails = Failures()
@@ -378,6 +444,15 @@ def main(argv: list[str] | None = None) -> int:
             compare("highdicom", via_hd, labels, fails)
     except Exception as exc:  # highdicom refuses the object: that is a failure
         fails.add(f"highdicom could not read the SEG: {type(exc).__name__}: {exc}")
+
+    dcmqi = find_tool("segimage2itkimage", args.dcmqi_dir)
+    if dcmqi is None:
+        if args.require_dcmqi:
+            fails.add("dcmqi segimage2itkimage not found (pip install dcmqi into the venv)")
+        else:
+            print("check_seg: note: dcmqi not installed, geometry check through dcmqi skipped")
+    else:
+        check_with_dcmqi(args.seg, geom, labels, seg_to_label, args.tol_mm, dcmqi, fails)
 
     if fails.items:
         print(f"check_seg: {len(fails.items)} problem(s) in {args.seg}", file=sys.stderr)

@@ -2,8 +2,10 @@
 //!
 //! Each case encodes a label map, writes the SEG, the label map (`.npy`) and
 //! the expected geometry, then runs `integration/check_seg.py` (dciodvfy +
-//! pydicom structure checks + highdicom decoding) with the project venv
-//! Python, located by `MYONODE_PYTHON` (default `<crate>/.venv/bin/python`).
+//! pydicom structure checks + highdicom decoding + dcmqi geometry) with the
+//! project venv Python, located by `MYONODE_PYTHON` (default
+//! `<crate>/.venv/bin/python`; needs pydicom, highdicom, nibabel, dicom3tools, dcmqi).
+//! Set `MYONODE_TEST_OUT=DIR` to keep the generated files in `DIR/keep/`.
 //! Real-data cases read `MYONODE_DATA` (default `<crate>/../shared/data`).
 
 use std::path::{Path, PathBuf};
@@ -40,7 +42,7 @@ fn python() -> PathBuf {
     assert!(
         p.exists(),
         "Python interpreter {} not found: set MYONODE_PYTHON to the venv python \
-         (with pydicom, highdicom, numpy, dicom3tools)",
+         (with pydicom, highdicom, numpy, nibabel, dicom3tools, dcmqi)",
         p.display()
     );
     p
@@ -66,6 +68,7 @@ fn run_checker(seg: &Path, labels: &Path, source: &[&str]) -> (bool, String) {
         .arg("--labels")
         .arg(labels)
         .args(source)
+        .arg("--require-dcmqi")
         .output()
         .expect("failed to start check_seg.py");
     let text = format!(
