@@ -393,6 +393,52 @@ fn label_map_of_wrong_shape_is_rejected() {
     assert!(matches!(err, myonode::encode::EncodeError::ShapeMismatch { .. }), "{err}");
 }
 
+#[test]
+fn missing_frame_of_reference_and_undeclared_labels_are_rejected() {
+    use myonode::encode::EncodeError;
+    let mut case = synthetic(pattern(), false, false);
+    case.seg.job.header.frame_of_reference_uid.clear();
+    let mut ds = (*case.seg.job.header.dataset).clone();
+    ds.remove_element(tags::FRAME_OF_REFERENCE_UID);
+    case.seg.job.header.dataset = Arc::new(ds);
+    let err = encode_binary_seg(&case.seg, &options()).unwrap_err();
+    assert!(matches!(err, EncodeError::MissingAttribute { name: "FrameOfReferenceUID", .. }), "{err}");
+
+    let mut case = synthetic(pattern(), false, false);
+    case.seg.segments.truncate(1); // label 2 is no longer declared
+    let err = encode_binary_seg(&case.seg, &options()).unwrap_err();
+    assert!(matches!(err, EncodeError::UndeclaredLabelValue { value: 2, .. }), "{err}");
+
+    let mut case = synthetic(pattern(), false, false);
+    case.seg.segments.clear();
+    assert!(matches!(encode_binary_seg(&case.seg, &options()), Err(EncodeError::NoSegments)));
+}
+
+#[test]
+fn segment_numbers_follow_sorted_label_values() {
+    // Label values 5 and 9, described out of order: segment 1 ↔ 5, segment 2 ↔ 9.
+    let mut labels = pattern();
+    labels.mapv_inplace(|v| match v {
+        1 => 9,
+        2 => 5,
+        v => v,
+    });
+    let mut case = synthetic(labels.clone(), false, false);
+    case.seg.labels = Arc::new(labels.clone());
+    case.seg.segments[0].label_value = 9;
+    case.seg.segments[1].label_value = 5;
+    let enc = encode_binary_seg(&case.seg, &options()).unwrap();
+    let (obj, _) = frame_count(&enc.bytes);
+    let items = obj.element(tags::SEGMENT_SEQUENCE).unwrap().items().unwrap();
+    assert_eq!(items[0].element(tags::SEGMENT_LABEL).unwrap().to_str().unwrap(), "Right femur");
+    assert_eq!(items[1].element(tags::SEGMENT_LABEL).unwrap().to_str().unwrap(), "Left thigh muscle");
+    let dir = tempfile::tempdir().unwrap();
+    let (seg, npy, geo) = write_case(dir.path(), "relabelled", &enc.bytes, &labels, Some(&case.geometry));
+    let geo = geo.unwrap();
+    let (ok, out) = run_checker(&seg, &npy, &["--geometry", geo.to_str().unwrap(), "--label-values", "5,9"]);
+    assert!(ok, "check_seg.py rejected the relabelled SEG:\n{out}");
+}
+
 // ------------------------------------------------------------ real geometry
 
 struct SourceSlice {

@@ -698,7 +698,23 @@ fn item(f: impl FnOnce(&mut InMemDicomObject)) -> InMemDicomObject {
     o
 }
 
+/// Put a single string value. Values longer than the VR's maximum length in
+/// characters (PS3.5 6.2: SH 16, LO 64) are truncated, with a warning, so the
+/// object stays valid.
 fn put_str(obj: &mut InMemDicomObject, tag: Tag, vr: VR, value: &str) {
+    let max = match vr {
+        VR::SH => Some(16),
+        VR::LO => Some(64),
+        _ => None,
+    };
+    let value = match max {
+        Some(max) if value.chars().count() > max => {
+            let cut: String = value.chars().take(max).collect();
+            tracing::warn!(%tag, ?vr, original = value, truncated = %cut, "value longer than its VR allows; truncated");
+            cut
+        }
+        _ => value.to_string(),
+    };
     obj.put(DataElement::new(tag, vr, PrimitiveValue::from(value)));
 }
 
@@ -797,6 +813,18 @@ mod tests {
         assert_eq!(format_ds(-std::f64::consts::FRAC_1_SQRT_2), "-0.7071067811865");
         assert!(format_ds(1.0e20).len() <= 16);
         assert_eq!(format_ds(1.0e20).parse::<f64>().unwrap(), 1.0e20);
+    }
+
+    #[test]
+    fn long_lo_and_sh_values_are_truncated_to_the_vr_maximum() {
+        let mut o = InMemDicomObject::new_empty();
+        let long = "é".repeat(70);
+        put_str(&mut o, tags::SEGMENT_LABEL, VR::LO, &long);
+        put_str(&mut o, tags::CODE_VALUE, VR::SH, "12345678901234567890");
+        put_str(&mut o, tags::SOP_INSTANCE_UID, VR::UI, "1.2.3");
+        assert_eq!(o.element(tags::SEGMENT_LABEL).unwrap().to_str().unwrap().chars().count(), 64);
+        assert_eq!(o.element(tags::CODE_VALUE).unwrap().to_str().unwrap(), "1234567890123456");
+        assert_eq!(o.element(tags::SOP_INSTANCE_UID).unwrap().to_str().unwrap(), "1.2.3");
     }
 
     #[test]
