@@ -394,7 +394,7 @@ fn label_map_of_wrong_shape_is_rejected() {
 }
 
 #[test]
-fn missing_frame_of_reference_and_undeclared_labels_are_rejected() {
+fn invalid_inputs_are_rejected_with_typed_errors() {
     use myonode::encode::EncodeError;
     let mut case = synthetic(pattern(), false, false);
     case.seg.job.header.frame_of_reference_uid.clear();
@@ -408,6 +408,13 @@ fn missing_frame_of_reference_and_undeclared_labels_are_rejected() {
     case.seg.segments.truncate(1); // label 2 is no longer declared
     let err = encode_binary_seg(&case.seg, &options()).unwrap_err();
     assert!(matches!(err, EncodeError::UndeclaredLabelValue { value: 2, .. }), "{err}");
+
+    let mut case = synthetic(pattern(), false, false);
+    let mut volume = (*case.seg.job.volume).clone();
+    volume.slice_direction = volume.row_direction; // in-plane: every slice at one position along n
+    case.seg.job.volume = Arc::new(volume);
+    let err = encode_binary_seg(&case.seg, &options()).unwrap_err();
+    assert!(matches!(err, EncodeError::Geometry(_)), "{err}");
 
     let mut case = synthetic(pattern(), false, false);
     case.seg.segments.clear();

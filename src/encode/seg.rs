@@ -50,6 +50,10 @@ pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.3024215194964689134463582273995
 pub const IMPLEMENTATION_VERSION_NAME: &str = concat!("MYONODE_", env!("CARGO_PKG_VERSION"));
 
 /// Descriptive attributes of the SEG series and of the equipment that made it.
+///
+/// Manufacturer, ManufacturerModelName, DeviceSerialNumber and
+/// SoftwareVersions are Type 1 in the Enhanced General Equipment module
+/// (PS3.3 C.7.5.2): when left empty, the [`Default`] values are written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SegOptions {
     /// SeriesNumber (0020,0011) of the new SEG series.
@@ -222,7 +226,8 @@ pub fn plan_frames(
 /// [`EncodeError`] for a label map whose shape differs from the volume, a
 /// slice-reference count that differs from `nz`, an empty grid, no or
 /// duplicate segment descriptions, label values in the map that no segment
-/// declares, degenerate orientation, missing StudyInstanceUID /
+/// declares, degenerate orientation or spacing, two slices at one position
+/// along the normal (within 0.001 mm), missing StudyInstanceUID /
 /// SeriesInstanceUID / FrameOfReferenceUID, oversized pixel data, or a
 /// serialisation failure.
 pub fn encode_binary_seg(seg: &Segmentation, opts: &SegOptions) -> Result<EncodedObject, EncodeError> {
@@ -289,6 +294,16 @@ pub fn encode_binary_seg(seg: &Segmentation, opts: &SegOptions) -> Result<Encode
     }
     let normal = normal.map(|c| c / n_len);
     let offsets: Vec<f64> = (0..nz).map(|z| dot(volume.slice_position(z), normal)).collect();
+    // Two planes at one position would give one ImagePositionPatient two
+    // dimension index values: refuse rather than write an ambiguous SEG.
+    let mut by_offset: Vec<usize> = (0..nz).collect();
+    by_offset.sort_by(|&a, &b| offsets[a].total_cmp(&offsets[b]));
+    if let Some(w) = by_offset.windows(2).find(|w| (offsets[w[1]] - offsets[w[0]]).abs() < 1e-3) {
+        return Err(EncodeError::Geometry(format!(
+            "slices {} and {} lie at the same position along the slice normal ({:.4} mm)",
+            w[0], w[1], offsets[w[0]]
+        )));
+    }
 
     let label_values: Vec<u8> = segments.iter().map(|s| s.label_value).collect();
     let frames = plan_frames(labels, &label_values, &offsets)?;
@@ -348,11 +363,29 @@ pub fn encode_binary_seg(seg: &Segmentation, opts: &SegOptions) -> Result<Encode
     put_str(&mut obj, tags::FRAME_OF_REFERENCE_UID, VR::UI, &for_uid);
     copy_or_empty(&mut obj, src, tags::POSITION_REFERENCE_INDICATOR, VR::LO);
 
-    // General Equipment (C.7.5.1) + Enhanced General Equipment (C.7.5.2).
-    put_str(&mut obj, tags::MANUFACTURER, VR::LO, &opts.manufacturer);
-    put_str(&mut obj, tags::MANUFACTURER_MODEL_NAME, VR::LO, &opts.manufacturer_model_name);
-    put_str(&mut obj, tags::DEVICE_SERIAL_NUMBER, VR::LO, &opts.device_serial_number);
-    put_str(&mut obj, tags::SOFTWARE_VERSIONS, VR::LO, &opts.software_versions);
+    // General Equipment (C.7.5.1) + Enhanced General Equipment (C.7.5.2):
+    // all four are Type 1 there, so empty options fall back to the defaults.
+    let defaults = SegOptions::default();
+    let or_default = |v: &'_ str, d: &str| if v.trim().is_empty() { d.to_string() } else { v.to_string() };
+    put_str(&mut obj, tags::MANUFACTURER, VR::LO, &or_default(&opts.manufacturer, &defaults.manufacturer));
+    put_str(
+        &mut obj,
+        tags::MANUFACTURER_MODEL_NAME,
+        VR::LO,
+        &or_default(&opts.manufacturer_model_name, &defaults.manufacturer_model_name),
+    );
+    put_str(
+        &mut obj,
+        tags::DEVICE_SERIAL_NUMBER,
+        VR::LO,
+        &or_default(&opts.device_serial_number, &defaults.device_serial_number),
+    );
+    put_str(
+        &mut obj,
+        tags::SOFTWARE_VERSIONS,
+        VR::LO,
+        &or_default(&opts.software_versions, &defaults.software_versions),
+    );
     if !opts.institution_name.is_empty() {
         put_str(&mut obj, tags::INSTITUTION_NAME, VR::LO, &opts.institution_name);
     }
