@@ -55,7 +55,10 @@ fn data_dir() -> Option<PathBuf> {
     if d.is_dir() {
         Some(d)
     } else {
-        eprintln!("SKIPPED: test data directory {} not found (set MYONODE_DATA)", d.display());
+        eprintln!(
+            "SKIPPED: test data directory {} not found (set MYONODE_DATA)",
+            d.display()
+        );
         None
     }
 }
@@ -151,9 +154,21 @@ fn segmentation(volume: Volume, header: SeriesHeader, labels: Array3<u8>) -> Seg
 /// Rotation matrix columns from Euler angles (radians): an oblique, orthonormal frame.
 fn oblique_axes() -> ([f64; 3], [f64; 3]) {
     let (a, b, c) = (0.3f64, -0.45f64, 0.2f64);
-    let rz = [[a.cos(), -a.sin(), 0.0], [a.sin(), a.cos(), 0.0], [0.0, 0.0, 1.0]];
-    let ry = [[b.cos(), 0.0, b.sin()], [0.0, 1.0, 0.0], [-b.sin(), 0.0, b.cos()]];
-    let rx = [[1.0, 0.0, 0.0], [0.0, c.cos(), -c.sin()], [0.0, c.sin(), c.cos()]];
+    let rz = [
+        [a.cos(), -a.sin(), 0.0],
+        [a.sin(), a.cos(), 0.0],
+        [0.0, 0.0, 1.0],
+    ];
+    let ry = [
+        [b.cos(), 0.0, b.sin()],
+        [0.0, 1.0, 0.0],
+        [-b.sin(), 0.0, b.cos()],
+    ];
+    let rx = [
+        [1.0, 0.0, 0.0],
+        [0.0, c.cos(), -c.sin()],
+        [0.0, c.sin(), c.cos()],
+    ];
     let mul = |m: [[f64; 3]; 3], n: [[f64; 3]; 3]| {
         let mut r = [[0.0; 3]; 3];
         for i in 0..3 {
@@ -192,7 +207,11 @@ fn synthetic(labels: Array3<u8>, reversed: bool, multi_frame: bool) -> Synthetic
                     frame_number: Some(z + 1),
                 }
             } else {
-                SliceRef { sop_class_uid: MR_IMAGE_STORAGE.into(), sop_instance_uid: new_uid(), frame_number: None }
+                SliceRef {
+                    sop_class_uid: MR_IMAGE_STORAGE.into(),
+                    sop_instance_uid: new_uid(),
+                    frame_number: None,
+                }
             }
         })
         .collect();
@@ -220,7 +239,12 @@ fn synthetic(labels: Array3<u8>, reversed: bool, multi_frame: bool) -> Synthetic
     put(&mut ds, tags::STUDY_ID, VR::SH, "S1");
     put(&mut ds, tags::REFERRING_PHYSICIAN_NAME, VR::PN, "Doe^Jane");
     put(&mut ds, tags::STUDY_DESCRIPTION, VR::LO, "MR thigh");
-    put(&mut ds, tags::FRAME_OF_REFERENCE_UID, VR::UI, &frame_of_reference);
+    put(
+        &mut ds,
+        tags::FRAME_OF_REFERENCE_UID,
+        VR::UI,
+        &frame_of_reference,
+    );
     put(&mut ds, tags::MODALITY, VR::CS, "MR");
     let header = SeriesHeader {
         study_instance_uid: study.clone(),
@@ -247,7 +271,10 @@ fn synthetic(labels: Array3<u8>, reversed: bool, multi_frame: bool) -> Synthetic
             "SeriesNumber": "901", "InstitutionName": "Test Hospital"
         },
     });
-    Synthetic { seg: segmentation(volume, header, labels), geometry }
+    Synthetic {
+        seg: segmentation(volume, header, labels),
+        geometry,
+    }
 }
 
 /// Segment 1 (label 1) on slices 0, 1, 3 (a diamond), segment 2 on slices 1, 2
@@ -278,7 +305,13 @@ fn pattern() -> Array3<u8> {
 
 /// Writes the SEG, labels and geometry of a case into `dir` (and, for
 /// inspection, also into `$MYONODE_TEST_OUT` when that variable is set).
-fn write_case(dir: &Path, name: &str, bytes: &[u8], labels: &Array3<u8>, geometry: Option<&serde_json::Value>) -> (PathBuf, PathBuf, Option<PathBuf>) {
+fn write_case(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    labels: &Array3<u8>,
+    geometry: Option<&serde_json::Value>,
+) -> (PathBuf, PathBuf, Option<PathBuf>) {
     if let Some(out) = std::env::var_os("MYONODE_TEST_OUT").filter(|_| !dir.ends_with("keep")) {
         let keep = PathBuf::from(out).join("keep");
         std::fs::create_dir_all(&keep).unwrap();
@@ -298,7 +331,11 @@ fn write_case(dir: &Path, name: &str, bytes: &[u8], labels: &Array3<u8>, geometr
 
 fn frame_count(bytes: &[u8]) -> (InMemDicomObject, u32) {
     let obj = dicom_object::from_reader(&bytes[128..]).expect("SEG parses with dicom-object");
-    let n: u32 = obj.element(tags::NUMBER_OF_FRAMES).unwrap().to_int().unwrap();
+    let n: u32 = obj
+        .element(tags::NUMBER_OF_FRAMES)
+        .unwrap()
+        .to_int()
+        .unwrap();
     (obj.into_inner(), n)
 }
 
@@ -311,15 +348,55 @@ fn synthetic_round_trip(reversed: bool, multi_frame: bool) {
     let (obj, frames) = frame_count(&enc.bytes);
     // segment 1: slices 0, 1, 3; segment 2: slices 1, 2 → 5 frames
     assert_eq!(frames, 5);
-    assert_eq!(obj.element(tags::SOP_INSTANCE_UID).unwrap().to_str().unwrap(), enc.sop_instance_uid);
-    assert_eq!(obj.element(tags::SERIES_INSTANCE_UID).unwrap().to_str().unwrap(), enc.series_instance_uid);
-    assert_eq!(obj.element(tags::PATIENT_NAME).unwrap().to_str().unwrap(), "Müller^Jürgen");
-    assert_eq!(obj.element(tags::SPECIFIC_CHARACTER_SET).unwrap().to_str().unwrap(), "ISO_IR 192");
-    let series_item = &obj.element(tags::REFERENCED_SERIES_SEQUENCE).unwrap().items().unwrap()[0];
-    let instances = series_item.element(tags::REFERENCED_INSTANCE_SEQUENCE).unwrap().items().unwrap();
-    assert_eq!(instances.len(), if multi_frame { 1 } else { 5 }, "distinct source instances");
+    assert_eq!(
+        obj.element(tags::SOP_INSTANCE_UID)
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        enc.sop_instance_uid
+    );
+    assert_eq!(
+        obj.element(tags::SERIES_INSTANCE_UID)
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        enc.series_instance_uid
+    );
+    assert_eq!(
+        obj.element(tags::PATIENT_NAME).unwrap().to_str().unwrap(),
+        "Müller^Jürgen"
+    );
+    assert_eq!(
+        obj.element(tags::SPECIFIC_CHARACTER_SET)
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        "ISO_IR 192"
+    );
+    let series_item = &obj
+        .element(tags::REFERENCED_SERIES_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap()[0];
+    let instances = series_item
+        .element(tags::REFERENCED_INSTANCE_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap();
+    assert_eq!(
+        instances.len(),
+        if multi_frame { 1 } else { 5 },
+        "distinct source instances"
+    );
     // ceil(5·13·11 / 8) = 90 bytes (even).
-    assert_eq!(obj.element(tags::PIXEL_DATA).unwrap().to_bytes().unwrap().len(), 90);
+    assert_eq!(
+        obj.element(tags::PIXEL_DATA)
+            .unwrap()
+            .to_bytes()
+            .unwrap()
+            .len(),
+        90
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let name = match (reversed, multi_frame) {
@@ -339,7 +416,10 @@ fn synthetic_round_trip(reversed: bool, multi_frame: bool) {
     let bad = dir.path().join("wrong.labels.npy");
     ndarray_npy::write_npy(&bad, &wrong).unwrap();
     let (ok, out) = run_checker(&seg, &bad, &["--geometry", geo.to_str().unwrap()]);
-    assert!(!ok, "check_seg.py accepted a label map with one wrong voxel:\n{out}");
+    assert!(
+        !ok,
+        "check_seg.py accepted a label map with one wrong voxel:\n{out}"
+    );
     assert!(out.contains("voxels differ"), "{out}");
 }
 
@@ -366,7 +446,13 @@ fn empty_mask_keeps_all_frames_and_round_trips() {
     let (_, frames) = frame_count(&enc.bytes);
     assert_eq!(frames, 10, "2 segments × 5 slices");
     let dir = tempfile::tempdir().unwrap();
-    let (seg, npy, geo) = write_case(dir.path(), "empty", &enc.bytes, &labels, Some(&case.geometry));
+    let (seg, npy, geo) = write_case(
+        dir.path(),
+        "empty",
+        &enc.bytes,
+        &labels,
+        Some(&case.geometry),
+    );
     let (ok, out) = run_checker(&seg, &npy, &["--geometry", geo.unwrap().to_str().unwrap()]);
     assert!(ok, "check_seg.py rejected the empty SEG:\n{out}");
 }
@@ -381,7 +467,10 @@ fn ascii_only_headers_have_no_specific_character_set() {
     let enc = encode_binary_seg(&case.seg, &options()).unwrap();
     let (obj, _) = frame_count(&enc.bytes);
     assert!(obj.get(tags::SPECIFIC_CHARACTER_SET).is_none());
-    assert_eq!(obj.element(tags::PATIENT_NAME).unwrap().to_str().unwrap(), "Doe^John");
+    assert_eq!(
+        obj.element(tags::PATIENT_NAME).unwrap().to_str().unwrap(),
+        "Doe^John"
+    );
 }
 
 #[test]
@@ -390,7 +479,10 @@ fn label_map_of_wrong_shape_is_rejected() {
     let mut seg = case.seg;
     seg.labels = Arc::new(Array3::zeros((5, 13, 10)));
     let err = encode_binary_seg(&seg, &options()).unwrap_err();
-    assert!(matches!(err, myonode::encode::EncodeError::ShapeMismatch { .. }), "{err}");
+    assert!(
+        matches!(err, myonode::encode::EncodeError::ShapeMismatch { .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -402,12 +494,24 @@ fn invalid_inputs_are_rejected_with_typed_errors() {
     ds.remove_element(tags::FRAME_OF_REFERENCE_UID);
     case.seg.job.header.dataset = Arc::new(ds);
     let err = encode_binary_seg(&case.seg, &options()).unwrap_err();
-    assert!(matches!(err, EncodeError::MissingAttribute { name: "FrameOfReferenceUID", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            EncodeError::MissingAttribute {
+                name: "FrameOfReferenceUID",
+                ..
+            }
+        ),
+        "{err}"
+    );
 
     let mut case = synthetic(pattern(), false, false);
     case.seg.segments.truncate(1); // label 2 is no longer declared
     let err = encode_binary_seg(&case.seg, &options()).unwrap_err();
-    assert!(matches!(err, EncodeError::UndeclaredLabelValue { value: 2, .. }), "{err}");
+    assert!(
+        matches!(err, EncodeError::UndeclaredLabelValue { value: 2, .. }),
+        "{err}"
+    );
 
     let mut case = synthetic(pattern(), false, false);
     let mut volume = (*case.seg.job.volume).clone();
@@ -418,7 +522,10 @@ fn invalid_inputs_are_rejected_with_typed_errors() {
 
     let mut case = synthetic(pattern(), false, false);
     case.seg.segments.clear();
-    assert!(matches!(encode_binary_seg(&case.seg, &options()), Err(EncodeError::NoSegments)));
+    assert!(matches!(
+        encode_binary_seg(&case.seg, &options()),
+        Err(EncodeError::NoSegments)
+    ));
 }
 
 #[test]
@@ -436,13 +543,41 @@ fn segment_numbers_follow_sorted_label_values() {
     case.seg.segments[1].label_value = 5;
     let enc = encode_binary_seg(&case.seg, &options()).unwrap();
     let (obj, _) = frame_count(&enc.bytes);
-    let items = obj.element(tags::SEGMENT_SEQUENCE).unwrap().items().unwrap();
-    assert_eq!(items[0].element(tags::SEGMENT_LABEL).unwrap().to_str().unwrap(), "Right femur");
-    assert_eq!(items[1].element(tags::SEGMENT_LABEL).unwrap().to_str().unwrap(), "Left thigh muscle");
+    let items = obj
+        .element(tags::SEGMENT_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap();
+    assert_eq!(
+        items[0]
+            .element(tags::SEGMENT_LABEL)
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        "Right femur"
+    );
+    assert_eq!(
+        items[1]
+            .element(tags::SEGMENT_LABEL)
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        "Left thigh muscle"
+    );
     let dir = tempfile::tempdir().unwrap();
-    let (seg, npy, geo) = write_case(dir.path(), "relabelled", &enc.bytes, &labels, Some(&case.geometry));
+    let (seg, npy, geo) = write_case(
+        dir.path(),
+        "relabelled",
+        &enc.bytes,
+        &labels,
+        Some(&case.geometry),
+    );
     let geo = geo.unwrap();
-    let (ok, out) = run_checker(&seg, &npy, &["--geometry", geo.to_str().unwrap(), "--label-values", "5,9"]);
+    let (ok, out) = run_checker(
+        &seg,
+        &npy,
+        &["--geometry", geo.to_str().unwrap(), "--label-values", "5,9"],
+    );
     assert!(ok, "check_seg.py rejected the relabelled SEG:\n{out}");
 }
 
@@ -456,11 +591,20 @@ struct SourceSlice {
 }
 
 fn ds_f64s(obj: &InMemDicomObject, tag: dicom_core::Tag) -> Vec<f64> {
-    obj.element(tag).unwrap().to_multi_float64().unwrap().to_vec()
+    obj.element(tag)
+        .unwrap()
+        .to_multi_float64()
+        .unwrap()
+        .to_vec()
 }
 
 fn ds_str(obj: &InMemDicomObject, tag: dicom_core::Tag) -> String {
-    obj.element(tag).unwrap().to_str().unwrap().trim_end_matches(['\0', ' ']).to_string()
+    obj.element(tag)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .trim_end_matches(['\0', ' '])
+        .to_string()
 }
 
 /// Build a Volume from a folder of single-frame images, sorted by ascending
@@ -471,7 +615,10 @@ fn load_series(dir: &Path, decode: bool) -> (Volume, SeriesHeader, Vec<SourceSli
     let mut iop = Vec::new();
     let mut pixel_spacing = Vec::new();
     let (mut rows, mut cols) = (0usize, 0usize);
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     paths.sort();
     for p in paths {
         let obj = dicom_object::open_file(&p).unwrap().into_inner();
@@ -479,7 +626,11 @@ fn load_series(dir: &Path, decode: bool) -> (Volume, SeriesHeader, Vec<SourceSli
             iop = ds_f64s(&obj, tags::IMAGE_ORIENTATION_PATIENT);
             pixel_spacing = ds_f64s(&obj, tags::PIXEL_SPACING);
             rows = obj.element(tags::ROWS).unwrap().to_int::<usize>().unwrap();
-            cols = obj.element(tags::COLUMNS).unwrap().to_int::<usize>().unwrap();
+            cols = obj
+                .element(tags::COLUMNS)
+                .unwrap()
+                .to_int::<usize>()
+                .unwrap();
             let mut header = obj.clone();
             header.remove_element(tags::PIXEL_DATA);
             first = Some(header);
@@ -541,9 +692,23 @@ fn load_series(dir: &Path, decode: bool) -> (Volume, SeriesHeader, Vec<SourceSli
 }
 
 /// Ellipsoid (in voxel units) centred in the grid, for a geometric mask.
-fn in_ellipsoid(z: usize, y: usize, x: usize, shape: (usize, usize, usize), radii: [f64; 3]) -> bool {
-    let c = [shape.0 as f64 / 2.0, shape.1 as f64 / 2.0, shape.2 as f64 / 2.0];
-    let d = [(z as f64 - c[0]) / radii[0], (y as f64 - c[1]) / radii[1], (x as f64 - c[2]) / radii[2]];
+fn in_ellipsoid(
+    z: usize,
+    y: usize,
+    x: usize,
+    shape: (usize, usize, usize),
+    radii: [f64; 3],
+) -> bool {
+    let c = [
+        shape.0 as f64 / 2.0,
+        shape.1 as f64 / 2.0,
+        shape.2 as f64 / 2.0,
+    ];
+    let d = [
+        (z as f64 - c[0]) / radii[0],
+        (y as f64 - c[1]) / radii[1],
+        (x as f64 - c[2]) / radii[2],
+    ];
     d.iter().map(|v| v * v).sum::<f64>() <= 1.0
 }
 
@@ -565,7 +730,17 @@ fn real_round_trip(series: &str, threshold: bool) {
     for ((z, y, x), l) in labels.indexed_iter_mut() {
         if threshold && z >= shape.0 / 3 && z < 2 * shape.0 / 3 && volume.data[[z, y, x]] > t {
             *l = 1;
-        } else if in_ellipsoid(z, y, x, shape, [shape.0 as f64 / 3.0, shape.1 as f64 / 5.0, shape.2 as f64 / 4.0]) {
+        } else if in_ellipsoid(
+            z,
+            y,
+            x,
+            shape,
+            [
+                shape.0 as f64 / 3.0,
+                shape.1 as f64 / 5.0,
+                shape.2 as f64 / 4.0,
+            ],
+        ) {
             *l = 2;
         }
     }
@@ -581,7 +756,10 @@ fn real_round_trip(series: &str, threshold: bool) {
     }
     let n1 = labels.iter().filter(|&&v| v == 1).count();
     let n2 = labels.iter().filter(|&&v| v == 2).count();
-    assert!(n1 > 100 && n2 > 100, "degenerate test mask: {n1} / {n2} voxels");
+    assert!(
+        n1 > 100 && n2 > 100,
+        "degenerate test mask: {n1} / {n2} voxels"
+    );
 
     let seg = segmentation(volume, header, labels.clone());
     let enc = encode_binary_seg(&seg, &options()).expect("encode");

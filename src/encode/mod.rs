@@ -22,7 +22,10 @@ use dicom_core::Tag;
 pub enum EncodeError {
     /// The label map and the volume grid differ; shapes are `(nz, ny, nx)`.
     #[error("label map shape {labels:?} differs from volume shape {volume:?} (z, y, x)")]
-    ShapeMismatch { labels: [usize; 3], volume: [usize; 3] },
+    ShapeMismatch {
+        labels: [usize; 3],
+        volume: [usize; 3],
+    },
     /// `Volume::slices` must have one entry per slice.
     #[error("volume has {slices} source slice references for {nz} slices")]
     SliceRefCountMismatch { slices: usize, nz: usize },
@@ -51,7 +54,9 @@ pub enum EncodeError {
     #[error("invalid input: {0}")]
     InvalidInput(String),
     /// The packed Pixel Data would not fit a 32-bit value length.
-    #[error("pixel data of {bytes} bytes exceeds the 32-bit value length of Pixel Data (7FE0,0010)")]
+    #[error(
+        "pixel data of {bytes} bytes exceeds the 32-bit value length of Pixel Data (7FE0,0010)"
+    )]
     PixelDataTooLarge { bytes: u64 },
     /// Building the File Meta Information failed.
     #[error("cannot build the File Meta Information")]

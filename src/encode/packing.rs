@@ -18,7 +18,10 @@ pub struct BitPacker {
 impl BitPacker {
     /// An empty packer with room for `pixel_capacity` pixels.
     pub fn with_capacity(pixel_capacity: usize) -> Self {
-        BitPacker { bytes: Vec::with_capacity(pixel_capacity.div_ceil(8) + 1), bits: 0 }
+        BitPacker {
+            bytes: Vec::with_capacity(pixel_capacity.div_ceil(8) + 1),
+            bits: 0,
+        }
     }
 
     /// Append one pixel to the stream.

@@ -149,7 +149,9 @@ pub fn plan_frames(
     let mut lut: [Option<usize>; 256] = [None; 256];
     for (i, &v) in sorted.iter().enumerate() {
         if v == 0 {
-            return Err(EncodeError::InvalidInput("label value 0 is background".into()));
+            return Err(EncodeError::InvalidInput(
+                "label value 0 is background".into(),
+            ));
         }
         if lut[v as usize].is_some() {
             return Err(EncodeError::DuplicateLabelValue(v));
@@ -167,7 +169,10 @@ pub fn plan_frames(
             match lut[v as usize] {
                 Some(s) => present[s][z] = true,
                 None => {
-                    return Err(EncodeError::UndeclaredLabelValue { value: v, voxel: [z, y, x] })
+                    return Err(EncodeError::UndeclaredLabelValue {
+                        value: v,
+                        voxel: [z, y, x],
+                    })
                 }
             }
         }
@@ -179,7 +184,11 @@ pub fn plan_frames(
         .collect();
     // Planes in ascending position along the normal; ties keep slice order.
     let mut ordered = kept;
-    ordered.sort_by(|&a, &b| plane_offsets[a].total_cmp(&plane_offsets[b]).then(a.cmp(&b)));
+    ordered.sort_by(|&a, &b| {
+        plane_offsets[a]
+            .total_cmp(&plane_offsets[b])
+            .then(a.cmp(&b))
+    });
     let mut rank = vec![0u32; nz];
     for (r, &z) in ordered.iter().enumerate() {
         rank[z] = r as u32 + 1;
@@ -230,7 +239,10 @@ pub fn plan_frames(
 /// along the normal (within 0.001 mm), missing StudyInstanceUID /
 /// SeriesInstanceUID / FrameOfReferenceUID, oversized pixel data, or a
 /// serialisation failure.
-pub fn encode_binary_seg(seg: &Segmentation, opts: &SegOptions) -> Result<EncodedObject, EncodeError> {
+pub fn encode_binary_seg(
+    seg: &Segmentation,
+    opts: &SegOptions,
+) -> Result<EncodedObject, EncodeError> {
     let volume: &Volume = &seg.job.volume;
     let labels: &Array3<u8> = &seg.labels;
     let (nz, ny, nx) = volume.shape();
@@ -242,10 +254,15 @@ pub fn encode_binary_seg(seg: &Segmentation, opts: &SegOptions) -> Result<Encode
         });
     }
     if nz == 0 || ny == 0 || nx == 0 {
-        return Err(EncodeError::EmptyVolume { shape: [nz, ny, nx] });
+        return Err(EncodeError::EmptyVolume {
+            shape: [nz, ny, nx],
+        });
     }
     if volume.slices.len() != nz {
-        return Err(EncodeError::SliceRefCountMismatch { slices: volume.slices.len(), nz });
+        return Err(EncodeError::SliceRefCountMismatch {
+            slices: volume.slices.len(),
+            nz,
+        });
     }
     if ny > u16::MAX as usize || nx > u16::MAX as usize {
         return Err(EncodeError::InvalidInput(format!(
@@ -262,14 +279,19 @@ pub fn encode_binary_seg(seg: &Segmentation, opts: &SegOptions) -> Result<Encode
     }
     for s in &segments {
         if s.label_value == 0 {
-            return Err(EncodeError::BackgroundLabelValue { label: s.label.clone() });
+            return Err(EncodeError::BackgroundLabelValue {
+                label: s.label.clone(),
+            });
         }
     }
 
     let header = &seg.job.header;
     let study_uid = non_empty(&header.study_instance_uid)
         .or_else(|| dataset_str(&header.dataset, tags::STUDY_INSTANCE_UID))
-        .ok_or(EncodeError::MissingAttribute { name: "StudyInstanceUID", tag: tags::STUDY_INSTANCE_UID })?;
+        .ok_or(EncodeError::MissingAttribute {
+            name: "StudyInstanceUID",
+            tag: tags::STUDY_INSTANCE_UID,
+        })?;
     let source_series_uid = non_empty(&header.series_instance_uid)
         .or_else(|| dataset_str(&header.dataset, tags::SERIES_INSTANCE_UID))
         .ok_or(EncodeError::MissingAttribute {
@@ -286,19 +308,25 @@ pub fn encode_binary_seg(seg: &Segmentation, opts: &SegOptions) -> Result<Encode
     // Geometry.
     let normal = cross(volume.row_direction, volume.column_direction);
     let n_len = norm(normal);
-    if n_len.is_nan() || n_len <= 1e-3 || !volume.spacing.iter().all(|s| s.is_finite() && *s > 0.0) {
+    if n_len.is_nan() || n_len <= 1e-3 || !volume.spacing.iter().all(|s| s.is_finite() && *s > 0.0)
+    {
         return Err(EncodeError::Geometry(format!(
             "row_direction {:?}, column_direction {:?}, spacing {:?} do not define a grid",
             volume.row_direction, volume.column_direction, volume.spacing
         )));
     }
     let normal = normal.map(|c| c / n_len);
-    let offsets: Vec<f64> = (0..nz).map(|z| dot(volume.slice_position(z), normal)).collect();
+    let offsets: Vec<f64> = (0..nz)
+        .map(|z| dot(volume.slice_position(z), normal))
+        .collect();
     // Two planes at one position would give one ImagePositionPatient two
     // dimension index values: refuse rather than write an ambiguous SEG.
     let mut by_offset: Vec<usize> = (0..nz).collect();
     by_offset.sort_by(|&a, &b| offsets[a].total_cmp(&offsets[b]));
-    if let Some(w) = by_offset.windows(2).find(|w| (offsets[w[1]] - offsets[w[0]]).abs() < 1e-3) {
+    if let Some(w) = by_offset
+        .windows(2)
+        .find(|w| (offsets[w[1]] - offsets[w[0]]).abs() < 1e-3)
+    {
         return Err(EncodeError::Geometry(format!(
             "slices {} and {} lie at the same position along the slice normal ({:.4} mm)",
             w[0], w[1], offsets[w[0]]
@@ -335,7 +363,12 @@ pub fn encode_binary_seg(seg: &Segmentation, opts: &SegOptions) -> Result<Encode
     let src = &header.dataset;
 
     // SOP Common (C.12.1).
-    put_str(&mut obj, tags::SOP_CLASS_UID, VR::UI, uids::SEGMENTATION_STORAGE);
+    put_str(
+        &mut obj,
+        tags::SOP_CLASS_UID,
+        VR::UI,
+        uids::SEGMENTATION_STORAGE,
+    );
     put_str(&mut obj, tags::SOP_INSTANCE_UID, VR::UI, &sop_instance_uid);
     put_str(&mut obj, tags::INSTANCE_CREATION_DATE, VR::DA, &date);
     put_str(&mut obj, tags::INSTANCE_CREATION_TIME, VR::TM, &time);
@@ -351,12 +384,27 @@ pub fn encode_binary_seg(seg: &Segmentation, opts: &SegOptions) -> Result<Encode
 
     // General Series (C.7.3.1) + Segmentation Series (C.8.20.1).
     put_str(&mut obj, tags::MODALITY, VR::CS, "SEG");
-    put_str(&mut obj, tags::SERIES_INSTANCE_UID, VR::UI, &series_instance_uid);
-    put_str(&mut obj, tags::SERIES_NUMBER, VR::IS, &opts.series_number.to_string());
+    put_str(
+        &mut obj,
+        tags::SERIES_INSTANCE_UID,
+        VR::UI,
+        &series_instance_uid,
+    );
+    put_str(
+        &mut obj,
+        tags::SERIES_NUMBER,
+        VR::IS,
+        &opts.series_number.to_string(),
+    );
     put_str(&mut obj, tags::SERIES_DATE, VR::DA, &date);
     put_str(&mut obj, tags::SERIES_TIME, VR::TM, &time);
     if !opts.series_description.is_empty() {
-        put_str(&mut obj, tags::SERIES_DESCRIPTION, VR::LO, &opts.series_description);
+        put_str(
+            &mut obj,
+            tags::SERIES_DESCRIPTION,
+            VR::LO,
+            &opts.series_description,
+        );
     }
 
     // Frame of Reference (C.7.4.1).
@@ -366,13 +414,27 @@ pub fn encode_binary_seg(seg: &Segmentation, opts: &SegOptions) -> Result<Encode
     // General Equipment (C.7.5.1) + Enhanced General Equipment (C.7.5.2):
     // all four are Type 1 there, so empty options fall back to the defaults.
     let defaults = SegOptions::default();
-    let or_default = |v: &'_ str, d: &str| if v.trim().is_empty() { d.to_string() } else { v.to_string() };
-    put_str(&mut obj, tags::MANUFACTURER, VR::LO, &or_default(&opts.manufacturer, &defaults.manufacturer));
+    let or_default = |v: &'_ str, d: &str| {
+        if v.trim().is_empty() {
+            d.to_string()
+        } else {
+            v.to_string()
+        }
+    };
+    put_str(
+        &mut obj,
+        tags::MANUFACTURER,
+        VR::LO,
+        &or_default(&opts.manufacturer, &defaults.manufacturer),
+    );
     put_str(
         &mut obj,
         tags::MANUFACTURER_MODEL_NAME,
         VR::LO,
-        &or_default(&opts.manufacturer_model_name, &defaults.manufacturer_model_name),
+        &or_default(
+            &opts.manufacturer_model_name,
+            &defaults.manufacturer_model_name,
+        ),
     );
     put_str(
         &mut obj,
@@ -387,7 +449,12 @@ pub fn encode_binary_seg(seg: &Segmentation, opts: &SegOptions) -> Result<Encode
         &or_default(&opts.software_versions, &defaults.software_versions),
     );
     if !opts.institution_name.is_empty() {
-        put_str(&mut obj, tags::INSTITUTION_NAME, VR::LO, &opts.institution_name);
+        put_str(
+            &mut obj,
+            tags::INSTITUTION_NAME,
+            VR::LO,
+            &opts.institution_name,
+        );
     }
 
     // General Image (C.7.6.1) / Multi-frame Functional Groups (C.7.6.16) /
@@ -395,14 +462,29 @@ pub fn encode_binary_seg(seg: &Segmentation, opts: &SegOptions) -> Result<Encode
     put_str(&mut obj, tags::INSTANCE_NUMBER, VR::IS, "1");
     put_str(&mut obj, tags::CONTENT_DATE, VR::DA, &date);
     put_str(&mut obj, tags::CONTENT_TIME, VR::TM, &time);
-    put_str(&mut obj, tags::CONTENT_LABEL, VR::CS, &content_label(&opts.content_label));
-    put_str(&mut obj, tags::CONTENT_DESCRIPTION, VR::LO, &opts.series_description);
+    put_str(
+        &mut obj,
+        tags::CONTENT_LABEL,
+        VR::CS,
+        &content_label(&opts.content_label),
+    );
+    put_str(
+        &mut obj,
+        tags::CONTENT_DESCRIPTION,
+        VR::LO,
+        &opts.series_description,
+    );
     put_str(&mut obj, tags::CONTENT_CREATOR_NAME, VR::PN, "");
 
     // Image Pixel (C.7.6.3) as constrained by Segmentation Image (C.8.20.2).
     put_strs(&mut obj, tags::IMAGE_TYPE, VR::CS, &["DERIVED", "PRIMARY"]);
     put_u16(&mut obj, tags::SAMPLES_PER_PIXEL, &[1]);
-    put_str(&mut obj, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2");
+    put_str(
+        &mut obj,
+        tags::PHOTOMETRIC_INTERPRETATION,
+        VR::CS,
+        "MONOCHROME2",
+    );
     put_u16(&mut obj, tags::ROWS, &[ny as u16]);
     put_u16(&mut obj, tags::COLUMNS, &[nx as u16]);
     put_u16(&mut obj, tags::BITS_ALLOCATED, &[1]);
@@ -426,7 +508,14 @@ pub fn encode_binary_seg(seg: &Segmentation, opts: &SegOptions) -> Result<Encode
     put_seq(
         &mut obj,
         tags::DIMENSION_ORGANIZATION_SEQUENCE,
-        vec![item(|o| put_str(o, tags::DIMENSION_ORGANIZATION_UID, VR::UI, &dimension_organization_uid))],
+        vec![item(|o| {
+            put_str(
+                o,
+                tags::DIMENSION_ORGANIZATION_UID,
+                VR::UI,
+                &dimension_organization_uid,
+            )
+        })],
     );
     put_seq(
         &mut obj,
@@ -448,7 +537,12 @@ pub fn encode_binary_seg(seg: &Segmentation, opts: &SegOptions) -> Result<Encode
     );
 
     // Multi-frame Functional Groups (C.7.6.16).
-    put_str(&mut obj, tags::NUMBER_OF_FRAMES, VR::IS, &frames.len().to_string());
+    put_str(
+        &mut obj,
+        tags::NUMBER_OF_FRAMES,
+        VR::IS,
+        &frames.len().to_string(),
+    );
     let shared = item(|o| {
         put_seq(
             o,
@@ -460,8 +554,18 @@ pub fn encode_binary_seg(seg: &Segmentation, opts: &SegOptions) -> Result<Encode
                     VR::DS,
                     &[format_ds(volume.spacing[1]), format_ds(volume.spacing[2])],
                 );
-                put_str(pm, tags::SLICE_THICKNESS, VR::DS, &format_ds(volume.spacing[0]));
-                put_str(pm, tags::SPACING_BETWEEN_SLICES, VR::DS, &format_ds(volume.spacing[0]));
+                put_str(
+                    pm,
+                    tags::SLICE_THICKNESS,
+                    VR::DS,
+                    &format_ds(volume.spacing[0]),
+                );
+                put_str(
+                    pm,
+                    tags::SPACING_BETWEEN_SLICES,
+                    VR::DS,
+                    &format_ds(volume.spacing[0]),
+                );
             })],
         );
         put_seq(
@@ -473,12 +577,18 @@ pub fn encode_binary_seg(seg: &Segmentation, opts: &SegOptions) -> Result<Encode
             })],
         );
     });
-    put_seq(&mut obj, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE, vec![shared]);
-    let per_frame: Vec<InMemDicomObject> = frames
-        .iter()
-        .map(|f| per_frame_item(f, volume))
-        .collect();
-    put_seq(&mut obj, tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE, per_frame);
+    put_seq(
+        &mut obj,
+        tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE,
+        vec![shared],
+    );
+    let per_frame: Vec<InMemDicomObject> =
+        frames.iter().map(|f| per_frame_item(f, volume)).collect();
+    put_seq(
+        &mut obj,
+        tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE,
+        per_frame,
+    );
 
     // Common Instance Reference (C.12.2): every distinct source instance.
     let mut seen = BTreeSet::new();
@@ -489,7 +599,12 @@ pub fn encode_binary_seg(seg: &Segmentation, opts: &SegOptions) -> Result<Encode
         .map(|s| {
             item(|o| {
                 put_str(o, tags::REFERENCED_SOP_CLASS_UID, VR::UI, &s.sop_class_uid);
-                put_str(o, tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, &s.sop_instance_uid);
+                put_str(
+                    o,
+                    tags::REFERENCED_SOP_INSTANCE_UID,
+                    VR::UI,
+                    &s.sop_instance_uid,
+                );
             })
         })
         .collect();
@@ -503,7 +618,11 @@ pub fn encode_binary_seg(seg: &Segmentation, opts: &SegOptions) -> Result<Encode
     );
 
     // Pixel Data, OB (PS3.5 A.2 / 8.1.1 for Bits Allocated 1).
-    obj.put(DataElement::new(tags::PIXEL_DATA, VR::OB, PrimitiveValue::U8(pixel_data.into())));
+    obj.put(DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OB,
+        PrimitiveValue::U8(pixel_data.into()),
+    ));
 
     if has_non_ascii_text(&obj) {
         put_str(&mut obj, tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192");
@@ -520,7 +639,8 @@ pub fn encode_binary_seg(seg: &Segmentation, opts: &SegOptions) -> Result<Encode
         )
         .map_err(|e| EncodeError::FileMeta(Box::new(e)))?;
     let mut bytes = Vec::with_capacity(total_bytes as usize + 64 * 1024);
-    file.write_all(&mut bytes).map_err(|e| EncodeError::Write(Box::new(e)))?;
+    file.write_all(&mut bytes)
+        .map_err(|e| EncodeError::Write(Box::new(e)))?;
 
     Ok(EncodedObject {
         bytes,
@@ -579,8 +699,18 @@ fn per_frame_item(f: &FramePlan, volume: &Volume) -> InMemDicomObject {
                     d,
                     tags::SOURCE_IMAGE_SEQUENCE,
                     vec![item(|s| {
-                        put_str(s, tags::REFERENCED_SOP_CLASS_UID, VR::UI, &source.sop_class_uid);
-                        put_str(s, tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, &source.sop_instance_uid);
+                        put_str(
+                            s,
+                            tags::REFERENCED_SOP_CLASS_UID,
+                            VR::UI,
+                            &source.sop_class_uid,
+                        );
+                        put_str(
+                            s,
+                            tags::REFERENCED_SOP_INSTANCE_UID,
+                            VR::UI,
+                            &source.sop_instance_uid,
+                        );
                         if let Some(n) = source.frame_number {
                             put_str(s, tags::REFERENCED_FRAME_NUMBER, VR::IS, &n.to_string());
                         }
@@ -620,39 +750,70 @@ fn per_frame_item(f: &FramePlan, volume: &Volume) -> InMemDicomObject {
         put_seq(
             o,
             tags::SEGMENT_IDENTIFICATION_SEQUENCE,
-            vec![item(|si| put_u16(si, tags::REFERENCED_SEGMENT_NUMBER, &[f.segment_number]))],
+            vec![item(|si| {
+                put_u16(si, tags::REFERENCED_SEGMENT_NUMBER, &[f.segment_number])
+            })],
         );
     })
 }
 
 /// One item of the Segment Sequence (PS3.3 C.8.20.2, Segment Description macro).
-fn segment_item(number: u16, s: &SegmentDescription, algorithm: &AlgorithmIdentification) -> InMemDicomObject {
+fn segment_item(
+    number: u16,
+    s: &SegmentDescription,
+    algorithm: &AlgorithmIdentification,
+) -> InMemDicomObject {
     item(|o| {
         put_u16(o, tags::SEGMENT_NUMBER, &[number]);
         put_str(o, tags::SEGMENT_LABEL, VR::LO, &s.label);
-        put_seq(o, tags::SEGMENTED_PROPERTY_CATEGORY_CODE_SEQUENCE, vec![code_item(&s.category)]);
+        put_seq(
+            o,
+            tags::SEGMENTED_PROPERTY_CATEGORY_CODE_SEQUENCE,
+            vec![code_item(&s.category)],
+        );
         let mut type_item = code_item(&s.property_type);
         if let Some(m) = &s.type_modifier {
-            put_seq(&mut type_item, tags::SEGMENTED_PROPERTY_TYPE_MODIFIER_CODE_SEQUENCE, vec![code_item(m)]);
+            put_seq(
+                &mut type_item,
+                tags::SEGMENTED_PROPERTY_TYPE_MODIFIER_CODE_SEQUENCE,
+                vec![code_item(m)],
+            );
         }
-        put_seq(o, tags::SEGMENTED_PROPERTY_TYPE_CODE_SEQUENCE, vec![type_item]);
+        put_seq(
+            o,
+            tags::SEGMENTED_PROPERTY_TYPE_CODE_SEQUENCE,
+            vec![type_item],
+        );
         if let Some(region) = &s.anatomic_region {
             put_seq(o, tags::ANATOMIC_REGION_SEQUENCE, vec![code_item(region)]);
         }
-        put_str(o, tags::SEGMENT_ALGORITHM_TYPE, VR::CS, s.algorithm_type.as_str());
+        put_str(
+            o,
+            tags::SEGMENT_ALGORITHM_TYPE,
+            VR::CS,
+            s.algorithm_type.as_str(),
+        );
         if s.algorithm_type != SegmentAlgorithmType::Manual {
             put_str(o, tags::SEGMENT_ALGORITHM_NAME, VR::LO, &algorithm.name);
             put_seq(
                 o,
                 tags::SEGMENTATION_ALGORITHM_IDENTIFICATION_SEQUENCE,
                 vec![item(|a| {
-                    put_seq(a, tags::ALGORITHM_FAMILY_CODE_SEQUENCE, vec![code_item(&algorithm.family)]);
+                    put_seq(
+                        a,
+                        tags::ALGORITHM_FAMILY_CODE_SEQUENCE,
+                        vec![code_item(&algorithm.family)],
+                    );
                     put_str(a, tags::ALGORITHM_NAME, VR::LO, &algorithm.name);
                     put_str(a, tags::ALGORITHM_VERSION, VR::LO, &algorithm.version);
                 })],
             );
         }
-        put_u16(o, tags::RECOMMENDED_DISPLAY_CIE_LAB_VALUE, &srgb_to_dicom_lab(s.color_rgb));
+        put_u16(
+            o,
+            tags::RECOMMENDED_DISPLAY_CIE_LAB_VALUE,
+            &srgb_to_dicom_lab(s.color_rgb),
+        );
     })
 }
 
@@ -660,8 +821,16 @@ fn segment_item(number: u16, s: &SegmentDescription, algorithm: &AlgorithmIdenti
 fn dimension_index_item(org_uid: &str, pointer: Tag, group: Tag, label: &str) -> InMemDicomObject {
     item(|o| {
         put_str(o, tags::DIMENSION_ORGANIZATION_UID, VR::UI, org_uid);
-        o.put(DataElement::new(tags::DIMENSION_INDEX_POINTER, VR::AT, PrimitiveValue::Tags(vec![pointer].into())));
-        o.put(DataElement::new(tags::FUNCTIONAL_GROUP_POINTER, VR::AT, PrimitiveValue::Tags(vec![group].into())));
+        o.put(DataElement::new(
+            tags::DIMENSION_INDEX_POINTER,
+            VR::AT,
+            PrimitiveValue::Tags(vec![pointer].into()),
+        ));
+        o.put(DataElement::new(
+            tags::FUNCTIONAL_GROUP_POINTER,
+            VR::AT,
+            PrimitiveValue::Tags(vec![group].into()),
+        ));
         put_str(o, tags::DIMENSION_DESCRIPTION_LABEL, VR::LO, label);
     })
 }
@@ -688,7 +857,11 @@ pub fn format_ds(v: f64) -> String {
     }
     for prec in (0..=15).rev() {
         let s = format!("{v:.prec$}");
-        let s = if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s };
+        let s = if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            s
+        };
         let s = if s == "-0" { "0".to_string() } else { s };
         if s.len() <= 16 {
             return s;
@@ -709,11 +882,21 @@ fn content_label(s: &str) -> String {
     let cs: String = s
         .chars()
         .map(|c| c.to_ascii_uppercase())
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == ' ' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(16)
         .collect();
     let cs = cs.trim().to_string();
-    if cs.is_empty() { "SEGMENTATION".into() } else { cs }
+    if cs.is_empty() {
+        "SEGMENTATION".into()
+    } else {
+        cs
+    }
 }
 
 fn non_empty(s: &str) -> Option<String> {
@@ -722,7 +905,9 @@ fn non_empty(s: &str) -> Option<String> {
 }
 
 fn dataset_str(ds: &InMemDicomObject, tag: Tag) -> Option<String> {
-    ds.get(tag).and_then(|e| e.to_str().ok()).and_then(|s| non_empty(&s))
+    ds.get(tag)
+        .and_then(|e| e.to_str().ok())
+        .and_then(|s| non_empty(&s))
 }
 
 fn item(f: impl FnOnce(&mut InMemDicomObject)) -> InMemDicomObject {
@@ -757,7 +942,11 @@ fn put_strs<S: AsRef<str>>(obj: &mut InMemDicomObject, tag: Tag, vr: VR, values:
 }
 
 fn put_u16(obj: &mut InMemDicomObject, tag: Tag, values: &[u16]) {
-    obj.put(DataElement::new(tag, VR::US, PrimitiveValue::U16(values.to_vec().into())));
+    obj.put(DataElement::new(
+        tag,
+        VR::US,
+        PrimitiveValue::U16(values.to_vec().into()),
+    ));
 }
 
 fn put_seq(obj: &mut InMemDicomObject, tag: Tag, items: Vec<InMemDicomObject>) {
@@ -810,7 +999,10 @@ mod tests {
             .iter()
             .map(|f| (f.segment_number, f.label_value, f.slice, f.position_index))
             .collect();
-        assert_eq!(got, vec![(1, 1, 2, 2), (1, 1, 0, 3), (2, 2, 3, 1), (2, 2, 2, 2)]);
+        assert_eq!(
+            got,
+            vec![(1, 1, 2, 2), (1, 1, 0, 3), (2, 2, 3, 1), (2, 2, 2, 2)]
+        );
     }
 
     #[test]
@@ -819,8 +1011,18 @@ mod tests {
         let frames = plan_frames(&labels, &[1, 2], &[0.0, 1.0, 2.0]).unwrap();
         assert_eq!(frames.len(), 6);
         assert_eq!(
-            frames.iter().map(|f| (f.segment_number, f.slice, f.position_index)).collect::<Vec<_>>(),
-            vec![(1, 0, 1), (1, 1, 2), (1, 2, 3), (2, 0, 1), (2, 1, 2), (2, 2, 3)]
+            frames
+                .iter()
+                .map(|f| (f.segment_number, f.slice, f.position_index))
+                .collect::<Vec<_>>(),
+            vec![
+                (1, 0, 1),
+                (1, 1, 2),
+                (1, 2, 3),
+                (2, 0, 1),
+                (2, 1, 2),
+                (2, 2, 3)
+            ]
         );
     }
 
@@ -829,10 +1031,16 @@ mod tests {
         let mut labels = Array3::<u8>::zeros((2, 2, 2));
         labels[[1, 1, 0]] = 7;
         match plan_frames(&labels, &[1], &[0.0, 1.0]) {
-            Err(EncodeError::UndeclaredLabelValue { value: 7, voxel: [1, 1, 0] }) => {}
+            Err(EncodeError::UndeclaredLabelValue {
+                value: 7,
+                voxel: [1, 1, 0],
+            }) => {}
             other => panic!("unexpected {other:?}"),
         }
-        assert!(matches!(plan_frames(&labels, &[7, 7], &[0.0, 1.0]), Err(EncodeError::DuplicateLabelValue(7))));
+        assert!(matches!(
+            plan_frames(&labels, &[7, 7], &[0.0, 1.0]),
+            Err(EncodeError::DuplicateLabelValue(7))
+        ));
     }
 
     #[test]
@@ -843,7 +1051,10 @@ mod tests {
         assert_eq!(format_ds(-0.0), "0");
         assert_eq!(format_ds(1.0 / 3.0), "0.33333333333333");
         assert_eq!(format_ds(-1000.0 / 7.0), "-142.85714285714");
-        assert_eq!(format_ds(-std::f64::consts::FRAC_1_SQRT_2), "-0.7071067811865");
+        assert_eq!(
+            format_ds(-std::f64::consts::FRAC_1_SQRT_2),
+            "-0.7071067811865"
+        );
         assert!(format_ds(1.0e20).len() <= 16);
         assert_eq!(format_ds(1.0e20).parse::<f64>().unwrap(), 1.0e20);
     }
@@ -855,9 +1066,23 @@ mod tests {
         put_str(&mut o, tags::SEGMENT_LABEL, VR::LO, &long);
         put_str(&mut o, tags::CODE_VALUE, VR::SH, "12345678901234567890");
         put_str(&mut o, tags::SOP_INSTANCE_UID, VR::UI, "1.2.3");
-        assert_eq!(o.element(tags::SEGMENT_LABEL).unwrap().to_str().unwrap().chars().count(), 64);
-        assert_eq!(o.element(tags::CODE_VALUE).unwrap().to_str().unwrap(), "1234567890123456");
-        assert_eq!(o.element(tags::SOP_INSTANCE_UID).unwrap().to_str().unwrap(), "1.2.3");
+        assert_eq!(
+            o.element(tags::SEGMENT_LABEL)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .chars()
+                .count(),
+            64
+        );
+        assert_eq!(
+            o.element(tags::CODE_VALUE).unwrap().to_str().unwrap(),
+            "1234567890123456"
+        );
+        assert_eq!(
+            o.element(tags::SOP_INSTANCE_UID).unwrap().to_str().unwrap(),
+            "1.2.3"
+        );
     }
 
     #[test]
