@@ -39,15 +39,10 @@ use super::EncodeError;
 use crate::pipeline::messages::{
     AlgorithmIdentification, Code, SegmentAlgorithmType, SegmentDescription, Segmentation,
 };
+use crate::spool::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 use crate::uid::new_uid;
 use crate::volume::{cross, dot, norm, Volume};
 
-/// Implementation Class UID (0002,0012) written into the File Meta Information
-/// of objects made by myonode (`2.25` UUID-derived root, PS3.5 B.2).
-pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.302421519496468913446358227399541526714";
-
-/// Implementation Version Name (0002,0013), at most 16 characters.
-pub const IMPLEMENTATION_VERSION_NAME: &str = concat!("MYONODE_", env!("CARGO_PKG_VERSION"));
 
 /// Descriptive attributes of the SEG series and of the equipment that made it.
 ///
