@@ -43,7 +43,6 @@ use crate::spool::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 use crate::uid::new_uid;
 use crate::volume::{cross, dot, norm, Volume};
 
-
 /// Descriptive attributes of the SEG series and of the equipment that made it.
 ///
 /// Manufacturer, ManufacturerModelName, DeviceSerialNumber and
