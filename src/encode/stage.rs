@@ -12,6 +12,7 @@ use serde_json::json;
 use tracing::{error, info, info_span};
 
 use super::seg::{encode_binary_seg, SegOptions};
+use super::EncodeError;
 use crate::pipeline::messages::{Findings, Outbound};
 use crate::spool::Spool;
 
@@ -35,7 +36,7 @@ pub struct EncodeContext {
 #[derive(Debug, thiserror::Error)]
 pub enum EncodeStageError {
     #[error("encoding the SEG failed: {0}")]
-    Encode(#[from] super::seg::EncodeError),
+    Encode(#[from] EncodeError),
     #[error("{0}")]
     Spool(#[from] crate::spool::SpoolError),
 }
@@ -67,6 +68,7 @@ pub fn encode_findings(f: &Findings, ctx: &EncodeContext) -> Result<Vec<Outbound
         series_description: format!("{} (myonode)", f.segmentation.algorithm.name),
         content_label: "MYONODE".into(),
         manufacturer: "myonode".into(),
+        manufacturer_model_name: "myonode".into(),
         software_versions: env!("CARGO_PKG_VERSION").into(),
         institution_name: ctx.institution_name.clone(),
         device_serial_number: ctx.ae_title.clone(),
