@@ -1,0 +1,295 @@
+//! Integration tests of the C-ECHO / C-STORE SCP (`myonode::receive::serve`) against DCMTK
+//! `echoscu` / `storescu` and against this crate's own SCU, with real data from
+//! `MYONODE_DATA` (default `<crate>/../shared/data`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use dicom_dictionary_std::tags;
+use dicom_object::mem::InMemElement;
+use dicom_object::DefaultDicomObject;
+use myonode::config::{DestinationConfig, ReceiveConfig};
+use myonode::dimse::status;
+use myonode::pipeline::messages::InstanceStored;
+use myonode::receive::{serve, ReceiveContext};
+use myonode::spool::Spool;
+
+fn data_dir() -> PathBuf {
+    let dir = std::env::var_os("MYONODE_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
+    assert!(
+        dir.join("series").is_dir(),
+        "test data not found at {} (set MYONODE_DATA to the shared data directory)",
+        dir.display()
+    );
+    dir
+}
+
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .collect();
+    v.sort();
+    v
+}
+
+fn require_tool(name: &str) {
+    let ok = Command::new(name).arg("--version").output().is_ok();
+    assert!(ok, "DCMTK `{name}` not found in PATH (install dcmtk)");
+}
+
+/// A running SCP on 127.0.0.1:<ephemeral port> with a temporary spool.
+struct Scp {
+    port: u16,
+    spool_dir: tempfile::TempDir,
+    spool: Arc<Spool>,
+    rx: crossbeam_channel::Receiver<InstanceStored>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<Result<(), myonode::receive::ReceiveError>>>,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Scp {
+    fn start(allowed: &[&str]) -> Scp {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let spool_dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Spool::open(spool_dir.path(), true).unwrap());
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cfg = ReceiveConfig {
+            host: "127.0.0.1".into(),
+            port,
+            max_pdu_length: 131_072,
+            allowed_calling_ae_titles: allowed.iter().map(|s| s.to_string()).collect(),
+            max_associations: 4,
+            association_timeout_seconds: 30.0,
+        };
+        let ctx = Arc::new(ReceiveContext { ae_title: "MYONODE".into(), cfg, spool: spool.clone(), tx });
+        let (shutdown, srx) = tokio::sync::watch::channel(false);
+        let task = rt.spawn(serve(ctx, listener, srx));
+        Scp { port, spool_dir, spool, rx, shutdown, task: Some(task), rt }
+    }
+
+    fn dest(&self) -> DestinationConfig {
+        DestinationConfig {
+            name: "myonode".into(),
+            ae_title: "MYONODE".into(),
+            host: "127.0.0.1".into(),
+            port: self.port,
+            max_attempts: 1,
+            retry_delay_seconds: 0.1,
+        }
+    }
+
+    fn drain(&self) -> Vec<InstanceStored> {
+        self.rx.try_iter().collect()
+    }
+
+    fn stored_files(&self) -> Vec<PathBuf> {
+        self.spool.incoming_files()
+    }
+
+    /// Stop the server and wait for it (checks the graceful shutdown path).
+    fn stop(mut self) {
+        self.shutdown.send(true).unwrap();
+        let task = self.task.take().unwrap();
+        self.rt.block_on(task).unwrap().unwrap();
+    }
+}
+
+fn storescu(port: u16, calling: &str, extra: &[&str], dir: &Path) -> std::process::Output {
+    require_tool("storescu");
+    Command::new("storescu")
+        .env("TCP_NODELAY", "1")
+        .args(["-aet", calling, "-aec", "MYONODE", "-nh", "+sd"])
+        .args(extra)
+        .arg("127.0.0.1")
+        .arg(port.to_string())
+        .arg(dir)
+        .output()
+        .expect("run storescu")
+}
+
+fn open(p: &Path) -> DefaultDicomObject {
+    dicom_object::open_file(p).unwrap_or_else(|e| panic!("cannot open {}: {e}", p.display()))
+}
+
+fn text(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> String {
+    obj.element(tag).unwrap().to_str().unwrap().trim_end_matches(['\0', ' ']).to_string()
+}
+
+/// Pixel Data as comparable bytes: native value bytes, or each encapsulated fragment with its length.
+fn pixel_bytes(obj: &DefaultDicomObject) -> Vec<u8> {
+    let e: &InMemElement = obj.element(tags::PIXEL_DATA).unwrap();
+    match e.value() {
+        dicom_core::DicomValue::Primitive(p) => p.to_bytes().to_vec(),
+        dicom_core::DicomValue::PixelSequence(seq) => {
+            let mut out = Vec::new();
+            for f in seq.fragments() {
+                out.extend_from_slice(&(f.len() as u32).to_le_bytes());
+                out.extend_from_slice(f);
+            }
+            out
+        }
+        dicom_core::DicomValue::Sequence(_) => panic!("PixelData is a sequence"),
+    }
+}
+
+/// Every source file is in the spool with the same SOPInstanceUID, transfer syntax and pixel data;
+/// returns SOPInstanceUID → spool path.
+fn assert_spool_matches(scp: &Scp, sources: &[PathBuf]) -> HashMap<String, PathBuf> {
+    let by_uid: HashMap<String, PathBuf> = scp
+        .stored_files()
+        .into_iter()
+        .map(|p| (p.file_stem().unwrap().to_string_lossy().into_owned(), p))
+        .collect();
+    for src in sources {
+        let a = open(src);
+        let uid = text(&a, tags::SOP_INSTANCE_UID);
+        let stored = by_uid.get(&uid).unwrap_or_else(|| panic!("{uid} ({}) not in the spool", src.display()));
+        let b = open(stored);
+        assert_eq!(text(&b, tags::SOP_INSTANCE_UID), uid);
+        assert_eq!(b.meta().media_storage_sop_instance_uid(), uid);
+        assert_eq!(b.meta().transfer_syntax(), a.meta().transfer_syntax(), "{uid}");
+        assert_eq!(text(&b, tags::SERIES_INSTANCE_UID), text(&a, tags::SERIES_INSTANCE_UID));
+        assert!(pixel_bytes(&a) == pixel_bytes(&b), "pixel data differs for {uid}");
+    }
+    by_uid
+}
+
+#[test]
+fn echo_and_store_series_from_dcmtk_once_each() {
+    let data = data_dir();
+    let scp = Scp::start(&[]);
+    require_tool("echoscu");
+    let echo = Command::new("echoscu")
+        .env("TCP_NODELAY", "1")
+        .args(["-aet", "SCANNER", "-aec", "MYONODE", "127.0.0.1"])
+        .arg(scp.port.to_string())
+        .output()
+        .unwrap();
+    assert!(echo.status.success(), "echoscu failed: {}", String::from_utf8_lossy(&echo.stderr));
+
+    // JPEG 2000 lossless CT: propose JPEG 2000 lossless (the files' own transfer syntax).
+    let ct_dir = data.join("series/ct-abdomen-j2k");
+    let ct = files_in(&ct_dir);
+    assert_eq!(ct.len(), 20);
+    let out = storescu(scp.port, "SCANNER", &["-xv"], &ct_dir);
+    assert!(out.status.success(), "storescu CT: {}", String::from_utf8_lossy(&out.stderr));
+    let msgs = scp.drain();
+    assert_eq!(msgs.len(), 20, "one InstanceStored per CT instance");
+    assert!(msgs.iter().all(|m| !m.duplicate && m.calling_ae_title == "SCANNER" && m.path.is_file()));
+    assert_spool_matches(&scp, &ct);
+    let ct_stored = open(&msgs[0].path);
+    assert_eq!(ct_stored.meta().transfer_syntax(), "1.2.840.10008.1.2.4.90");
+
+    // Explicit VR LE MR, 80 slices.
+    let mr_dir = data.join("series/mr-knee-dess-echo1");
+    let mr = files_in(&mr_dir);
+    assert_eq!(mr.len(), 80);
+    let out = storescu(scp.port, "SCANNER", &[], &mr_dir);
+    assert!(out.status.success(), "storescu MR: {}", String::from_utf8_lossy(&out.stderr));
+    let msgs = scp.drain();
+    assert_eq!(msgs.len(), 80);
+    assert!(msgs.iter().all(|m| !m.duplicate));
+    let mr_series = text(&open(&mr[0]), tags::SERIES_INSTANCE_UID);
+    assert!(msgs.iter().all(|m| m.series_instance_uid == mr_series && m.sop_class_uid == "1.2.840.10008.5.1.4.1.1.4"));
+    assert_spool_matches(&scp, &mr);
+    assert_eq!(scp.stored_files().len(), 100);
+
+    // The same CT series again: success, flagged duplicates, nothing stored twice.
+    let before: Vec<(PathBuf, std::time::SystemTime)> =
+        scp.stored_files().into_iter().map(|p| (p.clone(), p.metadata().unwrap().modified().unwrap())).collect();
+    let out = storescu(scp.port, "SCANNER", &["-xv"], &ct_dir);
+    assert!(out.status.success(), "storescu CT again: {}", String::from_utf8_lossy(&out.stderr));
+    let msgs = scp.drain();
+    assert_eq!(msgs.len(), 20);
+    assert!(msgs.iter().all(|m| m.duplicate), "re-sent instances must be flagged duplicate");
+    let after: Vec<(PathBuf, std::time::SystemTime)> =
+        scp.stored_files().into_iter().map(|p| (p.clone(), p.metadata().unwrap().modified().unwrap())).collect();
+    assert_eq!(before, after, "duplicates must not be rewritten");
+    assert_eq!(std::fs::read_dir(scp.spool_dir.path().join("tmp")).unwrap().count(), 0);
+    scp.stop();
+}
+
+#[test]
+fn calling_ae_not_in_allow_list_is_rejected() {
+    let data = data_dir();
+    let scp = Scp::start(&["SCANNER"]);
+    let mr_dir = data.join("series/mr-knee-dess-echo1");
+    let out = storescu(scp.port, "INTRUDER", &[], &mr_dir);
+    assert!(!out.status.success(), "storescu from an unlisted AE must fail");
+    let err = String::from_utf8_lossy(&out.stderr).to_lowercase() + &String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(err.contains("reject"), "expected an association rejection, got: {err}");
+    assert!(scp.drain().is_empty());
+    assert!(scp.stored_files().is_empty());
+    // our own SCU sees the rejection as an association error
+    let file = &files_in(&mr_dir)[0];
+    let e = myonode::send::c_store(&scp.dest(), "INTRUDER", file).unwrap_err();
+    assert!(matches!(e, myonode::send::SendError::Association { .. }), "{e}");
+    // a listed caller gets through
+    assert_eq!(myonode::send::c_store(&scp.dest(), "SCANNER", file).unwrap(), status::SUCCESS);
+    assert_eq!(scp.drain().len(), 1);
+    scp.stop();
+}
+
+#[test]
+fn truncated_dataset_is_refused_and_next_store_succeeds() {
+    let data = data_dir();
+    let scp = Scp::start(&[]);
+    let src = files_in(&data.join("series/mr-knee-dess-echo1"))[3].clone();
+    let bytes = std::fs::read(&src).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let truncated = tmp.path().join("truncated.dcm");
+    // cut in the middle of Pixel Data (512x512x2 bytes at the end)
+    std::fs::write(&truncated, &bytes[..bytes.len() - 100_001]).unwrap();
+    let st = myonode::send::c_store(&scp.dest(), "SCANNER", &truncated).unwrap();
+    assert_eq!(st & 0xF000, 0xC000, "expected a Cxxx failure, got {st:04X}");
+    assert!(scp.stored_files().is_empty(), "nothing may be stored");
+    assert!(scp.drain().is_empty());
+    // a following valid store on a new association succeeds
+    assert_eq!(myonode::send::c_store(&scp.dest(), "SCANNER", &src).unwrap(), status::SUCCESS);
+    assert_eq!(scp.stored_files().len(), 1);
+    assert_eq!(scp.drain().len(), 1);
+    scp.stop();
+}
+
+#[test]
+fn missing_uids_are_refused() {
+    let data = data_dir();
+    let scp = Scp::start(&[]);
+    let files = files_in(&data.join("awkward/missing-uids"));
+    assert!(!files.is_empty());
+    for f in &files {
+        let st = myonode::send::c_store(&scp.dest(), "SCANNER", f).unwrap();
+        assert_eq!(st, status::ERROR_DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "{}", f.display());
+    }
+    assert!(scp.stored_files().is_empty());
+    assert!(scp.drain().is_empty());
+    // storescu cannot deliver them either (it needs the UIDs from the data set, or gets refused)
+    let _ = storescu(scp.port, "SCANNER", &["-xv"], &data.join("awkward/missing-uids"));
+    assert!(scp.stored_files().is_empty());
+    assert!(scp.drain().is_empty());
+    scp.stop();
+}
+
+#[test]
+fn spool_write_failure_is_out_of_resources() {
+    let data = data_dir();
+    let scp = Scp::start(&[]);
+    let src = files_in(&data.join("series/mr-knee-dess-echo1"))[0].clone();
+    let study = text(&open(&src), tags::STUDY_INSTANCE_UID);
+    // a regular file where the study directory should be: create_dir_all fails
+    std::fs::write(scp.spool_dir.path().join("incoming").join(&study), b"not a directory").unwrap();
+    let st = myonode::send::c_store(&scp.dest(), "SCANNER", &src).unwrap();
+    assert_eq!(st, status::REFUSED_OUT_OF_RESOURCES);
+    assert!(scp.drain().is_empty());
+    assert_eq!(std::fs::read_dir(scp.spool_dir.path().join("tmp")).unwrap().count(), 0);
+    scp.stop();
+}
