@@ -56,6 +56,11 @@ struct Scp {
 
 impl Scp {
     fn start(allowed: &[&str]) -> Scp {
+        Scp::start_with(allowed, 4)
+    }
+
+    fn start_with(allowed: &[&str], max_associations: usize) -> Scp {
+        let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("myonode=debug").try_init();
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let spool_dir = tempfile::tempdir().unwrap();
         let spool = Arc::new(Spool::open(spool_dir.path(), true).unwrap());
@@ -67,7 +72,7 @@ impl Scp {
             port,
             max_pdu_length: 131_072,
             allowed_calling_ae_titles: allowed.iter().map(|s| s.to_string()).collect(),
-            max_associations: 4,
+            max_associations,
             association_timeout_seconds: 30.0,
         };
         let ctx = Arc::new(ReceiveContext { ae_title: "MYONODE".into(), cfg, spool: spool.clone(), tx });
@@ -206,7 +211,8 @@ fn echo_and_store_series_from_dcmtk_once_each() {
     // The same CT series again: success, flagged duplicates, nothing stored twice.
     let before: Vec<(PathBuf, std::time::SystemTime)> =
         scp.stored_files().into_iter().map(|p| (p.clone(), p.metadata().unwrap().modified().unwrap())).collect();
-    let out = storescu(scp.port, "SCANNER", &["-xv"], &ct_dir);
+    // (this time in 4 KiB PDUs, so every data set arrives in many fragments)
+    let out = storescu(scp.port, "SCANNER", &["-xv", "--max-send-pdu", "4096"], &ct_dir);
     assert!(out.status.success(), "storescu CT again: {}", String::from_utf8_lossy(&out.stderr));
     let msgs = scp.drain();
     assert_eq!(msgs.len(), 20);
@@ -272,7 +278,8 @@ fn missing_uids_are_refused() {
     }
     assert!(scp.stored_files().is_empty());
     assert!(scp.drain().is_empty());
-    // storescu cannot deliver them either (it needs the UIDs from the data set, or gets refused)
+    // storescu takes the SOP class from the data set, finds it empty and cannot even propose
+    // a presentation context; nothing may arrive that way either.
     let _ = storescu(scp.port, "SCANNER", &["-xv"], &data.join("awkward/missing-uids"));
     assert!(scp.stored_files().is_empty());
     assert!(scp.drain().is_empty());
@@ -291,5 +298,44 @@ fn spool_write_failure_is_out_of_resources() {
     assert_eq!(st, status::REFUSED_OUT_OF_RESOURCES);
     assert!(scp.drain().is_empty());
     assert_eq!(std::fs::read_dir(scp.spool_dir.path().join("tmp")).unwrap().count(), 0);
+    scp.stop();
+}
+
+#[test]
+fn associations_beyond_the_limit_are_rejected_transiently() {
+    let scp = Scp::start_with(&[], 1);
+    // hold the only association slot open
+    let held = dicom_ul::ClientAssociationOptions::new()
+        .calling_ae_title("HOLDER")
+        .called_ae_title("MYONODE")
+        .with_abstract_syntax("1.2.840.10008.1.1")
+        .establish(("127.0.0.1", scp.port))
+        .expect("first association");
+    match myonode::send::c_echo("MYONODE", "127.0.0.1", scp.port, "SECOND") {
+        Err(myonode::send::SendError::Association { source, .. }) => match *source {
+            dicom_ul::association::Error::Rejected { association_rj, .. } => {
+                assert_eq!(association_rj.result, dicom_ul::pdu::AssociationRJResult::Transient);
+                assert_eq!(
+                    association_rj.source,
+                    dicom_ul::pdu::AssociationRJSource::ServiceProviderPresentation(
+                        dicom_ul::pdu::AssociationRJServiceProviderPresentationReason::LocalLimitExceeded
+                    )
+                );
+            }
+            other => panic!("expected A-ASSOCIATE-RJ, got {other}"),
+        },
+        other => panic!("expected a rejected association, got {other:?}"),
+    }
+    held.release().expect("release");
+    // the slot frees once the first association's task has ended
+    let mut echo_status = None;
+    for _ in 0..400 {
+        if let Ok(s) = myonode::send::c_echo("MYONODE", "127.0.0.1", scp.port, "SECOND") {
+            echo_status = Some(s);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(echo_status, Some(status::SUCCESS));
     scp.stop();
 }

@@ -114,6 +114,7 @@ impl AccessControl for CallingAeAllowList {
         if self.allows(calling_ae_title) {
             Ok(())
         } else {
+            tracing::warn!(calling_ae = calling_ae_title, called_ae = _called_ae_title, "calling AE title not in the allow-list");
             Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized)
         }
     }
