@@ -339,3 +339,33 @@ fn associations_beyond_the_limit_are_rejected_transiently() {
     assert_eq!(echo_status, Some(status::SUCCESS));
     scp.stop();
 }
+
+#[test]
+fn deflated_transfer_syntax_is_accepted_and_stored_as_received() {
+    let data = data_dir();
+    let scp = Scp::start(&[]);
+    let files: Vec<PathBuf> = files_in(&data.join("series/mr-knee-dess-echo1")).into_iter().take(3).collect();
+    require_tool("storescu");
+    let out = Command::new("storescu")
+        .env("TCP_NODELAY", "1")
+        .args(["-aet", "SCANNER", "-aec", "MYONODE", "-xd", "127.0.0.1"])
+        .arg(scp.port.to_string())
+        .args(&files)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "storescu -xd: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(scp.drain().len(), 3);
+    let stored = scp.stored_files();
+    assert_eq!(stored.len(), 3);
+    for p in &stored {
+        let o = open(p);
+        assert_eq!(o.meta().transfer_syntax(), "1.2.840.10008.1.2.1.99", "stored in the negotiated (deflated) transfer syntax");
+    }
+    for src in &files {
+        let a = open(src);
+        let uid = text(&a, tags::SOP_INSTANCE_UID);
+        let b = open(stored.iter().find(|p| p.file_stem().unwrap().to_string_lossy() == uid).unwrap());
+        assert!(pixel_bytes(&a) == pixel_bytes(&b), "pixel data differs for {uid}");
+    }
+    scp.stop();
+}

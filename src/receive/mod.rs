@@ -271,6 +271,7 @@ mod tests {
             "1.2.840.10008.1.2.4.90", // JPEG 2000 lossless
             "1.2.840.10008.1.2.4.91", // JPEG 2000
             "1.2.840.10008.1.2.5",    // RLE lossless
+            "1.2.840.10008.1.2.1.99", // deflated explicit VR LE
         ] {
             assert!(ts.contains(&uid), "{uid} missing from {ts:?}");
         }
