@@ -369,3 +369,67 @@ fn deflated_transfer_syntax_is_accepted_and_stored_as_received() {
     }
     scp.stop();
 }
+
+#[test]
+fn association_continues_after_refused_store_and_unknown_operation() {
+    use myonode::dimse::command::{command_field, priority, NO_DATA_SET};
+    use myonode::dimse::{read_message, send_message, AssociationEvent, CommandSet, MessageAssembler};
+    let data = data_dir();
+    let scp = Scp::start(&[]);
+    let src = files_in(&data.join("series/mr-knee-dess-echo1"))[7].clone();
+    let part = myonode::send::scu::read_part10(&src).unwrap();
+    let mr = "1.2.840.10008.5.1.4.1.1.4";
+    let sop = part.meta.media_storage_sop_instance_uid().to_string();
+    let mut assoc = dicom_ul::ClientAssociationOptions::new()
+        .calling_ae_title("SCANNER")
+        .called_ae_title("MYONODE")
+        .with_presentation_context(mr, vec![part.meta.transfer_syntax()])
+        .max_pdu_length(16_384)
+        .establish(("127.0.0.1", scp.port))
+        .unwrap();
+    let pc = assoc.presentation_contexts()[0].id;
+    let mut asm = MessageAssembler::new();
+    let mut roundtrip = |assoc: &mut dicom_ul::ClientAssociation<std::net::TcpStream>, cmd: &CommandSet, ds: Option<&[u8]>| {
+        send_message(assoc, pc, cmd, ds).unwrap();
+        match read_message(assoc, &mut asm).unwrap() {
+            AssociationEvent::Message(m) => m.command,
+            other => panic!("expected a response, got {other:?}"),
+        }
+    };
+    // 1. truncated data set: Cxxx with a comment
+    let rsp = roundtrip(&mut assoc, &CommandSet::c_store_rq(1, mr, &sop, priority::MEDIUM), Some(&part.dataset[..part.dataset.len() - 1001]));
+    assert_eq!(rsp.command_field, command_field::C_STORE_RSP);
+    assert_eq!(rsp.message_id_being_responded_to, Some(1));
+    assert_eq!(rsp.status.unwrap() & 0xF000, 0xC000);
+    assert!(rsp.error_comment.unwrap().contains("cannot be parsed"));
+    // 2. command SOP Instance UID differs from the data set's: refused
+    let rsp = roundtrip(&mut assoc, &CommandSet::c_store_rq(2, mr, "1.2.3.4", priority::MEDIUM), Some(&part.dataset));
+    assert_eq!(rsp.status, Some(status::ERROR_DATA_SET_DOES_NOT_MATCH_SOP_CLASS));
+    // 3. an operation this node does not provide: 0211
+    let find = CommandSet {
+        command_field: command_field::C_FIND_RQ,
+        affected_sop_class_uid: Some(mr.into()),
+        message_id: Some(3),
+        priority: Some(priority::MEDIUM),
+        command_data_set_type: NO_DATA_SET,
+        ..Default::default()
+    };
+    let rsp = roundtrip(&mut assoc, &find, None);
+    assert_eq!(rsp.command_field, command_field::C_FIND_RQ | command_field::RESPONSE_BIT);
+    assert_eq!(rsp.status, Some(status::UNRECOGNIZED_OPERATION));
+    // 4. the valid instance, same association, in 16 KiB PDUs
+    let rsp = roundtrip(&mut assoc, &CommandSet::c_store_rq(4, mr, &sop, priority::MEDIUM), Some(&part.dataset));
+    assert_eq!(rsp.status, Some(status::SUCCESS));
+    assert_eq!(rsp.message_id_being_responded_to, Some(4));
+    assoc.release().unwrap();
+    let stored = scp.stored_files();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].file_stem().unwrap().to_string_lossy(), sop);
+    // the spooled file holds the data set bytes exactly as sent
+    let spooled = std::fs::read(&stored[0]).unwrap();
+    assert!(spooled.ends_with(&part.dataset));
+    let msgs = scp.drain();
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].sop_instance_uid, sop);
+    scp.stop();
+}
