@@ -56,10 +56,10 @@ struct Scp {
 
 impl Scp {
     fn start(allowed: &[&str]) -> Scp {
-        Scp::start_with(allowed, 4)
+        Scp::start_with(allowed, 4, 30.0)
     }
 
-    fn start_with(allowed: &[&str], max_associations: usize) -> Scp {
+    fn start_with(allowed: &[&str], max_associations: usize, association_timeout_seconds: f64) -> Scp {
         let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("myonode=debug").try_init();
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let spool_dir = tempfile::tempdir().unwrap();
@@ -73,7 +73,7 @@ impl Scp {
             max_pdu_length: 131_072,
             allowed_calling_ae_titles: allowed.iter().map(|s| s.to_string()).collect(),
             max_associations,
-            association_timeout_seconds: 30.0,
+            association_timeout_seconds,
         };
         let ctx = Arc::new(ReceiveContext { ae_title: "MYONODE".into(), cfg, spool: spool.clone(), tx });
         let (shutdown, srx) = tokio::sync::watch::channel(false);
@@ -303,7 +303,7 @@ fn spool_write_failure_is_out_of_resources() {
 
 #[test]
 fn associations_beyond_the_limit_are_rejected_transiently() {
-    let scp = Scp::start_with(&[], 1);
+    let scp = Scp::start_with(&[], 1, 30.0);
     // hold the only association slot open
     let held = dicom_ul::ClientAssociationOptions::new()
         .calling_ae_title("HOLDER")
@@ -432,4 +432,35 @@ fn association_continues_after_refused_store_and_unknown_operation() {
     assert_eq!(msgs.len(), 1);
     assert_eq!(msgs[0].sop_instance_uid, sop);
     scp.stop();
+}
+
+/// Open an association as `calling` and wait for whatever the SCP does next.
+fn open_and_wait(port: u16, calling: &str) -> (dicom_ul::ClientAssociation<std::net::TcpStream>, myonode::dimse::MessageAssembler) {
+    let assoc = dicom_ul::ClientAssociationOptions::new()
+        .calling_ae_title(calling.to_string())
+        .called_ae_title("MYONODE")
+        .with_abstract_syntax("1.2.840.10008.1.1")
+        .read_timeout(std::time::Duration::from_secs(60)) // a hanging SCP fails the test instead of blocking it
+        .establish(("127.0.0.1", port))
+        .unwrap();
+    (assoc, myonode::dimse::MessageAssembler::new())
+}
+
+#[test]
+fn idle_association_is_aborted_and_shutdown_aborts_open_ones() {
+    use myonode::dimse::{read_message, AssociationEvent};
+    // idle timeout: the SCP aborts an association that sends nothing
+    let short = Scp::start_with(&[], 4, 0.3);
+    let (mut idle, mut asm) = open_and_wait(short.port, "IDLE");
+    match read_message(&mut idle, &mut asm) {
+        Ok(AssociationEvent::Aborted(_)) => {}
+        other => panic!("expected A-ABORT after the idle timeout, got {other:?}"),
+    }
+    short.stop();
+    let scp = Scp::start(&[]);
+    // shutdown: an open association is aborted and serve() returns
+    let (mut open, mut asm) = open_and_wait(scp.port, "OPEN");
+    let waiter = std::thread::spawn(move || read_message(&mut open, &mut asm).map(|e| matches!(e, AssociationEvent::Aborted(_))));
+    scp.stop();
+    assert!(waiter.join().unwrap().unwrap(), "expected A-ABORT on shutdown");
 }

@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 
-use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu, PDU_HEADER_SIZE, PDV_HEADER_SIZE};
+use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu, PDV_HEADER_SIZE};
 
 use super::command::CommandSet;
 use super::DimseError;
@@ -199,9 +199,6 @@ pub fn pdata_pdu_length(pdu: &Pdu) -> usize {
     }
 }
 
-/// Size of the PDU header, re-exported for callers computing wire sizes.
-pub const PDU_HEADER_LEN: u32 = PDU_HEADER_SIZE;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,7 +315,7 @@ mod tests {
                 // the encoded PDU on the wire is exactly header + length
                 let mut wire = Vec::new();
                 dicom_ul::write_pdu(&mut wire, p).unwrap();
-                assert_eq!(wire.len(), PDU_HEADER_LEN as usize + pdata_pdu_length(p));
+                assert_eq!(wire.len(), dicom_ul::pdu::PDU_HEADER_SIZE as usize + pdata_pdu_length(p));
                 if let Pdu::PData { data } = p {
                     assert_eq!(data.len(), 1);
                     if data[0].value_type == PDataValueType::Command {

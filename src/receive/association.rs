@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::store::{handle_c_store, StoreReply};
-use super::{peer_str, shutdown_requested, ReceiveContext, ScpOptions};
+use super::{shutdown_requested, ReceiveContext, ScpOptions};
 use crate::dimse::command::command_field;
 use crate::dimse::{read_message_async, send_message_async, status, AssociationEvent, CommandSet, DimseError, DimseMessage};
 
@@ -41,7 +41,7 @@ pub(crate) async fn run_association(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let started = Instant::now();
-    let peer_s = peer_str(&peer);
+    let peer_s = peer.to_string();
     let mut assoc = match options.establish_async(stream).await {
         Ok(a) => a,
         Err(dicom_ul::association::Error::Rejected { association_rj, .. }) => {

@@ -13,7 +13,6 @@
 pub mod association;
 pub mod store;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -146,6 +145,14 @@ pub fn scp_options(ctx: &ReceiveContext) -> ScpOptions {
     o
 }
 
+/// Bind the SCP's listening socket at `cfg.host:cfg.port` (pass it to [`serve`]).
+///
+/// # Errors
+/// The I/O error of `bind` (address in use, permission denied for ports < 1024, …).
+pub async fn bind(cfg: &crate::config::ReceiveConfig) -> std::io::Result<TcpListener> {
+    TcpListener::bind((cfg.host.as_str(), cfg.port)).await
+}
+
 /// Accept associations on `listener` until `shutdown` becomes true (or its sender is dropped).
 ///
 /// Each accepted connection gets TCP_NODELAY and its own task. At most
@@ -233,11 +240,6 @@ pub(crate) async fn shutdown_requested(shutdown: &mut watch::Receiver<bool>) {
             return;
         }
     }
-}
-
-/// Formats a peer address for logs.
-pub(crate) fn peer_str(peer: &SocketAddr) -> String {
-    peer.to_string()
 }
 
 #[cfg(test)]

@@ -112,7 +112,8 @@ fn attempt(
     report: &mut DestinationReport,
 ) -> Option<(PathBuf, u32)> {
     if !path.is_file() {
-        // Already delivered or dead-lettered (e.g. queued twice); nothing to do.
+        // Already delivered or dead-lettered (queued twice), or removed by hand.
+        warn!(destination = %dest.name, path = %path.display(), "object no longer in the outbox; skipped");
         return None;
     }
     let attempts = previous_attempts + 1;

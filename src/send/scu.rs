@@ -99,7 +99,7 @@ fn request_response(
                 AssociationEvent::Message(m) => {
                     let c = m.command;
                     if c.command_field == expected_response && c.message_id_being_responded_to == request.message_id {
-                        return Ok((c, true));
+                        return Ok(c);
                     }
                     debug!(command_field = format!("{:04X}H", c.command_field), "ignoring unrelated DIMSE message");
                 }
@@ -113,7 +113,7 @@ fn request_response(
         }
     })();
     match result {
-        Ok((rsp, _)) => {
+        Ok(rsp) => {
             if let Err(e) = assoc.release() {
                 // The response is what counts; a sloppy release does not undo it.
                 warn!(error = %e, "A-RELEASE failed after the response was received");
