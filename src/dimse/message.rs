@@ -19,6 +19,10 @@ use super::DimseError;
 /// (bounds the write buffer; any smaller PDU is valid).
 pub const MAX_SEND_PDU_LENGTH: u32 = 1 << 20;
 
+/// Default upper bound of one message (command + data set) held in memory by a
+/// [`MessageAssembler`]: 2 GiB. A peer sending more is treated as a protocol violation.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 2 << 30;
+
 /// One complete DIMSE message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DimseMessage {
@@ -35,8 +39,12 @@ pub struct DimseMessage {
 ///
 /// Feed every P-DATA-TF's PDVs with [`MessageAssembler::push_pdu`] and take finished
 /// messages with [`MessageAssembler::next_message`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MessageAssembler {
+    /// Largest message accepted, bytes.
+    max_message_bytes: usize,
+    /// Bytes of the current message so far (command + data).
+    message_bytes: usize,
     /// Presentation context of the message being assembled.
     pc_id: Option<u8>,
     command_bytes: Vec<u8>,
@@ -46,10 +54,29 @@ pub struct MessageAssembler {
     ready: VecDeque<DimseMessage>,
 }
 
+impl Default for MessageAssembler {
+    fn default() -> Self {
+        MessageAssembler::with_limit(DEFAULT_MAX_MESSAGE_BYTES)
+    }
+}
+
 impl MessageAssembler {
-    /// An empty assembler.
+    /// An empty assembler accepting messages up to [`DEFAULT_MAX_MESSAGE_BYTES`].
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty assembler accepting messages (command + data set) up to `max_message_bytes`.
+    pub fn with_limit(max_message_bytes: usize) -> Self {
+        MessageAssembler {
+            max_message_bytes,
+            message_bytes: 0,
+            pc_id: None,
+            command_bytes: Vec::new(),
+            command: None,
+            data_bytes: Vec::new(),
+            ready: VecDeque::new(),
+        }
     }
 
     /// Add the PDVs of one P-DATA-TF PDU, in order.
@@ -57,7 +84,8 @@ impl MessageAssembler {
     /// # Errors
     /// [`DimseError::Protocol`] on a PDV sequence that violates PS3.8 Annex E (data before
     /// the command is complete, a command fragment while a data set is expected, a change
-    /// of presentation context inside one message); [`DimseError::CommandDecode`] /
+    /// of presentation context inside one message, a message larger than the limit);
+    /// [`DimseError::CommandDecode`] /
     /// [`DimseError::MissingCommandElement`] if the command set is malformed. The association
     /// should be aborted after an error.
     pub fn push_pdu(&mut self, pdvs: Vec<PDataValue>) -> Result<(), DimseError> {
@@ -70,6 +98,13 @@ impl MessageAssembler {
     /// Add one PDV. See [`MessageAssembler::push_pdu`] for errors.
     pub fn push_pdv(&mut self, pdv: PDataValue) -> Result<(), DimseError> {
         let PDataValue { presentation_context_id: pc, value_type, is_last, data } = pdv;
+        self.message_bytes = self.message_bytes.saturating_add(data.len());
+        if self.message_bytes > self.max_message_bytes {
+            return Err(DimseError::Protocol(format!(
+                "DIMSE message larger than the limit of {} bytes",
+                self.max_message_bytes
+            )));
+        }
         match self.pc_id {
             Some(current) if current != pc => {
                 return Err(DimseError::Protocol(format!(
@@ -98,6 +133,7 @@ impl MessageAssembler {
                     } else {
                         self.ready.push_back(DimseMessage { presentation_context_id: pc, command, dataset: None });
                         self.pc_id = None;
+                        self.message_bytes = 0;
                     }
                 }
             }
@@ -119,6 +155,7 @@ impl MessageAssembler {
                     let dataset = std::mem::take(&mut self.data_bytes);
                     self.ready.push_back(DimseMessage { presentation_context_id: pc, command, dataset: Some(dataset) });
                     self.pc_id = None;
+                    self.message_bytes = 0;
                 }
             }
         }
@@ -135,9 +172,9 @@ impl MessageAssembler {
         self.pc_id.is_none()
     }
 
-    /// Bytes of the partially received message held so far (command + data).
+    /// Bytes of the partially received message so far (command + data).
     pub fn buffered_bytes(&self) -> usize {
-        self.command_bytes.len() + self.data_bytes.len()
+        self.message_bytes
     }
 }
 
@@ -250,6 +287,24 @@ mod tests {
                     assert!(asm.is_between_messages());
                 }
             }
+        }
+    }
+
+    #[test]
+    fn oversized_message_is_an_error() {
+        let (cbytes, data, _) = sample();
+        let mut asm = MessageAssembler::with_limit(cbytes.len() + 100);
+        asm.push_pdv(pdv(1, PDataValueType::Command, true, &cbytes)).unwrap();
+        asm.push_pdv(pdv(1, PDataValueType::Data, false, &data[..100])).unwrap();
+        assert_eq!(asm.buffered_bytes(), cbytes.len() + 100);
+        assert!(matches!(asm.push_pdv(pdv(1, PDataValueType::Data, true, &data[100..101])), Err(DimseError::Protocol(_))));
+        // a message exactly at the limit is fine, and the count restarts per message
+        let mut asm = MessageAssembler::with_limit(cbytes.len() + 100);
+        for _ in 0..3 {
+            asm.push_pdv(pdv(1, PDataValueType::Command, true, &cbytes)).unwrap();
+            asm.push_pdv(pdv(1, PDataValueType::Data, true, &data[..100])).unwrap();
+            assert_eq!(asm.next_message().unwrap().dataset.unwrap().len(), 100);
+            assert_eq!(asm.buffered_bytes(), 0);
         }
     }
 
