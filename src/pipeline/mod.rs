@@ -85,7 +85,11 @@ impl Pipeline {
         };
         handles.push(spawn("encode", move || encode_stage::run(find_rx, out_tx, ctx)));
         let ae = cfg.node.ae_title.clone();
-        handles.push(spawn("send", move || crate::send::run(out_rx, destinations, ae, spool)));
+        handles.push(spawn("send", move || {
+            for r in crate::send::run(out_rx, destinations, ae, spool) {
+                info!(report = ?r, "send queue finished");
+            }
+        }));
         Pipeline { instances: inst_tx, handles }
     }
 

@@ -1,4 +1,281 @@
-//! STUB (replaced by merge)
-pub struct ReceiveContext { pub ae_title: String, pub cfg: crate::config::ReceiveConfig, pub spool: std::sync::Arc<crate::spool::Spool>, pub tx: crossbeam_channel::Sender<crate::pipeline::messages::InstanceStored> }
-#[derive(Debug, thiserror::Error)] #[error("x")] pub struct ReceiveError;
-pub async fn serve(_c: std::sync::Arc<ReceiveContext>, _l: tokio::net::TcpListener, _s: tokio::sync::watch::Receiver<bool>) -> Result<(), ReceiveError> { Ok(()) }
+//! Receive stage: the C-ECHO / C-STORE SCP (PS3.4 Annex A Verification, Annex B Storage).
+//!
+//! [`serve`] accepts TCP connections on a tokio listener and runs one task per
+//! association ([`association`]): A-ASSOCIATE negotiation through `dicom-ul` with the
+//! calling-AE allow-list ([`CallingAeAllowList`]) and the supported abstract/transfer
+//! syntaxes, then DIMSE messages through [`crate::dimse`]. C-STORE requests are handled in
+//! [`store`]: the data set is parsed with the negotiated transfer syntax, checked, written
+//! to the spool (fsync + rename) off the async threads, and only then answered; each stored
+//! instance is announced to `assemble` as an [`InstanceStored`] on the crossbeam channel.
+//!
+//! [`InstanceStored`]: crate::pipeline::messages::InstanceStored
+
+pub mod association;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dicom_dictionary_std::uids;
+use dicom_encoding::TransferSyntaxIndex;
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+use dicom_ul::association::server::{AccessControl, DefaultNegotiation, ServerAssociationOptions};
+use dicom_ul::pdu::{AssociationRJServiceUserReason, UserIdentity};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+
+/// Everything an association task needs; shared by all of them (`Arc`).
+pub struct ReceiveContext {
+    /// Our AE title (`node.ae_title`).
+    pub ae_title: String,
+    /// `[receive]` configuration.
+    pub cfg: crate::config::ReceiveConfig,
+    /// The durable spool instances are written to.
+    pub spool: Arc<crate::spool::Spool>,
+    /// Channel to `assemble`; one [`InstanceStored`](crate::pipeline::messages::InstanceStored) per stored instance.
+    pub tx: crossbeam_channel::Sender<crate::pipeline::messages::InstanceStored>,
+}
+
+/// Errors that stop [`serve`].
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    /// The listener's local address could not be read (the socket is unusable).
+    #[error("C-STORE SCP listener: {0}")]
+    Listener(#[source] std::io::Error),
+}
+
+/// Abstract syntaxes (SOP classes) accepted in presentation contexts (PS3.4 A, B.5):
+/// Verification plus the MR, CT and Secondary Capture image storage SOP classes.
+/// Other abstract syntaxes are rejected per presentation context
+/// (result 3, abstract-syntax-not-supported, PS3.8 9.3.3.2).
+pub const SUPPORTED_ABSTRACT_SYNTAXES: &[&str] = &[
+    uids::VERIFICATION,
+    uids::MR_IMAGE_STORAGE,
+    uids::ENHANCED_MR_IMAGE_STORAGE,
+    uids::LEGACY_CONVERTED_ENHANCED_MR_IMAGE_STORAGE,
+    uids::CT_IMAGE_STORAGE,
+    uids::ENHANCED_CT_IMAGE_STORAGE,
+    uids::LEGACY_CONVERTED_ENHANCED_CT_IMAGE_STORAGE,
+    uids::SECONDARY_CAPTURE_IMAGE_STORAGE,
+    uids::MULTI_FRAME_SINGLE_BIT_SECONDARY_CAPTURE_IMAGE_STORAGE,
+    uids::MULTI_FRAME_GRAYSCALE_BYTE_SECONDARY_CAPTURE_IMAGE_STORAGE,
+    uids::MULTI_FRAME_GRAYSCALE_WORD_SECONDARY_CAPTURE_IMAGE_STORAGE,
+    uids::MULTI_FRAME_TRUE_COLOR_SECONDARY_CAPTURE_IMAGE_STORAGE,
+];
+
+/// Transfer syntaxes accepted: every transfer syntax of dicom-rs's registry whose data sets
+/// can be parsed (native, deflated when built with `deflate`, and all encapsulated ones —
+/// JPEG baseline/lossless, JPEG-LS, JPEG 2000, RLE, … — whose pixel data stays encapsulated
+/// and is stored exactly as received). Sorted by UID for stable logs.
+pub fn supported_transfer_syntaxes() -> Vec<&'static str> {
+    let mut v: Vec<&'static str> = TransferSyntaxRegistry
+        .iter()
+        .filter(|ts| !ts.is_unsupported())
+        .map(|ts| ts.uid())
+        .filter(|uid| TransferSyntaxRegistry.get(uid).is_some())
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// Access control by calling AE title (PS3.8 9.3.4): an association is accepted when the
+/// list is empty or contains the calling AE title (compared without surrounding spaces);
+/// otherwise A-ASSOCIATE-RJ permanent, service-user, "calling-AE-title-not-recognized".
+/// The called AE title is not checked (any called AE reaches this node).
+#[derive(Debug, Clone, Default)]
+pub struct CallingAeAllowList {
+    allowed: Vec<String>,
+}
+
+impl CallingAeAllowList {
+    /// An allow-list of these AE titles; empty = accept any caller.
+    pub fn new<I: IntoIterator<Item = S>, S: AsRef<str>>(titles: I) -> Self {
+        CallingAeAllowList { allowed: titles.into_iter().map(|s| s.as_ref().trim().to_string()).collect() }
+    }
+
+    /// `true` if `calling_ae_title` may associate.
+    pub fn allows(&self, calling_ae_title: &str) -> bool {
+        self.allowed.is_empty() || self.allowed.iter().any(|a| a == calling_ae_title.trim())
+    }
+}
+
+impl AccessControl for CallingAeAllowList {
+    fn check_access(
+        &self,
+        _this_ae_title: &str,
+        calling_ae_title: &str,
+        _called_ae_title: &str,
+        _user_identity: Option<&UserIdentity>,
+    ) -> Result<(), AssociationRJServiceUserReason> {
+        if self.allows(calling_ae_title) {
+            Ok(())
+        } else {
+            tracing::warn!(calling_ae = calling_ae_title, called_ae = _called_ae_title, "calling AE title not in the allow-list");
+            Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized)
+        }
+    }
+}
+
+/// The negotiation options of this SCP.
+pub type ScpOptions = ServerAssociationOptions<'static, CallingAeAllowList, DefaultNegotiation>;
+
+/// Build the association acceptor options from the context: our AE title, allow-list,
+/// [`SUPPORTED_ABSTRACT_SYNTAXES`], [`supported_transfer_syntaxes`], strict PDU length
+/// checking at `cfg.max_pdu_length`, and `cfg.association_timeout_seconds` as the read
+/// (idle) and write timeout of every PDU.
+pub fn scp_options(ctx: &ReceiveContext) -> ScpOptions {
+    let timeout = Duration::from_secs_f64(ctx.cfg.association_timeout_seconds.max(0.001));
+    let mut o = ServerAssociationOptions::new()
+        .ae_access_control(CallingAeAllowList::new(&ctx.cfg.allowed_calling_ae_titles))
+        .ae_title(ctx.ae_title.clone())
+        .max_pdu_length(ctx.cfg.max_pdu_length)
+        .strict(true)
+        .promiscuous(false)
+        .read_timeout(timeout)
+        .write_timeout(timeout);
+    for a in SUPPORTED_ABSTRACT_SYNTAXES {
+        o = o.with_abstract_syntax(*a);
+    }
+    for t in supported_transfer_syntaxes() {
+        o = o.with_transfer_syntax(t);
+    }
+    o
+}
+
+/// Bind the SCP's listening socket at `cfg.host:cfg.port` (pass it to [`serve`]).
+///
+/// # Errors
+/// The I/O error of `bind` (address in use, permission denied for ports < 1024, …).
+pub async fn bind(cfg: &crate::config::ReceiveConfig) -> std::io::Result<TcpListener> {
+    TcpListener::bind((cfg.host.as_str(), cfg.port)).await
+}
+
+/// Accept associations on `listener` until `shutdown` becomes true (or its sender is dropped).
+///
+/// Each accepted connection gets TCP_NODELAY and its own task. At most
+/// `cfg.max_associations` associations run at once; a further request is answered with
+/// A-ASSOCIATE-RJ transient, service-provider (presentation), "local-limit-exceeded"
+/// (PS3.8 9.3.4). On shutdown no new connection is accepted, running associations are
+/// aborted (A-ABORT) at their next PDU wait — a C-STORE already being written to the spool
+/// completes and is answered first — and `serve` returns once all tasks have ended.
+///
+/// # Errors
+/// [`ReceiveError::Listener`] if the listener is unusable. Errors of single connections
+/// and associations are logged, never returned.
+pub async fn serve(
+    ctx: Arc<ReceiveContext>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), ReceiveError> {
+    let local = listener.local_addr().map_err(ReceiveError::Listener)?;
+    let options = Arc::new(scp_options(&ctx));
+    let slots = Arc::new(Semaphore::new(ctx.cfg.max_associations.max(1)));
+    let mut tasks: JoinSet<()> = JoinSet::new();
+    info!(
+        address = %local,
+        ae_title = %ctx.ae_title,
+        max_associations = ctx.cfg.max_associations,
+        max_pdu_length = ctx.cfg.max_pdu_length,
+        allowed_calling_ae_titles = ?ctx.cfg.allowed_calling_ae_titles,
+        "C-STORE SCP listening"
+    );
+    loop {
+        tokio::select! {
+            _ = shutdown_requested(&mut shutdown) => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    if let Err(e) = stream.set_nodelay(true) {
+                        warn!(%peer, error = %e, "cannot set TCP_NODELAY");
+                    }
+                    match slots.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            let ctx = ctx.clone();
+                            let options = options.clone();
+                            let shutdown = shutdown.clone();
+                            tasks.spawn(async move {
+                                association::run_association(ctx, options, stream, peer, shutdown).await;
+                                drop(permit);
+                            });
+                        }
+                        Err(_) => {
+                            let timeout = Duration::from_secs_f64(ctx.cfg.association_timeout_seconds.max(0.001));
+                            tasks.spawn(association::reject_busy(stream, peer, timeout));
+                        }
+                    }
+                }
+                Err(e) => {
+                    // e.g. EMFILE: keep serving, give the system a moment.
+                    warn!(address = %local, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(joined) = tasks.join_next(), if !tasks.is_empty() => log_join(joined),
+        }
+    }
+    info!(address = %local, running = tasks.len(), "C-STORE SCP shutting down");
+    drop(listener);
+    while let Some(joined) = tasks.join_next().await {
+        log_join(joined);
+    }
+    info!(address = %local, "C-STORE SCP stopped");
+    Ok(())
+}
+
+fn log_join(joined: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = joined {
+        error!(error = %e, "association task failed");
+    }
+}
+
+/// Resolves when `*shutdown` is true or the sender is gone.
+pub(crate) async fn shutdown_requested(shutdown: &mut watch::Receiver<bool>) {
+    loop {
+        if *shutdown.borrow_and_update() {
+            return;
+        }
+        if shutdown.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_list() {
+        let any = CallingAeAllowList::new(Vec::<String>::new());
+        assert!(any.allows("WHOEVER"));
+        let l = CallingAeAllowList::new(["MR1", "CT_ROUTER "]);
+        assert!(l.allows("MR1"));
+        assert!(l.allows("CT_ROUTER"));
+        assert!(l.allows("MR1 "));
+        assert!(!l.allows("MR2"));
+        assert_eq!(
+            l.check_access("MYONODE", "EVIL", "MYONODE", None),
+            Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized)
+        );
+    }
+
+    #[test]
+    fn transfer_syntaxes_include_encapsulated() {
+        let ts = supported_transfer_syntaxes();
+        for uid in [
+            "1.2.840.10008.1.2",      // implicit VR LE
+            "1.2.840.10008.1.2.1",    // explicit VR LE
+            "1.2.840.10008.1.2.4.50", // JPEG baseline
+            "1.2.840.10008.1.2.4.70", // JPEG lossless SV1
+            "1.2.840.10008.1.2.4.80", // JPEG-LS lossless
+            "1.2.840.10008.1.2.4.90", // JPEG 2000 lossless
+            "1.2.840.10008.1.2.4.91", // JPEG 2000
+            "1.2.840.10008.1.2.5",    // RLE lossless
+            "1.2.840.10008.1.2.1.99", // deflated explicit VR LE
+        ] {
+            assert!(ts.contains(&uid), "{uid} missing from {ts:?}");
+        }
+    }
+}

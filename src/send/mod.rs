@@ -1,5 +1,156 @@
-//! STUB
-#[derive(Debug, thiserror::Error)] #[error("x")] pub struct SendError;
-pub fn c_store(_d: &crate::config::DestinationConfig, _c: &str, _f: &std::path::Path) -> Result<u16, SendError> { Ok(0) }
-pub fn c_echo(_a: &str, _h: &str, _p: u16, _c: &str) -> Result<u16, SendError> { Ok(0) }
-pub fn run(rx: crossbeam_channel::Receiver<crate::pipeline::messages::Outbound>, _d: Vec<crate::config::DestinationConfig>, _c: String, _s: std::sync::Arc<crate::spool::Spool>) { for _ in rx {} }
+//! Send stage: delivers encoded objects from `spool/outbox/<destination>/` to the configured
+//! destinations with the C-STORE SCU ([`scu`]).
+//!
+//! [`run`] reads [`Outbound`] messages and routes them to one queue (thread) per destination
+//! ([`queue`]). An object leaves the outbox only after the destination answered success or
+//! warning (moved to `sent/`); failures are retried with exponential backoff and finally
+//! dead-lettered to `failed/` with a reason file. At start the outbox is scanned, so objects
+//! left over by a previous run are delivered too.
+//!
+//! [`Outbound`]: crate::pipeline::messages::Outbound
+
+pub mod queue;
+pub mod scu;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tracing::{error, info, warn};
+
+pub use queue::DestinationReport;
+pub use scu::{c_echo, c_store};
+
+/// Errors of the C-STORE / C-ECHO SCU.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The file to send could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a DICOM Part-10 file with usable File Meta Information (PS3.10 7.1).
+    #[error("{} is not a usable DICOM Part-10 file: {message}", path.display())]
+    NotPart10 {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// Connecting, A-ASSOCIATE negotiation or rejection (A-ASSOCIATE-RJ, no accepted context).
+    #[error("association with {address}: {source}")]
+    Association {
+        /// `host:port`.
+        address: String,
+        /// dicom-ul's error.
+        #[source]
+        source: Box<dicom_ul::association::Error>,
+    },
+    /// The destination accepted the SOP class only with transfer syntaxes the data set is not
+    /// in and cannot be converted to without transcoding pixel data.
+    #[error("destination {destination} accepted {sop_class_uid} only in {accepted:?}, not in {transfer_syntax} (transcoding not supported)")]
+    TransferSyntaxNotAccepted {
+        /// Destination name.
+        destination: String,
+        /// SOP class of the object.
+        sop_class_uid: String,
+        /// Transfer syntax of the object.
+        transfer_syntax: String,
+        /// Transfer syntaxes the destination accepted.
+        accepted: Vec<String>,
+    },
+    /// Re-encoding between Explicit and Implicit VR Little Endian failed.
+    #[error("re-encoding from {from} to {to}: {message}")]
+    Transcode {
+        /// Source transfer syntax.
+        from: String,
+        /// Target transfer syntax.
+        to: String,
+        /// The parser's or writer's message.
+        message: String,
+    },
+    /// DIMSE exchange failed (transport, timeout, protocol).
+    #[error("DIMSE: {0}")]
+    Dimse(#[from] crate::dimse::DimseError),
+    /// The peer ended the association or sent an incomplete response.
+    #[error("{0}")]
+    UnexpectedEnd(String),
+}
+
+/// The send stage: one queue (thread) per destination; objects leave the outbox only after
+/// success/warning; retry with exponential backoff (`dest.retry_delay_seconds` doubling,
+/// `dest.max_attempts` attempts), then `spool.mark_failed(..)` with a reason that names the
+/// DIMSE status or the association error. Runs until `rx` disconnects and all queues are
+/// drained. On start it first enqueues `spool.pending_outbox(dest)` (restart recovery).
+///
+/// An [`Outbound`](crate::pipeline::messages::Outbound) for an unknown destination is moved
+/// to `failed/<destination>/` at once. Returns one [`DestinationReport`] per destination
+/// (in configuration order). Blocking: run it on its own thread.
+pub fn run(
+    rx: crossbeam_channel::Receiver<crate::pipeline::messages::Outbound>,
+    destinations: Vec<crate::config::DestinationConfig>,
+    calling_ae: String,
+    spool: Arc<crate::spool::Spool>,
+) -> Vec<DestinationReport> {
+    let mut senders: HashMap<String, crossbeam_channel::Sender<PathBuf>> = HashMap::new();
+    let mut workers = Vec::new();
+    let mut recovered: HashSet<PathBuf> = HashSet::new();
+    for dest in &destinations {
+        let (tx, qrx) = crossbeam_channel::unbounded::<PathBuf>();
+        let pending = spool.pending_outbox(&dest.name);
+        if !pending.is_empty() {
+            info!(destination = %dest.name, count = pending.len(), "re-queueing objects left in the outbox");
+        }
+        for p in pending {
+            recovered.insert(p.clone());
+            let _ = tx.send(p);
+        }
+        senders.insert(dest.name.clone(), tx);
+        let d = dest.clone();
+        let ae = calling_ae.clone();
+        let sp = spool.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("send-{}", dest.name))
+            .spawn(move || queue::run_destination(d, ae, sp, qrx));
+        match handle {
+            Ok(h) => workers.push((dest.name.clone(), Some(h))),
+            Err(e) => {
+                error!(destination = %dest.name, error = %e, "cannot start send thread");
+                workers.push((dest.name.clone(), None));
+            }
+        }
+    }
+    for o in rx.iter() {
+        if recovered.remove(&o.path) {
+            continue; // already queued from the outbox scan
+        }
+        match senders.get(&o.destination) {
+            Some(tx) => {
+                if tx.send(o.path.clone()).is_err() {
+                    error!(destination = %o.destination, path = %o.path.display(), "send queue is gone; object stays in the outbox");
+                }
+            }
+            None => {
+                warn!(destination = %o.destination, path = %o.path.display(), "unknown destination; dead-lettering");
+                if let Err(e) = spool.mark_failed(&o.destination, &o.path, &format!("unknown destination `{}`", o.destination)) {
+                    error!(error = %e, "cannot dead-letter object");
+                }
+            }
+        }
+    }
+    drop(senders);
+    workers
+        .into_iter()
+        .map(|(name, h)| match h.map(|h| h.join()) {
+            Some(Ok(report)) => report,
+            Some(Err(_)) | None => {
+                error!(destination = %name, "send thread failed");
+                DestinationReport { name, ..Default::default() }
+            }
+        })
+        .collect()
+}

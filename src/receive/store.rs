@@ -1,0 +1,189 @@
+//! C-STORE request handling (PS3.4 B.2, PS3.7 9.1.1): validate the data set, store it
+//! durably in the spool, announce it to `assemble`, and choose the response status.
+//!
+//! Parsing and the spool write (which fsyncs) run on tokio's blocking pool, and so does
+//! the blocking crossbeam send, so the async runtime never stalls.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use dicom_core::Tag;
+use dicom_dictionary_std::tags;
+use dicom_encoding::TransferSyntaxIndex;
+use dicom_object::InMemDicomObject;
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+use tracing::{debug, error};
+
+use super::ReceiveContext;
+use crate::dimse::{status, CommandSet};
+use crate::pipeline::messages::InstanceStored;
+use crate::spool::{is_valid_uid, InstanceIdentity, SpoolError, StoreOutcome};
+
+/// The outcome of one C-STORE, to be sent back in the C-STORE-RSP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreReply {
+    /// Status (0000,0900).
+    pub status: u16,
+    /// ErrorComment (0000,0902) for failures.
+    pub comment: Option<String>,
+    /// The instance was already in the spool (status is success, nothing written).
+    pub duplicate: bool,
+}
+
+impl StoreReply {
+    fn failure(status: u16, comment: impl Into<String>) -> Self {
+        StoreReply { status, comment: Some(comment.into()), duplicate: false }
+    }
+}
+
+/// Handle a C-STORE-RQ: see [`store_instance_blocking`]; runs it on the blocking pool.
+pub async fn handle_c_store(
+    ctx: Arc<ReceiveContext>,
+    abstract_syntax: &str,
+    transfer_syntax: &str,
+    command: &CommandSet,
+    dataset: Option<Vec<u8>>,
+    calling_ae: &str,
+) -> StoreReply {
+    let abstract_syntax = abstract_syntax.to_string();
+    let transfer_syntax = transfer_syntax.to_string();
+    let command = command.clone();
+    let calling_ae = calling_ae.to_string();
+    match tokio::task::spawn_blocking(move || {
+        store_instance_blocking(&ctx, &abstract_syntax, &transfer_syntax, &command, dataset, &calling_ae)
+    })
+    .await
+    {
+        Ok(reply) => reply,
+        Err(e) => {
+            error!(error = %e, "C-STORE handler panicked");
+            StoreReply::failure(status::PROCESSING_FAILURE, "internal error while storing")
+        }
+    }
+}
+
+/// Validate, store and announce one received instance. Blocking (parses, fsyncs, may wait
+/// on a full channel): call from a blocking thread.
+///
+/// Order of checks and the status each failure gets (PS3.4 Table B.2-1):
+/// 1. no data set, or AffectedSOPClassUID / AffectedSOPInstanceUID missing → C000;
+/// 2. AffectedSOPClassUID ≠ the presentation context's abstract syntax → 0122;
+/// 3. data set unparsable in the negotiated transfer syntax (truncated, malformed) → C000;
+/// 4. SOPClassUID, SOPInstanceUID, StudyInstanceUID or SeriesInstanceUID missing, empty or
+///    not a valid UID → A900;
+/// 5. SOPInstanceUID / SOPClassUID of the data set ≠ those of the command → A900;
+/// 6. spool write failure (disk full, I/O error) → A700.
+///
+/// Otherwise the data set bytes are stored exactly as received with a Part-10 header
+/// (nothing is written twice for a known SOPInstanceUID), an [`InstanceStored`] is sent on
+/// `ctx.tx` (`duplicate: true` for a known instance), and the status is 0000. If `assemble`
+/// has gone away the instance stays durably in the spool (found again at start-up) and the
+/// status is still 0000.
+pub fn store_instance_blocking(
+    ctx: &ReceiveContext,
+    abstract_syntax: &str,
+    transfer_syntax: &str,
+    command: &CommandSet,
+    dataset: Option<Vec<u8>>,
+    calling_ae: &str,
+) -> StoreReply {
+    let Some(dataset) = dataset else {
+        return StoreReply::failure(status::ERROR_CANNOT_UNDERSTAND, "C-STORE-RQ without a data set");
+    };
+    let (Some(cmd_class), Some(cmd_instance)) =
+        (command.affected_sop_class_uid.as_deref(), command.affected_sop_instance_uid.as_deref())
+    else {
+        return StoreReply::failure(
+            status::ERROR_CANNOT_UNDERSTAND,
+            "C-STORE-RQ lacks AffectedSOPClassUID or AffectedSOPInstanceUID",
+        );
+    };
+    if cmd_class != abstract_syntax {
+        return StoreReply::failure(
+            status::REFUSED_SOP_CLASS_NOT_SUPPORTED,
+            format!("AffectedSOPClassUID {cmd_class} differs from the presentation context"),
+        );
+    }
+    let Some(ts) = TransferSyntaxRegistry.get(transfer_syntax) else {
+        return StoreReply::failure(status::ERROR_CANNOT_UNDERSTAND, format!("unknown transfer syntax {transfer_syntax}"));
+    };
+    let obj = match InMemDicomObject::read_dataset_with_ts(&dataset[..], ts) {
+        Ok(o) => o,
+        Err(e) => {
+            debug!(error = %e, sop_instance_uid = cmd_instance, "unparsable data set");
+            return StoreReply::failure(status::ERROR_CANNOT_UNDERSTAND, format!("data set cannot be parsed: {e}"));
+        }
+    };
+    let uid = |tag: Tag, name: &'static str| -> Result<String, StoreReply> {
+        let value = obj
+            .get(tag)
+            .and_then(|e| e.to_str().ok())
+            .map(|s| s.trim_end_matches(['\0', ' ']).trim_start().to_string())
+            .unwrap_or_default();
+        if value.is_empty() {
+            Err(StoreReply::failure(status::ERROR_DATA_SET_DOES_NOT_MATCH_SOP_CLASS, format!("{name} {tag} missing or empty")))
+        } else if !is_valid_uid(&value) {
+            Err(StoreReply::failure(status::ERROR_DATA_SET_DOES_NOT_MATCH_SOP_CLASS, format!("{name} {tag} is not a valid UID")))
+        } else {
+            Ok(value)
+        }
+    };
+    let ids = (|| {
+        Ok::<_, StoreReply>((
+            uid(tags::SOP_CLASS_UID, "SOPClassUID")?,
+            uid(tags::SOP_INSTANCE_UID, "SOPInstanceUID")?,
+            uid(tags::STUDY_INSTANCE_UID, "StudyInstanceUID")?,
+            uid(tags::SERIES_INSTANCE_UID, "SeriesInstanceUID")?,
+        ))
+    })();
+    let (sop_class, sop_instance, study, series) = match ids {
+        Ok(v) => v,
+        Err(reply) => return reply,
+    };
+    drop(obj);
+    if sop_instance != cmd_instance {
+        return StoreReply::failure(
+            status::ERROR_DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+            "SOPInstanceUID differs from AffectedSOPInstanceUID",
+        );
+    }
+    if sop_class != cmd_class {
+        return StoreReply::failure(
+            status::ERROR_DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+            "SOPClassUID differs from AffectedSOPClassUID",
+        );
+    }
+    let id = InstanceIdentity {
+        study_instance_uid: &study,
+        series_instance_uid: &series,
+        sop_class_uid: &sop_class,
+        sop_instance_uid: &sop_instance,
+        transfer_syntax_uid: transfer_syntax,
+    };
+    let outcome = match ctx.spool.store_instance(&id, &dataset) {
+        Ok(o) => o,
+        Err(e @ SpoolError::InvalidUid { .. }) => {
+            return StoreReply::failure(status::ERROR_DATA_SET_DOES_NOT_MATCH_SOP_CLASS, e.to_string());
+        }
+        Err(e @ SpoolError::Io { .. }) => {
+            error!(error = %e, sop_instance_uid = %sop_instance, "spool write failed");
+            return StoreReply::failure(status::REFUSED_OUT_OF_RESOURCES, "cannot store the instance (spool write failed)");
+        }
+    };
+    let duplicate = matches!(outcome, StoreOutcome::Duplicate(_));
+    debug!(sop_instance_uid = %sop_instance, path = %outcome.path().display(), duplicate, "instance stored");
+    let msg = InstanceStored {
+        study_instance_uid: study,
+        series_instance_uid: series,
+        sop_class_uid: sop_class,
+        sop_instance_uid: sop_instance,
+        path: outcome.path().to_path_buf(),
+        calling_ae_title: calling_ae.to_string(),
+        received_at: SystemTime::now(),
+        duplicate,
+    };
+    if let Err(e) = ctx.tx.send(msg) {
+        error!(sop_instance_uid = %e.0.sop_instance_uid, "assemble stage is gone; instance stays in the spool for recovery");
+    }
+    StoreReply { status: status::SUCCESS, comment: None, duplicate }
+}

@@ -1,0 +1,166 @@
+//! The delivery queue of one destination: attempts, exponential backoff, dead letters.
+//!
+//! Objects that failed wait in a delay queue ordered by their next attempt time, so one
+//! object being retried does not hold back the others.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use tracing::{error, info, warn};
+
+use super::scu::c_store;
+use crate::config::DestinationConfig;
+use crate::dimse::status::{describe, StatusKind};
+use crate::spool::Spool;
+
+/// What happened to the objects of one destination during [`super::run`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DestinationReport {
+    /// Destination name.
+    pub name: String,
+    /// Objects delivered (success or warning) and moved to `sent/`.
+    pub delivered: u64,
+    /// Objects dead-lettered to `failed/`.
+    pub failed: u64,
+    /// C-STORE attempts that failed and were retried later.
+    pub retries: u64,
+}
+
+/// An object waiting for its next attempt.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Delayed {
+    due: Instant,
+    seq: u64,
+    path: PathBuf,
+    attempts: u32,
+}
+
+/// Delay before attempt `attempts + 1`: `retry_delay_seconds · 2^(attempts − 1)`, capped at one hour.
+pub fn backoff(retry_delay_seconds: f64, attempts: u32) -> Duration {
+    let secs = retry_delay_seconds.max(0.0) * 2f64.powi(attempts.saturating_sub(1).min(30) as i32);
+    Duration::from_secs_f64(secs.min(3600.0))
+}
+
+/// Deliver everything arriving on `rx` to `dest` until `rx` disconnects and nothing waits for a retry.
+pub(crate) fn run_destination(
+    dest: DestinationConfig,
+    calling_ae: String,
+    spool: Arc<Spool>,
+    rx: Receiver<PathBuf>,
+) -> DestinationReport {
+    let mut report = DestinationReport { name: dest.name.clone(), ..Default::default() };
+    let mut ready: VecDeque<(PathBuf, u32)> = VecDeque::new();
+    let mut delayed: BinaryHeap<Reverse<Delayed>> = BinaryHeap::new();
+    let mut seq = 0u64;
+    let mut open = true;
+    loop {
+        let now = Instant::now();
+        while delayed.peek().is_some_and(|d| d.0.due <= now) {
+            let Reverse(d) = delayed.pop().expect("peeked");
+            ready.push_back((d.path, d.attempts));
+        }
+        if open {
+            loop {
+                match rx.try_recv() {
+                    Ok(p) => ready.push_back((p, 0)),
+                    Err(crossbeam_channel::TryRecvError::Empty) => break,
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some((path, attempts)) = ready.pop_front() {
+            if let Some(next) = attempt(&dest, &calling_ae, &spool, path, attempts, &mut report) {
+                seq += 1;
+                let wait = backoff(dest.retry_delay_seconds, next.1);
+                delayed.push(Reverse(Delayed { due: Instant::now() + wait, seq, path: next.0, attempts: next.1 }));
+            }
+            continue;
+        }
+        let next_due = delayed.peek().map(|d| d.0.due);
+        match (open, next_due) {
+            (false, None) => break,
+            (true, None) => match rx.recv() {
+                Ok(p) => ready.push_back((p, 0)),
+                Err(_) => open = false,
+            },
+            (true, Some(due)) => match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
+                Ok(p) => ready.push_back((p, 0)),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => open = false,
+            },
+            (false, Some(due)) => std::thread::sleep(due.saturating_duration_since(Instant::now())),
+        }
+    }
+    info!(destination = %report.name, delivered = report.delivered, failed = report.failed, retries = report.retries, "send queue drained");
+    report
+}
+
+/// One C-STORE attempt. Returns `Some((path, attempts_so_far))` if the object must be retried.
+fn attempt(
+    dest: &DestinationConfig,
+    calling_ae: &str,
+    spool: &Spool,
+    path: PathBuf,
+    previous_attempts: u32,
+    report: &mut DestinationReport,
+) -> Option<(PathBuf, u32)> {
+    if !path.is_file() {
+        // Already delivered or dead-lettered (queued twice), or removed by hand.
+        warn!(destination = %dest.name, path = %path.display(), "object no longer in the outbox; skipped");
+        return None;
+    }
+    let attempts = previous_attempts + 1;
+    let reason = match c_store(dest, calling_ae, &path) {
+        Ok(status) if StatusKind::of(status).is_completed() => {
+            if status != 0 {
+                warn!(destination = %dest.name, path = %path.display(), status = format!("{status:04X}H"), meaning = describe(status), "delivered with warning");
+            } else {
+                info!(destination = %dest.name, path = %path.display(), attempts, "delivered");
+            }
+            match spool.mark_sent(&dest.name, &path) {
+                Ok(_) => report.delivered += 1,
+                Err(e) => error!(destination = %dest.name, error = %e, "delivered but cannot move to sent/ (will be sent again after restart)"),
+            }
+            return None;
+        }
+        Ok(status) => format!("C-STORE-RSP status {status:04X}H ({})", describe(status)),
+        Err(e) => e.to_string(),
+    };
+    if attempts < dest.max_attempts {
+        report.retries += 1;
+        warn!(destination = %dest.name, path = %path.display(), attempt = attempts, max_attempts = dest.max_attempts,
+            retry_in_s = backoff(dest.retry_delay_seconds, attempts).as_secs_f64(), reason = %reason, "delivery failed; will retry");
+        return Some((path, attempts));
+    }
+    let full = format!(
+        "delivery to {} ({}@{}:{}) failed after {} attempt(s); last error: {}",
+        dest.name, dest.ae_title, dest.host, dest.port, attempts, reason
+    );
+    error!(destination = %dest.name, path = %path.display(), reason = %full, "dead-lettering");
+    match spool.mark_failed(&dest.name, &path, &full) {
+        Ok(_) => report.failed += 1,
+        Err(e) => error!(destination = %dest.name, error = %e, "cannot move object to failed/"),
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles() {
+        assert_eq!(backoff(2.0, 1), Duration::from_secs(2));
+        assert_eq!(backoff(2.0, 2), Duration::from_secs(4));
+        assert_eq!(backoff(2.0, 4), Duration::from_secs(16));
+        assert_eq!(backoff(0.1, 3), Duration::from_secs_f64(0.4));
+        assert_eq!(backoff(10.0, 40), Duration::from_secs(3600));
+    }
+}

@@ -1,0 +1,226 @@
+//! C-STORE and C-ECHO SCU (PS3.4 B.2 / A.2, PS3.7 9.1.1 / 9.1.5) over dicom-ul's sync client.
+//!
+//! One association per call: A-ASSOCIATE with the needed presentation contexts, one DIMSE
+//! request and its response through [`crate::dimse`], A-RELEASE. Runs on worker threads.
+
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::Duration;
+
+use dicom_dictionary_std::uids;
+use dicom_encoding::TransferSyntaxIndex;
+use dicom_object::meta::FileMetaTable;
+use dicom_object::InMemDicomObject;
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+use dicom_ul::association::client::ClientAssociation;
+use dicom_ul::pdu::{AbortRQSource, Pdu};
+use dicom_ul::ClientAssociationOptions;
+use tracing::{debug, warn};
+
+use super::SendError;
+use crate::dimse::command::{command_field, priority};
+use crate::dimse::{read_message, send_message, AssociationEvent, CommandSet, MessageAssembler};
+
+/// Maximum PDU length this SCU announces for receiving (PS3.8 D.1).
+pub const SCU_MAX_PDU_LENGTH: u32 = 131_072;
+/// TCP connect timeout.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Read/write timeout of every PDU (a PACS may take a while to answer a C-STORE).
+pub const IO_TIMEOUT: Duration = Duration::from_secs(120);
+
+const EXPLICIT_LE: &str = uids::EXPLICIT_VR_LITTLE_ENDIAN;
+const IMPLICIT_LE: &str = uids::IMPLICIT_VR_LITTLE_ENDIAN;
+
+/// A Part-10 file split into its File Meta Information and the data set bytes that follow.
+#[derive(Debug)]
+pub struct Part10 {
+    /// File Meta Information (group 0002).
+    pub meta: FileMetaTable,
+    /// Everything after the meta group: the data set in `meta.transfer_syntax()`.
+    pub dataset: Vec<u8>,
+}
+
+/// Read a DICOM Part-10 file (PS3.10 7.1): 128-byte preamble, `DICM`, meta group, data set.
+///
+/// # Errors
+/// [`SendError::ReadFile`] if the file cannot be read; [`SendError::NotPart10`] if it has no
+/// valid preamble/meta group or lacks MediaStorageSOPClassUID, MediaStorageSOPInstanceUID or
+/// TransferSyntaxUID.
+pub fn read_part10(path: &Path) -> Result<Part10, SendError> {
+    let bytes = std::fs::read(path).map_err(|source| SendError::ReadFile { path: path.to_path_buf(), source })?;
+    let not = |message: String| SendError::NotPart10 { path: path.to_path_buf(), message };
+    if bytes.len() < 132 || &bytes[128..132] != b"DICM" {
+        return Err(not("no 128-byte preamble followed by DICM".into()));
+    }
+    let mut rest: &[u8] = &bytes[128..];
+    let meta = FileMetaTable::from_reader(&mut rest).map_err(|e| not(format!("file meta information: {e}")))?;
+    if meta.media_storage_sop_class_uid().is_empty()
+        || meta.media_storage_sop_instance_uid().is_empty()
+        || meta.transfer_syntax().is_empty()
+    {
+        return Err(not("MediaStorageSOPClassUID, MediaStorageSOPInstanceUID or TransferSyntaxUID empty".into()));
+    }
+    let dataset = rest.to_vec();
+    Ok(Part10 { meta, dataset })
+}
+
+fn establish(
+    options: ClientAssociationOptions<'_>,
+    host: &str,
+    port: u16,
+) -> Result<ClientAssociation<TcpStream>, SendError> {
+    let addr = format!("{host}:{port}");
+    let mut assoc = options
+        .max_pdu_length(SCU_MAX_PDU_LENGTH)
+        .connection_timeout(CONNECT_TIMEOUT)
+        .read_timeout(IO_TIMEOUT)
+        .write_timeout(IO_TIMEOUT)
+        .establish((host, port))
+        .map_err(|e| SendError::Association { address: addr.clone(), source: Box::new(e) })?;
+    if let Err(e) = assoc.inner_stream().set_nodelay(true) {
+        warn!(address = %addr, error = %e, "cannot set TCP_NODELAY");
+    }
+    Ok(assoc)
+}
+
+/// Send `request` and wait for the response to it; then release the association.
+fn request_response(
+    mut assoc: ClientAssociation<TcpStream>,
+    pc_id: u8,
+    request: &CommandSet,
+    dataset: Option<&[u8]>,
+    expected_response: u16,
+) -> Result<CommandSet, SendError> {
+    let result = (|| {
+        send_message(&mut assoc, pc_id, request, dataset).map_err(SendError::Dimse)?;
+        let mut asm = MessageAssembler::new();
+        loop {
+            match read_message(&mut assoc, &mut asm).map_err(SendError::Dimse)? {
+                AssociationEvent::Message(m) => {
+                    let c = m.command;
+                    if c.command_field == expected_response && c.message_id_being_responded_to == request.message_id {
+                        return Ok(c);
+                    }
+                    debug!(command_field = format!("{:04X}H", c.command_field), "ignoring unrelated DIMSE message");
+                }
+                AssociationEvent::Released => {
+                    return Err(SendError::UnexpectedEnd("the peer released the association before responding".into()))
+                }
+                AssociationEvent::Aborted(source) => {
+                    return Err(SendError::UnexpectedEnd(format!("the peer aborted the association ({source:?})")))
+                }
+            }
+        }
+    })();
+    match result {
+        Ok(rsp) => {
+            if let Err(e) = assoc.release() {
+                // The response is what counts; a sloppy release does not undo it.
+                warn!(error = %e, "A-RELEASE failed after the response was received");
+            }
+            Ok(rsp)
+        }
+        Err(e) => {
+            if !matches!(e, SendError::UnexpectedEnd(_)) {
+                let _ = assoc.send(&Pdu::AbortRQ { source: AbortRQSource::ServiceUser });
+            }
+            Err(e)
+        }
+    }
+}
+
+/// C-STORE one Part-10 file to a destination; returns the DIMSE status of the C-STORE-RSP
+/// (PS3.4 Table B.2-1; see [`crate::dimse::status::StatusKind`] to classify it).
+///
+/// Proposes the file's SOP class twice: with the file's own transfer syntax, and with
+/// Explicit and Implicit VR Little Endian. The data set is sent byte for byte when the file's
+/// transfer syntax is accepted; a native (uncompressed) data set is re-encoded between
+/// Explicit and Implicit VR Little Endian if only the other one is accepted. Anything else
+/// would need transcoding, which is not done.
+///
+/// # Errors
+/// [`SendError::ReadFile`] / [`SendError::NotPart10`] for the file;
+/// [`SendError::Association`] when the destination cannot be reached or rejects the
+/// association (or accepts no proposed context); [`SendError::TransferSyntaxNotAccepted`]
+/// when only a transfer syntax the data cannot be converted to was accepted;
+/// [`SendError::Dimse`] / [`SendError::UnexpectedEnd`] when the exchange fails.
+pub fn c_store(dest: &crate::config::DestinationConfig, calling_ae: &str, file: &Path) -> Result<u16, SendError> {
+    let part10 = read_part10(file)?;
+    let sop_class = part10.meta.media_storage_sop_class_uid().to_string();
+    let sop_instance = part10.meta.media_storage_sop_instance_uid().to_string();
+    let ts = part10.meta.transfer_syntax().to_string();
+    let native = ts == EXPLICIT_LE || ts == IMPLICIT_LE;
+    let mut options = ClientAssociationOptions::new()
+        .calling_ae_title(calling_ae.to_string())
+        .called_ae_title(dest.ae_title.clone());
+    if native {
+        options = options.with_presentation_context(sop_class.clone(), vec![ts.clone()]);
+        let other = if ts == EXPLICIT_LE { IMPLICIT_LE } else { EXPLICIT_LE };
+        options = options.with_presentation_context(sop_class.clone(), vec![other.to_string()]);
+    } else {
+        options = options
+            .with_presentation_context(sop_class.clone(), vec![ts.clone()])
+            .with_presentation_context(sop_class.clone(), vec![EXPLICIT_LE.to_string(), IMPLICIT_LE.to_string()]);
+    }
+    let mut assoc = establish(options, &dest.host, dest.port)?;
+    let accepted: Vec<(u8, String)> =
+        assoc.presentation_contexts().iter().map(|pc| (pc.id, pc.transfer_syntax.clone())).collect();
+    let (pc_id, dataset): (u8, std::borrow::Cow<'_, [u8]>) =
+        if let Some((id, _)) = accepted.iter().find(|(_, t)| *t == ts) {
+            (*id, std::borrow::Cow::Borrowed(&part10.dataset[..]))
+        } else if let (true, Some((id, t))) = (native, accepted.iter().find(|(_, t)| t == EXPLICIT_LE || t == IMPLICIT_LE)) {
+            match reencode_native(&part10.dataset, &ts, t) {
+                Ok(bytes) => (*id, std::borrow::Cow::Owned(bytes)),
+                Err(e) => {
+                    let _ = assoc.send(&Pdu::AbortRQ { source: AbortRQSource::ServiceUser });
+                    return Err(e);
+                }
+            }
+        } else {
+            let _ = assoc.send(&Pdu::AbortRQ { source: AbortRQSource::ServiceUser });
+            return Err(SendError::TransferSyntaxNotAccepted {
+                destination: dest.name.clone(),
+                sop_class_uid: sop_class,
+                transfer_syntax: ts,
+                accepted: accepted.into_iter().map(|(_, t)| t).collect(),
+            });
+        };
+    let rq = CommandSet::c_store_rq(1, &sop_class, &sop_instance, priority::MEDIUM);
+    let rsp = request_response(assoc, pc_id, &rq, Some(&dataset), command_field::C_STORE_RSP)?;
+    let status = rsp.status.ok_or_else(|| SendError::UnexpectedEnd("C-STORE-RSP without Status".into()))?;
+    debug!(destination = %dest.name, sop_instance_uid = %sop_instance, status = format!("{status:04X}H"),
+        comment = rsp.error_comment.as_deref().unwrap_or(""), "C-STORE-RSP");
+    Ok(status)
+}
+
+/// Re-encode a native data set between Explicit and Implicit VR Little Endian.
+fn reencode_native(dataset: &[u8], from: &str, to: &str) -> Result<Vec<u8>, SendError> {
+    let conv = |message: String| SendError::Transcode { from: from.to_string(), to: to.to_string(), message };
+    let from_ts = TransferSyntaxRegistry.get(from).ok_or_else(|| conv("unknown source transfer syntax".into()))?;
+    let to_ts = TransferSyntaxRegistry.get(to).ok_or_else(|| conv("unknown target transfer syntax".into()))?;
+    let obj = InMemDicomObject::read_dataset_with_ts(dataset, from_ts).map_err(|e| conv(e.to_string()))?;
+    let mut out = Vec::with_capacity(dataset.len() + 1024);
+    obj.write_dataset_with_ts(&mut out, to_ts).map_err(|e| conv(e.to_string()))?;
+    Ok(out)
+}
+
+/// C-ECHO (Verification, PS3.4 A.4) to `called_ae` at `host:port`; returns the DIMSE status
+/// of the C-ECHO-RSP (0000 = success).
+///
+/// # Errors
+/// [`SendError::Association`] if the peer cannot be reached or rejects the association;
+/// [`SendError::Dimse`] / [`SendError::UnexpectedEnd`] if the exchange fails.
+pub fn c_echo(called_ae: &str, host: &str, port: u16, calling_ae: &str) -> Result<u16, SendError> {
+    let options = ClientAssociationOptions::new()
+        .calling_ae_title(calling_ae.to_string())
+        .called_ae_title(called_ae.to_string())
+        .with_presentation_context(uids::VERIFICATION.to_string(), vec![IMPLICIT_LE.to_string(), EXPLICIT_LE.to_string()]);
+    let assoc = establish(options, host, port)?;
+    let pc_id = assoc
+        .presentation_contexts()
+        .first()
+        .map(|pc| pc.id)
+        .ok_or_else(|| SendError::UnexpectedEnd("no presentation context accepted".into()))?;
+    let rsp = request_response(assoc, pc_id, &CommandSet::c_echo_rq(1), None, command_field::C_ECHO_RSP)?;
+    rsp.status.ok_or_else(|| SendError::UnexpectedEnd("C-ECHO-RSP without Status".into()))
+}
