@@ -130,7 +130,7 @@ while ((SECONDS < deadline)); do
     for f in "$pacs_dir"/*; do
         [[ -f $f ]] || continue
         # A file still being written fails to parse; try again next round.
-        class=$(dcmdump -q -s +P 0008,0016 "$f" 2>/dev/null | sed -n 's/.*\[\(.*\)\].*/\1/p') || true
+        class=$(dcmdump -q -s -Un +P 0008,0016 "$f" 2>/dev/null | sed -n 's/.*\[\(.*\)\].*/\1/p') || true
         if [[ $class == "$seg_class" ]]; then seg=$f; break 2; fi
     done
     sleep 1
@@ -142,15 +142,16 @@ if [[ -z $seg ]]; then
 fi
 elapsed=$((timeout - (deadline - SECONDS)))
 say "DICOM-SEG received by the PACS after ~${elapsed} s: $seg"
-dcmdump -q -s \
-    +P SOPClassUID +P Modality +P PatientID +P StudyInstanceUID +P SeriesInstanceUID \
-    +P FrameOfReferenceUID +P SegmentationType +P NumberOfFrames +P Rows +P Columns "$seg"
-echo "segments:"
+# Top-level elements only: with +p nested ones print as (gggg,eeee).(gggg,eeee).
+top_level() { local f=$1; shift; dcmdump -q +s +p "$@" "$f" | grep -v '^([0-9a-fA-F,]*)\.' || true; }
+top_level "$seg" +P SOPClassUID +P Modality +P PatientID +P StudyInstanceUID +P SeriesInstanceUID \
+    +P FrameOfReferenceUID +P SegmentationType +P NumberOfFrames +P Rows +P Columns
+echo "segments (SegmentSequence):"
 dcmdump -q +s +P SegmentNumber +P SegmentLabel "$seg" | sed 's/^/  /'
-echo "referenced series (ReferencedSeriesSequence):"
-dcmdump -q +s +p +P SeriesInstanceUID "$seg" | grep -F '(0008,1115)' | sed 's/^/  /' || echo "  (none)"
-echo "source series SeriesInstanceUID:"
-dcmdump -q -s +P SeriesInstanceUID "$(find "$series" -type f | head -n1)" | sed 's/^/  /'
+echo "referenced series (ReferencedSeriesSequence > SeriesInstanceUID):"
+dcmdump -q +s +p +P SeriesInstanceUID "$seg" | grep -F '(0008,1115).' | sed 's/^/  /' || echo "  (none)"
+echo "source series:"
+top_level "$(find "$series" -type f | head -n1)" +P SeriesInstanceUID | sed 's/^/  /'
 
 say "result files"
 echo "label maps and job files (spool jobs/<job_id>/: labels.npy uint8 [z][y][x], job.json, seg.dcm):"
