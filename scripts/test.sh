@@ -47,7 +47,7 @@ set -e
 echo
 echo "==================== summary ===================="
 echo "cargo test (exit $cargo_rc):"
-grep -E '^test result:|^error(\[|:)|^failures:$' "$logdir/cargo-test.log" | sed 's/^/  /' || echo "  (no result lines: see $logdir/cargo-test.log)"
+grep -E '^ +Running |^ +Doc-tests |^test result:|^error(\[|:)|^failures:$' "$logdir/cargo-test.log" | sed -E 's/^ +//; s/^/  /' || echo "  (no result lines: see $logdir/cargo-test.log)"
 echo "pytest (exit $pytest_rc):"
 grep -E '^(FAILED|ERROR) |^=+ .*(passed|failed|error|skipped|no tests ran).* =+$' "$logdir/pytest.log" | sed 's/^/  /' || echo "  (no summary line: see $logdir/pytest.log)"
 echo "================================================="
