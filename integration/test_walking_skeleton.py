@@ -166,6 +166,34 @@ def test_series_round_trip_to_pacs(
     assert node.proc.poll() is None, "node must keep running"
 
 
+# ------------------------------------------------------- spool and duplicates
+def test_instances_are_spooled_intact_and_duplicates_stored_once(start_node, data_dir: Path):
+    """incoming/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm holds each instance once,
+    with the data set (including Pixel Data) exactly as sent. A long quiet period keeps the
+    series open, so nothing is processed (or cleaned up) while the spool is inspected."""
+    node = start_node(ASSEMBLE__QUIET_PERIOD_SECONDS="3600")
+    files = support.dicom_files(data_dir / "series" / "mr-knee-dess-echo1")[:5]
+
+    for attempt in (1, 2):  # the second association repeats every SOPInstanceUID
+        sent = support.storescu(node.port, node.ae_title, files, calling_ae="SCANNER")
+        assert sent.returncode == 0, f"attempt {attempt}\n" + describe(sent)
+
+    stored = node.incoming_files()
+    expected = {}
+    for f in files:
+        ds = pydicom.dcmread(f)
+        rel = Path(ds.StudyInstanceUID) / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
+        expected[rel] = ds
+    got = {p.relative_to(node.spool / "incoming") for p in stored}
+    assert got == set(expected), f"spool holds {sorted(map(str, got))}"
+    for rel, src in expected.items():
+        copy = pydicom.dcmread(node.spool / "incoming" / rel)
+        assert copy.file_meta.MediaStorageSOPInstanceUID == src.SOPInstanceUID
+        assert copy.SOPClassUID == src.SOPClassUID
+        assert copy.ImagePositionPatient == src.ImagePositionPatient
+        assert copy.PixelData == src.PixelData, f"{rel}: Pixel Data differs from what was sent"
+
+
 # ------------------------------------------------------------ (d) bad input
 def test_calling_ae_not_in_allow_list_is_rejected(start_node, data_dir: Path):
     node = start_node(RECEIVE__ALLOWED_CALLING_AE_TITLES="SCANNER1,SCANNER2")
