@@ -142,7 +142,7 @@ def test_series_round_trip_to_pacs(
     sent = support.storescu(node.port, node.ae_title, [src.folder], "SCANNER", storescu_args)
     assert sent.returncode == 0, describe(sent)
 
-    segs = support.wait_for("a DICOM-SEG at the PACS", pacs.segs, alive=node.problem)
+    support.wait_for("a DICOM-SEG at the PACS", pacs.segs, alive=node.problem)
     # The node files a delivered copy under sent/<destination>/ after the PACS answered success.
     support.wait_for(
         "the delivered copy under spool/sent/pacs/",
