@@ -29,6 +29,10 @@ if [[ ! -d $MYONODE_DATA ]]; then
     exit 1
 fi
 MYONODE_DATA=$(cd "$MYONODE_DATA" && pwd)
+if [[ ! -x $MYONODE_PYTHON ]]; then
+    echo "[test] ERROR: MYONODE_PYTHON=$MYONODE_PYTHON is not an executable python (scripts/setup.sh creates .venv)" >&2
+    exit 1
+fi
 echo "[test] MYONODE_DATA=$MYONODE_DATA MYONODE_PYTHON=$MYONODE_PYTHON MYONODE_BIN=$MYONODE_BIN" >&2
 
 logdir=out/test
