@@ -1,0 +1,328 @@
+"""Helpers shared by the end-to-end tests: locating inputs, running DCMTK and
+the node binary, waiting (bounded) for files, reading DICOM results.
+
+Nothing here asserts on timing: every wait polls for a condition up to a
+generous limit and fails with a description of what never happened.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Optional, TypeVar
+
+import pydicom
+
+REPO = Path(__file__).resolve().parent.parent
+
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+"""SOP Class UID of Segmentation Storage (PS3.4 B.5)."""
+
+BASIC_TEXT_SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.11"
+"""SOP Class UID of Basic Text SR Storage (PS3.4 B.5): a class the node must not accept."""
+
+DEFAULT_WAIT_SECONDS = float(os.environ.get("MYONODE_TEST_WAIT_SECONDS", "300"))
+"""Upper bound for waiting on an asynchronous result (SEG arrival, quarantine).
+Generous because the debug build runs on 2 shared cores; override with
+MYONODE_TEST_WAIT_SECONDS."""
+
+T = TypeVar("T")
+
+
+def env_path(var: str, default: Path) -> Path:
+    """Path from environment variable `var`, else `default`."""
+    value = os.environ.get(var)
+    return Path(value) if value else default
+
+
+def data_dir() -> Path:
+    """The shared test data (MYONODE_DATA, default <repo>/../shared/data)."""
+    return env_path("MYONODE_DATA", REPO.parent / "shared" / "data").resolve()
+
+
+def node_binary() -> Path:
+    """The node under test (MYONODE_BIN, default <repo>/target/debug/myonode)."""
+    return env_path("MYONODE_BIN", REPO / "target" / "debug" / "myonode").resolve()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (bound with port 0 and released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_accepts(port: int, host: str = "127.0.0.1") -> bool:
+    """True when a TCP connection to host:port succeeds."""
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for(
+    what: str,
+    probe: Callable[[], Optional[T]],
+    timeout: float = DEFAULT_WAIT_SECONDS,
+    interval: float = 0.2,
+    alive: Optional[Callable[[], Optional[str]]] = None,
+) -> T:
+    """Poll `probe` until it returns a truthy value and return that value.
+
+    `alive`, if given, is called on every round and returns an error text when
+    waiting is pointless (e.g. the node process died). Raises AssertionError
+    naming `what` after `timeout` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if alive is not None:
+            problem = alive()
+            if problem:
+                raise AssertionError(f"while waiting for {what}: {problem}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def require_tool(name: str) -> str:
+    """Absolute path of an executable on PATH; fails the test clearly when absent."""
+    path = shutil.which(name)
+    assert path, f"`{name}` not found on PATH (install DCMTK: scripts/setup.sh)"
+    return path
+
+
+def run(
+    cmd: Iterable[object], timeout: float = 600, env: Optional[dict] = None, cwd: Optional[Path] = None
+) -> subprocess.CompletedProcess:
+    """Run a command to completion (no stdin), capturing text output."""
+    args = [str(c) for c in cmd]
+    return subprocess.run(
+        args,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=cwd,
+    )
+
+
+def describe(proc: subprocess.CompletedProcess) -> str:
+    """Command line, exit status and output of a finished process, for assertion messages."""
+    return (
+        f"$ {' '.join(proc.args)}\nexit status {proc.returncode}\n"
+        f"--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
+    )
+
+
+def dcmtk_env() -> dict:
+    """Environment for DCMTK tools: TCP_NODELAY=1 (DCMTK honours it; avoids ~40 ms Nagle stalls)."""
+    env = dict(os.environ)
+    env["TCP_NODELAY"] = "1"
+    return env
+
+
+def echoscu(port: int, called_ae: str, calling_ae: str = "ECHOSCU") -> subprocess.CompletedProcess:
+    """C-ECHO (PS3.7 9.1.5) from DCMTK echoscu to 127.0.0.1:port."""
+    return run(
+        [require_tool("echoscu"), "-aet", calling_ae, "-aec", called_ae, "127.0.0.1", port],
+        timeout=120,
+        env=dcmtk_env(),
+    )
+
+
+def storescu(
+    port: int,
+    called_ae: str,
+    paths: Iterable[Path],
+    calling_ae: str = "STORESCU",
+    extra: Iterable[str] = (),
+) -> subprocess.CompletedProcess:
+    """C-STORE (PS3.4 B.2) every file under `paths` (directories recursively) with DCMTK storescu.
+
+    Proposes only the presentation contexts needed for the files (`-R`); pass
+    `extra=["-xv"]` to also propose JPEG 2000 lossless so compressed files go
+    unchanged (storescu cannot transcode JPEG 2000).
+    """
+    cmd = [
+        require_tool("storescu"),
+        "-aet",
+        calling_ae,
+        "-aec",
+        called_ae,
+        "-R",
+        "+sd",
+        "+r",
+        *extra,
+        "127.0.0.1",
+        port,
+        *paths,
+    ]
+    return run(cmd, timeout=900, env=dcmtk_env())
+
+
+def dicom_files(folder: Path) -> list[Path]:
+    """All regular files under `folder` that pydicom reads as DICOM Part-10, sorted."""
+    out = []
+    for p in sorted(folder.rglob("*")):
+        if not p.is_file():
+            continue
+        try:
+            pydicom.dcmread(p, stop_before_pixels=True)
+        except Exception:
+            continue
+        out.append(p)
+    return out
+
+
+def read_header(path: Path) -> pydicom.Dataset:
+    """Header of a Part-10 file (no Pixel Data)."""
+    return pydicom.dcmread(path, stop_before_pixels=True)
+
+
+def find_segs(folder: Path) -> list[Path]:
+    """Complete Segmentation Storage files under `folder` (partly written files are skipped)."""
+    found = []
+    if not folder.exists():
+        return found
+    for p in sorted(folder.rglob("*")):
+        if not p.is_file():
+            continue
+        try:
+            ds = pydicom.dcmread(p)
+            if ds.get("SOPClassUID") != SEGMENTATION_STORAGE:
+                continue
+            _ = ds.PixelData  # a truncated file fails here
+        except Exception:
+            continue
+        found.append(p)
+    return found
+
+
+def files_under(folder: Path) -> list[Path]:
+    """Regular files under `folder` (empty list if it does not exist)."""
+    if not folder.exists():
+        return []
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+def check_seg(seg: Path, labels: Path, source_dir: Path, python: Path) -> subprocess.CompletedProcess:
+    """Run integration/check_seg.py (dciodvfy, highdicom read, references, positions, mask == labels)."""
+    script = REPO / "integration" / "check_seg.py"
+    assert script.is_file(), f"{script} is missing (it is written by the SEG engineer)"
+    env = dict(os.environ)
+    # dciodvfy lives next to the venv python.
+    env["PATH"] = f"{python.parent}{os.pathsep}{env.get('PATH', '')}"
+    return run([python, script, seg, "--labels", labels, "--source-dir", source_dir], timeout=900, env=env)
+
+
+def tools_python() -> Path:
+    """Interpreter with the pinned tools for check_seg.py: MYONODE_PYTHON, else the one running pytest.
+
+    Fails the test clearly when MYONODE_PYTHON names a missing file.
+    """
+    explicit = os.environ.get("MYONODE_PYTHON")
+    python = Path(explicit) if explicit else Path(sys.executable)
+    assert python.exists(), f"MYONODE_PYTHON={python} does not exist (run scripts/setup.sh to create .venv)"
+    return python
+
+
+# ------------------------------------------------------------- processes
+@dataclass
+class Pacs:
+    """A running DCMTK storescp: called AE `ae_title` on 127.0.0.1:`port`, files under `folder`."""
+
+    ae_title: str
+    port: int
+    folder: Path
+    log: Path
+    proc: subprocess.Popen
+
+    def segs(self) -> list[Path]:
+        """Complete Segmentation Storage files received so far."""
+        return find_segs(self.folder)
+
+    def files(self) -> list[Path]:
+        return files_under(self.folder)
+
+
+def stop(proc: subprocess.Popen, grace: float = 15.0) -> Optional[int]:
+    """SIGTERM, then SIGKILL after `grace` seconds; returns the exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+    return proc.returncode
+
+
+@dataclass
+class Node:
+    """A running `myonode serve`: AE `ae_title` on 127.0.0.1:`port`, spool at `spool`."""
+
+    ae_title: str
+    port: int
+    spool: Path
+    config: Path
+    log: Path
+    proc: subprocess.Popen
+    env: dict = field(repr=False)
+
+    def problem(self) -> Optional[str]:
+        """Why waiting for this node is pointless (it exited), else None."""
+        if self.proc.poll() is None:
+            return None
+        return f"myonode exited with status {self.proc.returncode}; log:\n{self.log_text()}"
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def incoming_files(self) -> list[Path]:
+        return files_under(self.spool / "incoming")
+
+    def quarantine_reason(self, series_uid: str) -> Optional[Path]:
+        p = self.spool / "quarantine" / series_uid / "REASON.txt"
+        return p if p.is_file() and p.stat().st_size > 0 else None
+
+    def job_dir_of_seg(self, sop_instance_uid: str) -> Optional[Path]:
+        """The jobs/<job_id>/ folder whose seg.dcm has this SOPInstanceUID."""
+        for seg in sorted((self.spool / "jobs").glob("*/seg.dcm")):
+            try:
+                if read_header(seg).SOPInstanceUID == sop_instance_uid:
+                    return seg.parent
+            except Exception:
+                continue
+        return None
+
+
+def node_config_text(pacs_port: int, max_attempts: int = 3, retry_delay: float = 0.5) -> str:
+    """A --config file whose only destination is the test PACS (all destination keys given)."""
+    return (
+        "[[destinations]]\n"
+        'name = "pacs"\n'
+        'ae_title = "PACS"\n'
+        'host = "127.0.0.1"\n'
+        f"port = {pacs_port}\n"
+        f"max_attempts = {max_attempts}\n"
+        f"retry_delay_seconds = {retry_delay}\n"
+    )
+
+
+def clean_env() -> dict:
+    """os.environ without any MYONODE__* override that would leak into the node."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("MYONODE__")}
+
+

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Prepare a machine to build and test myonode. Idempotent and fast when done.
+#
+#   1. System tools (Debian/Ubuntu apt, needs root): dcmtk (storescp, storescu,
+#      echoscu, dcmdump — the PACS and scanner in tests and the demo), cmake and
+#      pkg-config (native builds of codec crates), python3-venv. Skipped when the
+#      tools are already on PATH, so it also runs without root once set up.
+#   2. <repo>/.venv with the pinned Python tools of integration/requirements.txt
+#      (pydicom, highdicom, dciodvfy, pytest, ...). Re-installed only when the
+#      requirements file changed.
+#   3. cargo build --all-targets (debug build of the node and all tests).
+#
+# Environment:
+#   PYTHON                  interpreter that creates the venv (default: python3)
+#   MYONODE_SKIP_CARGO=1    skip step 3
+#   CI                      honoured implicitly: nothing here reads stdin
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
+
+export DEBIAN_FRONTEND=noninteractive
+
+# ---------------------------------------------------------------- 1. apt
+python=${PYTHON:-python3}
+missing_pkgs=()
+for tool in storescp storescu echoscu dcmdump; do
+    if ! command -v "$tool" >/dev/null 2>&1; then missing_pkgs+=(dcmtk); break; fi
+done
+command -v cmake >/dev/null 2>&1 || missing_pkgs+=(cmake)
+command -v pkg-config >/dev/null 2>&1 || missing_pkgs+=(pkg-config)
+if ! command -v "$python" >/dev/null 2>&1; then
+    missing_pkgs+=(python3 python3-venv)
+elif ! "$python" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    # Debian splits venv/ensurepip out of python3.
+    missing_pkgs+=(python3-venv)
+fi
+# A C toolchain for crates with native parts (cc crate).
+command -v cc >/dev/null 2>&1 || missing_pkgs+=(build-essential)
+
+if ((${#missing_pkgs[@]})); then
+    log "installing system packages: ${missing_pkgs[*]}"
+    command -v apt-get >/dev/null 2>&1 \
+        || die "missing ${missing_pkgs[*]} and no apt-get: install them with your package manager"
+    if [[ $(id -u) -ne 0 ]]; then
+        if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+            sudo_cmd=(sudo -n env DEBIAN_FRONTEND=noninteractive)
+        else
+            die "missing ${missing_pkgs[*]}: run this script as root once (apt-get install -y ${missing_pkgs[*]})"
+        fi
+    else
+        sudo_cmd=()
+    fi
+    "${sudo_cmd[@]}" apt-get update -q </dev/null
+    "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends "${missing_pkgs[@]}" </dev/null
+else
+    log "system tools present (dcmtk, cmake, pkg-config, python venv): apt skipped"
+fi
+
+# ---------------------------------------------------------------- 2. venv
+req=integration/requirements.txt
+venv=.venv
+stamp=$venv/.myonode-requirements.sha256
+want=$(sha256sum "$req" | cut -d' ' -f1)
+if [[ ! -x $venv/bin/python ]] || ! "$venv/bin/python" -c 'import sys' >/dev/null 2>&1; then
+    log "creating $venv with $("$python" --version 2>&1)"
+    rm -rf "$venv"
+    "$python" -m venv "$venv"
+    rm -f "$stamp"
+fi
+if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
+    log "installing $req into $venv"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-input -r "$req" </dev/null
+    echo "$want" >"$stamp"
+else
+    log "$venv up to date with $req"
+fi
+[[ -x $venv/bin/dciodvfy ]] || die "$venv/bin/dciodvfy missing after installing $req"
+
+# ---------------------------------------------------------------- 3. cargo
+if [[ ${MYONODE_SKIP_CARGO:-0} == 1 ]]; then
+    log "MYONODE_SKIP_CARGO=1: cargo build skipped"
+else
+    command -v cargo >/dev/null 2>&1 \
+        || die "cargo not found: install Rust >= $(sed -n 's/^rust-version *= *"\(.*\)"/\1/p' Cargo.toml) with rustup (https://rustup.rs)"
+    log "cargo build --all-targets"
+    cargo build --all-targets
+fi
+log "done"

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Run every test of myonode: set up (scripts/setup.sh), then the Rust unit and
+# integration tests (cargo test), then the end-to-end pytest suite
+# (integration/) that drives the built node with DCMTK and checks its DICOM-SEG.
+#
+# Both runners always run; the script exits non-zero if either failed.
+# Full logs: out/test/cargo-test.log, out/test/pytest.log.
+#
+# Environment (defaults in brackets):
+#   MYONODE_DATA     test data folder      [<repo>/../shared/data]
+#   MYONODE_PYTHON   python for the tests  [<repo>/.venv/bin/python]
+#   MYONODE_BIN      node binary under test [<repo>/target/debug/myonode]
+#   PYTEST_ARGS      extra pytest arguments, e.g. "-k walking -x"
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+
+export MYONODE_DATA=${MYONODE_DATA:-$repo/../shared/data}
+export MYONODE_PYTHON=${MYONODE_PYTHON:-$repo/.venv/bin/python}
+export MYONODE_BIN=${MYONODE_BIN:-$repo/target/debug/myonode}
+# DCMTK tools started by tests: no Nagle delay per instance.
+export TCP_NODELAY=1
+
+scripts/setup.sh
+
+if [[ ! -d $MYONODE_DATA ]]; then
+    echo "[test] ERROR: MYONODE_DATA=$MYONODE_DATA is not a directory (the shared test data must sit at ../shared/data or be named by MYONODE_DATA)" >&2
+    exit 1
+fi
+MYONODE_DATA=$(cd "$MYONODE_DATA" && pwd)
+if [[ ! -x $MYONODE_PYTHON ]]; then
+    echo "[test] ERROR: MYONODE_PYTHON=$MYONODE_PYTHON is not an executable python (scripts/setup.sh creates .venv)" >&2
+    exit 1
+fi
+echo "[test] MYONODE_DATA=$MYONODE_DATA MYONODE_PYTHON=$MYONODE_PYTHON MYONODE_BIN=$MYONODE_BIN" >&2
+
+logdir=out/test
+mkdir -p "$logdir"
+
+echo "[test] cargo test" >&2
+set +e
+cargo test 2>&1 </dev/null | tee "$logdir/cargo-test.log"
+cargo_rc=${PIPESTATUS[0]}
+echo "[test] pytest integration/" >&2
+# shellcheck disable=SC2086  # PYTEST_ARGS is a word list on purpose
+"$MYONODE_PYTHON" -m pytest integration -ra ${PYTEST_ARGS:-} 2>&1 </dev/null | tee "$logdir/pytest.log"
+pytest_rc=${PIPESTATUS[0]}
+set -e
+
+echo
+echo "==================== summary ===================="
+echo "cargo test (exit $cargo_rc):"
+grep -E '^ +Running |^ +Doc-tests |^test result:|^error(\[|:)|^failures:$' "$logdir/cargo-test.log" | sed -E 's/^ +//; s/^/  /' || echo "  (no result lines: see $logdir/cargo-test.log)"
+echo "pytest (exit $pytest_rc):"
+grep -E '^(FAILED|ERROR) |^=+ .*(passed|failed|error|skipped|no tests ran).* =+$' "$logdir/pytest.log" | sed 's/^/  /' || echo "  (no summary line: see $logdir/pytest.log)"
+echo "================================================="
+
+if ((cargo_rc != 0)); then exit "$cargo_rc"; fi
+exit "$pytest_rc"
