@@ -224,7 +224,7 @@ def check_seg(seg: Path, labels: Path, source_dir: Path, python: Path) -> subpro
     env = dict(os.environ)
     # dciodvfy lives next to the venv python.
     env["PATH"] = f"{python.parent}{os.pathsep}{env.get('PATH', '')}"
-    return run([python, script, seg, "--labels", labels, "--source-dir", source_dir], timeout=900, env=env)
+    return run([python, script, seg, "--labels", labels, "--source-dir", source_dir, "--require-dcmqi"], timeout=900, env=env)
 
 
 def tools_python() -> Path:

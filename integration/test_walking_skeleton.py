@@ -263,7 +263,7 @@ def test_process_writes_a_valid_seg(node_bin: Path, data_dir: Path, tmp_path: Pa
     result = run_process(node_bin, src.folder, out, tmp_path)
     assert result.returncode == 0, describe(result)
 
-    jobs = sorted(p.parent for p in out.glob("*/seg.dcm"))
+    jobs = sorted(p.parent for p in out.glob("jobs/*/seg.dcm"))
     assert len(jobs) == 1, f"expected one job folder with seg.dcm under {out}, got {jobs}\n" + describe(result)
     job = jobs[0]
     assert_seg_identity(job / "seg.dcm", src)
@@ -282,7 +282,7 @@ def test_process_quarantines_what_is_not_a_volume(node_bin: Path, data_dir: Path
     reason = out / "quarantine" / series_uid / "REASON.txt"
     assert reason.is_file(), f"{reason} missing\n" + describe(result)
     assert reason.read_text().strip()
-    assert not list(out.glob("*/seg.dcm")), "no SEG may be written for a quarantined series"
+    assert not list(out.glob("jobs/*/seg.dcm")), "no SEG may be written for a quarantined series"
 
 
 # ---------------------------------------------------------- (f) check-config
