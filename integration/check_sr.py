@@ -7,6 +7,10 @@ Checks, in order (the first failing check ends the run with exit status 1):
 1. dicom3tools ``dciodvfy`` (found beside this interpreter or on PATH): any output line
    starting with "Error" fails.
 2. DCMTK ``dsrdump -v +Pt``: a non-zero exit status fails.
+2b. PixelMed ``com.pixelmed.validate.DicomSRValidator`` (checks TID 1500/1411 rows), when
+   ``pixelmed.jar`` is present (env MYONODE_PIXELMED_JAR, default /usr/share/java/pixelmed.jar,
+   Debian package libpixelmed-java) and ``java`` is on PATH: any line starting with "Error"
+   fails. Without them this optional check is reported as SKIPPED.
 3. pydicom + highdicom: the file is read with ``highdicom.sr.srread`` (must be a
    Comprehensive3DSR), the content parsed as a ``MeasurementReport``, and every
    volumetric ROI measurement group compared with EXPECT.json: tracking identifier,
@@ -73,6 +77,23 @@ def run_dsrdump(path: str) -> str:
     if proc.returncode != 0:
         raise CheckFailed(f"dsrdump exited with {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc.stdout
+
+
+def run_pixelmed(path: str) -> None:
+    jar = os.environ.get("MYONODE_PIXELMED_JAR", "/usr/share/java/pixelmed.jar")
+    java = shutil.which("java")
+    if not os.path.isfile(jar) or java is None:
+        print(f"pixelmed: SKIPPED (optional; needs {jar} and java)")
+        return
+    classpath = jar + os.pathsep + os.path.join(os.path.dirname(jar), "*")
+    limits = ["-Djdk.xml.xpathExprOpLimit=0", "-Djdk.xml.xpathExprGrpLimit=0", "-Djdk.xml.xpathTotalOpLimit=0"]
+    proc = subprocess.run([java, *limits, "-cp", classpath, "com.pixelmed.validate.DicomSRValidator", path],
+                          capture_output=True, text=True)
+    out = proc.stdout + proc.stderr
+    errors = [line for line in out.splitlines() if line.startswith("Error")]
+    if errors or "Root Template Validation Complete" not in out:
+        raise CheckFailed("PixelMed DicomSRValidator:\n" + "\n".join(errors or out.splitlines()[-20:]))
+    print("pixelmed: TID 1500 validation without errors")
 
 
 def same_code(actual, expected: dict | None, what: str) -> None:
@@ -199,6 +220,7 @@ def main() -> int:
         print("dciodvfy: no errors")
         dump = run_dsrdump(args.sr_file)
         print(f"dsrdump: ok ({len(dump.splitlines())} lines)")
+        run_pixelmed(args.sr_file)
         check_content(args.sr_file, expect)
     except CheckFailed as e:
         print(f"check_sr: FAILED: {e}", file=sys.stderr)

@@ -17,10 +17,13 @@ use ndarray::Array3;
 use serde_json::json;
 
 use myonode::encode::codes;
-use myonode::encode::sr::{build_content_tree, encode_tid1500, ContentItem, ContentValue, Relationship, SegReference, SrOptions};
+use myonode::encode::sr::{
+    build_content_tree, encode_tid1500, ContentItem, ContentValue, Relationship, SegReference,
+    SrOptions,
+};
 use myonode::pipeline::messages::{
-    AlgorithmIdentification, Code, Findings, SegmentAlgorithmType, SegmentDescription, SegmentMeasurements,
-    Segmentation, SeriesHeader, SideMeasurements, StudyJob,
+    AlgorithmIdentification, Code, Findings, SegmentAlgorithmType, SegmentDescription,
+    SegmentMeasurements, Segmentation, SeriesHeader, SideMeasurements, StudyJob,
 };
 use myonode::uid::new_uid;
 use myonode::volume::{SliceRef, Volume};
@@ -50,7 +53,12 @@ fn header_dataset(study_uid: &str, series_uid: &str) -> InMemDicomObject {
     o
 }
 
-fn measurements(label_value: u8, label: &str, volume_ml: f64, hu: Option<f64>) -> SegmentMeasurements {
+fn measurements(
+    label_value: u8,
+    label: &str,
+    volume_ml: f64,
+    hu: Option<f64>,
+) -> SegmentMeasurements {
     SegmentMeasurements {
         label_value,
         label: label.into(),
@@ -76,7 +84,11 @@ fn findings(modality: &str) -> Findings {
     let study_uid = new_uid();
     let series_uid = new_uid();
     let slices: Vec<SliceRef> = (0..3)
-        .map(|_| SliceRef { sop_class_uid: CT_IMAGE_STORAGE.into(), sop_instance_uid: new_uid(), frame_number: None })
+        .map(|_| SliceRef {
+            sop_class_uid: CT_IMAGE_STORAGE.into(),
+            sop_instance_uid: new_uid(),
+            frame_number: None,
+        })
         .collect();
     let volume = Volume {
         data: Array3::zeros((3, 4, 4)),
@@ -101,15 +113,17 @@ fn findings(modality: &str) -> Findings {
         volume: Arc::new(volume),
         job_dir: PathBuf::from("/nonexistent"),
     };
-    let segment = |label_value, label: &str, category: Code, ptype: Code, modifier, region| SegmentDescription {
-        label_value,
-        label: label.into(),
-        category,
-        property_type: ptype,
-        type_modifier: modifier,
-        anatomic_region: region,
-        color_rgb: [255, 0, 0],
-        algorithm_type: SegmentAlgorithmType::Automatic,
+    let segment = |label_value, label: &str, category: Code, ptype: Code, modifier, region| {
+        SegmentDescription {
+            label_value,
+            label: label.into(),
+            category,
+            property_type: ptype,
+            type_modifier: modifier,
+            anatomic_region: region,
+            color_rgb: [255, 0, 0],
+            algorithm_type: SegmentAlgorithmType::Automatic,
+        }
     };
     let segments = vec![
         // Anatomical-structure category with an explicit anatomic region and Right laterality.
@@ -154,14 +168,28 @@ fn findings(modality: &str) -> Findings {
     Findings {
         segmentation,
         measurements: vec![
-            measurements(3, "Right thigh muscles", 123.456789012345678, is_ct.then_some(45.5)),
-            measurements(1, "Left skeletal muscle", 0.001953125, is_ct.then_some(-87.123456789012345)),
+            measurements(
+                3,
+                "Right thigh muscles",
+                123.45678901234568,
+                is_ct.then_some(45.5),
+            ),
+            measurements(
+                1,
+                "Left skeletal muscle",
+                0.001953125,
+                is_ct.then_some(-87.12345678901235),
+            ),
         ],
     }
 }
 
 fn seg_ref() -> SegReference {
-    SegReference { sop_class_uid: SEG_STORAGE.into(), sop_instance_uid: new_uid(), series_instance_uid: new_uid() }
+    SegReference {
+        sop_class_uid: SEG_STORAGE.into(),
+        sop_instance_uid: new_uid(),
+        series_instance_uid: new_uid(),
+    }
 }
 
 fn opts() -> SrOptions {
@@ -184,7 +212,13 @@ fn code_of(item: &ContentItem) -> &Code {
 
 fn one<'a>(parent: &'a ContentItem, name: &codes::CodeConst) -> &'a ContentItem {
     let found: Vec<_> = parent.children_named(name).collect();
-    assert_eq!(found.len(), 1, "expected exactly one {:?} under {:?}", name.meaning, parent.concept_name);
+    assert_eq!(
+        found.len(),
+        1,
+        "expected exactly one {:?} under {:?}",
+        name.meaning,
+        parent.concept_name
+    );
     found[0]
 }
 
@@ -196,7 +230,12 @@ fn tree_has_tid1500_header_and_groups_in_segment_order() {
     let root = build_content_tree(&f, &seg, &o).unwrap();
     assert_eq!(root.relationship, None);
     assert!(codes::IMAGING_MEASUREMENT_REPORT.matches(root.concept_name.as_ref().unwrap()));
-    assert_eq!(root.value, ContentValue::Container { template: Some("1500") });
+    assert_eq!(
+        root.value,
+        ContentValue::Container {
+            template: Some("1500")
+        }
+    );
 
     let lang = one(&root, &codes::LANGUAGE_OF_CONTENT);
     assert_eq!(lang.relationship, Some(Relationship::HasConceptMod));
@@ -204,8 +243,14 @@ fn tree_has_tid1500_header_and_groups_in_segment_order() {
     let obs = one(&root, &codes::OBSERVER_TYPE);
     assert_eq!(obs.relationship, Some(Relationship::HasObsContext));
     assert!(codes::DEVICE.matches(code_of(obs)));
-    assert_eq!(one(&root, &codes::DEVICE_OBSERVER_UID).value, ContentValue::UidRef(o.device_observer_uid.clone()));
-    assert_eq!(one(&root, &codes::DEVICE_OBSERVER_NAME).value, ContentValue::Text("MYONODE".into()));
+    assert_eq!(
+        one(&root, &codes::DEVICE_OBSERVER_UID).value,
+        ContentValue::UidRef(o.device_observer_uid.clone())
+    );
+    assert_eq!(
+        one(&root, &codes::DEVICE_OBSERVER_NAME).value,
+        ContentValue::Text("MYONODE".into())
+    );
     let proc_ = one(&root, &codes::PROCEDURE_REPORTED);
     assert!(codes::CT_UNSPECIFIED_BODY_REGION.matches(code_of(proc_)));
 
@@ -220,14 +265,25 @@ fn tree_has_tid1500_header_and_groups_in_segment_order() {
     let groups: Vec<_> = im.children_named(&codes::MEASUREMENT_GROUP).collect();
     assert_eq!(groups.len(), 2, "label 2 has no measurements");
     for g in &groups {
-        assert_eq!(g.value, ContentValue::Container { template: Some("1411") });
+        assert_eq!(
+            g.value,
+            ContentValue::Container {
+                template: Some("1411")
+            }
+        );
         assert_eq!(g.relationship, Some(Relationship::Contains));
     }
 
     // Group 1: label 1 → SEG segment 1, tissue category: no finding site.
     let g1 = groups[0];
-    assert_eq!(one(g1, &codes::TRACKING_IDENTIFIER).value, ContentValue::Text("Left skeletal muscle".into()));
-    assert_eq!(one(g1, &codes::FINDING).value, ContentValue::Code(Code::new("127954009", "SCT", "Skeletal muscle")));
+    assert_eq!(
+        one(g1, &codes::TRACKING_IDENTIFIER).value,
+        ContentValue::Text("Left skeletal muscle".into())
+    );
+    assert_eq!(
+        one(g1, &codes::FINDING).value,
+        ContentValue::Code(Code::new("127954009", "SCT", "Skeletal muscle"))
+    );
     assert_eq!(g1.children_named(&codes::FINDING_SITE).count(), 0);
     let r1 = one(g1, &codes::REFERENCED_SEGMENT);
     assert_eq!(
@@ -244,9 +300,21 @@ fn tree_has_tid1500_header_and_groups_in_segment_order() {
         ContentValue::UidRef(f.segmentation.job.header.series_instance_uid.clone())
     );
     let vol = one(g1, &codes::VOLUME);
-    assert_eq!(vol.value, ContentValue::Num { value: 0.001953125, unit: codes::UNIT_CUBIC_CENTIMETER.code() });
+    assert_eq!(
+        vol.value,
+        ContentValue::Num {
+            value: 0.001953125,
+            unit: codes::UNIT_CUBIC_CENTIMETER.code()
+        }
+    );
     let att = one(g1, &codes::ATTENUATION_COEFFICIENT);
-    assert_eq!(att.value, ContentValue::Num { value: -87.123456789012345, unit: codes::UNIT_HOUNSFIELD.code() });
+    assert_eq!(
+        att.value,
+        ContentValue::Num {
+            value: -87.12345678901235,
+            unit: codes::UNIT_HOUNSFIELD.code()
+        }
+    );
     let der = one(att, &codes::DERIVATION);
     assert_eq!(der.relationship, Some(Relationship::HasConceptMod));
     assert!(codes::MEAN.matches(code_of(der)));
@@ -257,7 +325,13 @@ fn tree_has_tid1500_header_and_groups_in_segment_order() {
     assert_eq!(site.relationship, Some(Relationship::HasConceptMod));
     assert_eq!(code_of(site), &Code::new("68367000", "SCT", "Thigh"));
     assert!(codes::RIGHT.matches(code_of(one(site, &codes::LATERALITY))));
-    assert!(matches!(one(g2, &codes::REFERENCED_SEGMENT).value, ContentValue::Image { segment_number: Some(3), .. }));
+    assert!(matches!(
+        one(g2, &codes::REFERENCED_SEGMENT).value,
+        ContentValue::Image {
+            segment_number: Some(3),
+            ..
+        }
+    ));
     // Tracking UIDs differ per group.
     assert_ne!(
         one(g1, &codes::TRACKING_UNIQUE_IDENTIFIER).value,
@@ -269,7 +343,9 @@ fn tree_has_tid1500_header_and_groups_in_segment_order() {
 fn mr_report_has_no_attenuation_and_mr_procedure() {
     let f = findings("MR");
     let root = build_content_tree(&f, &seg_ref(), &opts()).unwrap();
-    assert!(codes::MRI_UNSPECIFIED_BODY_REGION.matches(code_of(one(&root, &codes::PROCEDURE_REPORTED))));
+    assert!(
+        codes::MRI_UNSPECIFIED_BODY_REGION.matches(code_of(one(&root, &codes::PROCEDURE_REPORTED)))
+    );
     let im = one(&root, &codes::IMAGING_MEASUREMENTS);
     for g in im.children_named(&codes::MEASUREMENT_GROUP) {
         assert_eq!(g.children_named(&codes::ATTENUATION_COEFFICIENT).count(), 0);
@@ -282,7 +358,13 @@ fn measurement_for_unknown_label_is_an_error() {
     let mut f = findings("CT");
     f.measurements.push(measurements(9, "ghost", 1.0, None));
     let err = build_content_tree(&f, &seg_ref(), &opts()).unwrap_err();
-    assert!(matches!(err, myonode::encode::sr::SrError::UnknownLabel { label_value: 9, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            myonode::encode::sr::SrError::UnknownLabel { label_value: 9, .. }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -293,7 +375,10 @@ fn invalid_seg_uid_is_rejected() {
         Ok(_) => panic!("an invalid SEG SOPInstanceUID was accepted"),
         Err(e) => e,
     };
-    assert!(matches!(err, myonode::encode::sr::SrError::InvalidUid { .. }), "{err}");
+    assert!(
+        matches!(err, myonode::encode::sr::SrError::InvalidUid { .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -303,25 +388,44 @@ fn encoded_file_reads_back_with_dicom_rs() {
     let enc = encode_tid1500(&f, &seg, &opts()).unwrap();
     assert_eq!(enc.sop_class_uid, "1.2.840.10008.5.1.4.1.1.88.34");
     let obj = dicom_object::from_reader(&enc.bytes[128..]).expect("SR parses");
-    let s = |tag| obj.element(tag).unwrap().to_str().unwrap().trim_end_matches('\0').trim().to_string();
-    assert_eq!(obj.meta().transfer_syntax().trim_end_matches('\0'), "1.2.840.10008.1.2.1");
+    let s = |tag| {
+        obj.element(tag)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .trim_end_matches('\0')
+            .trim()
+            .to_string()
+    };
+    assert_eq!(
+        obj.meta().transfer_syntax().trim_end_matches('\0'),
+        "1.2.840.10008.1.2.1"
+    );
     assert_eq!(s(tags::SOP_INSTANCE_UID), enc.sop_instance_uid);
     assert_eq!(s(tags::SERIES_INSTANCE_UID), enc.series_instance_uid);
-    assert_ne!(enc.series_instance_uid, f.segmentation.job.header.series_instance_uid);
-    assert_eq!(s(tags::STUDY_INSTANCE_UID), f.segmentation.job.header.study_instance_uid);
+    assert_ne!(
+        enc.series_instance_uid,
+        f.segmentation.job.header.series_instance_uid
+    );
+    assert_eq!(
+        s(tags::STUDY_INSTANCE_UID),
+        f.segmentation.job.header.study_instance_uid
+    );
     assert_eq!(s(tags::PATIENT_NAME), "Müller^Hans");
     assert_eq!(s(tags::MODALITY), "SR");
     assert_eq!(s(tags::SERIES_NUMBER), "1003");
     assert_eq!(s(tags::VALUE_TYPE), "CONTAINER");
-    assert!(obj.element(tags::REFERRING_PHYSICIAN_NAME).unwrap().is_empty());
+    assert!(obj
+        .element(tags::REFERRING_PHYSICIAN_NAME)
+        .unwrap()
+        .is_empty());
 }
 
 fn code_json(c: &Code) -> serde_json::Value {
     json!({"value": c.value, "scheme": c.scheme})
 }
 
-#[test]
-fn roundtrip_through_dciodvfy_dsrdump_and_highdicom() {
+fn python() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let python = std::env::var_os("MYONODE_PYTHON")
         .map(PathBuf::from)
@@ -329,18 +433,21 @@ fn roundtrip_through_dciodvfy_dsrdump_and_highdicom() {
     assert!(
         python.exists(),
         "Python interpreter {} not found: set MYONODE_PYTHON to a Python with pydicom + highdicom \
-         (and dciodvfy beside it or on PATH)",
+         (and dciodvfy beside it or on PATH; DCMTK dsrdump on PATH)",
         python.display()
     );
+    python
+}
 
-    let f = findings("CT");
-    let seg = seg_ref();
-    let enc = encode_tid1500(&f, &seg, &opts()).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let sr_path = dir.path().join("sr.dcm");
-    std::fs::write(&sr_path, &enc.bytes).unwrap();
-
-    let by_label = |lv: u8| f.segmentation.segments.iter().find(|s| s.label_value == lv).unwrap();
+/// EXPECT.json for [`findings`]`("CT")` encoded against `seg` (see `integration/check_sr.py`).
+fn expectation(f: &Findings, seg: &SegReference) -> serde_json::Value {
+    let by_label = |lv: u8| {
+        f.segmentation
+            .segments
+            .iter()
+            .find(|s| s.label_value == lv)
+            .unwrap()
+    };
     let meas = |lv: u8| f.measurements.iter().find(|m| m.label_value == lv).unwrap();
     let group = |lv: u8, segment_number: u16, site: Option<Code>, laterality: Option<Code>| {
         let d = by_label(lv);
@@ -354,14 +461,17 @@ fn roundtrip_through_dciodvfy_dsrdump_and_highdicom() {
             "finding_site": site.as_ref().map(code_json),
             "laterality": laterality.as_ref().map(code_json),
             "measurements": [
-                {"concept": code_json(&codes::VOLUME.code()), "unit": code_json(&codes::UNIT_CUBIC_CENTIMETER.code()),
+                {"concept": code_json(&codes::VOLUME.code()),
+                 "unit": code_json(&codes::UNIT_CUBIC_CENTIMETER.code()),
                  "value": m.volume_ml, "derivation": null},
-                {"concept": code_json(&codes::ATTENUATION_COEFFICIENT.code()), "unit": code_json(&codes::UNIT_HOUNSFIELD.code()),
-                 "value": m.mean_attenuation_hu.unwrap(), "derivation": code_json(&codes::MEAN.code())},
+                {"concept": code_json(&codes::ATTENUATION_COEFFICIENT.code()),
+                 "unit": code_json(&codes::UNIT_HOUNSFIELD.code()),
+                 "value": m.mean_attenuation_hu.unwrap(),
+                 "derivation": code_json(&codes::MEAN.code())},
             ],
         })
     };
-    let expect = json!({
+    json!({
         "study_instance_uid": f.segmentation.job.header.study_instance_uid,
         "source_series_instance_uid": f.segmentation.job.header.series_instance_uid,
         "patient_name": "Müller^Hans",
@@ -370,10 +480,21 @@ fn roundtrip_through_dciodvfy_dsrdump_and_highdicom() {
             group(1, 1, None, None),
             group(3, 3, Some(Code::new("68367000", "SCT", "Thigh")), Some(codes::RIGHT.code())),
         ],
-    });
-    let expect_path = dir.path().join("EXPECT.json");
-    std::fs::write(&expect_path, serde_json::to_vec_pretty(&expect).unwrap()).unwrap();
+    })
+}
 
+/// Write `sr_bytes` and `expect`, run check_sr.py; returns (success, stdout, stderr).
+fn run_check_sr(sr_bytes: &[u8], expect: &serde_json::Value) -> (bool, String, String) {
+    let python = python();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let sr_path = dir.path().join("sr.dcm");
+    std::fs::write(&sr_path, sr_bytes).unwrap();
+    if let Some(keep) = std::env::var_os("MYONODE_KEEP_SR") {
+        std::fs::copy(&sr_path, keep).unwrap();
+    }
+    let expect_path = dir.path().join("EXPECT.json");
+    std::fs::write(&expect_path, serde_json::to_vec_pretty(expect).unwrap()).unwrap();
     let out = Command::new(&python)
         .arg(root.join("integration/check_sr.py"))
         .arg(&sr_path)
@@ -381,12 +502,46 @@ fn roundtrip_through_dciodvfy_dsrdump_and_highdicom() {
         .arg(&expect_path)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.code() != Some(2),
+        "check_sr.py could not run (missing tool or package):\n{stdout}\n{stderr}"
+    );
+    (out.status.success(), stdout, stderr)
+}
+
+#[test]
+fn roundtrip_through_dciodvfy_dsrdump_and_highdicom() {
+    let f = findings("CT");
+    let seg = seg_ref();
+    let enc = encode_tid1500(&f, &seg, &opts()).unwrap();
+    let (ok, stdout, stderr) = run_check_sr(&enc.bytes, &expectation(&f, &seg));
     println!("{stdout}");
-    if let Some(keep) = std::env::var_os("MYONODE_KEEP_SR") {
-        std::fs::copy(&sr_path, keep).unwrap();
-    }
-    assert!(out.status.success(), "check_sr.py failed ({}):\n{stdout}\n{stderr}", out.status);
-    assert!(stdout.contains("check_sr: OK (2 measurement groups)"), "{stdout}");
+    assert!(ok, "check_sr.py failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("dciodvfy: no errors"), "{stdout}");
+    assert!(
+        stdout.contains("check_sr: OK (2 measurement groups)"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_sr_rejects_a_wrong_segment_number_and_value() {
+    let f = findings("CT");
+    let seg = seg_ref();
+    let enc = encode_tid1500(&f, &seg, &opts()).unwrap();
+
+    let mut wrong_number = expectation(&f, &seg);
+    wrong_number["segments"][1]["segment_number"] = json!(2);
+    let (ok, _, stderr) = run_check_sr(&enc.bytes, &wrong_number);
+    assert!(
+        !ok && stderr.contains("referenced segment numbers"),
+        "{stderr}"
+    );
+
+    let mut wrong_value = expectation(&f, &seg);
+    wrong_value["segments"][0]["measurements"][1]["value"] = json!(-87.1234);
+    let (ok, _, stderr) = run_check_sr(&enc.bytes, &wrong_value);
+    assert!(!ok && stderr.contains("NumericValue"), "{stderr}");
 }

@@ -10,7 +10,7 @@
 //!
 //! Codes are `(CodeValue, CodingSchemeDesignator, CodeMeaning)` per the PS3.3
 //! 8.8 Code Sequence Macro. Use [`CodeConst::code`] to get an owned
-//! [`Code`](crate::pipeline::messages::Code).
+//! [`Code`].
 
 use crate::pipeline::messages::Code;
 
@@ -39,7 +39,11 @@ impl CodeConst {
 }
 
 const fn c(value: &'static str, scheme: &'static str, meaning: &'static str) -> CodeConst {
-    CodeConst { value, scheme, meaning }
+    CodeConst {
+        value,
+        scheme,
+        meaning,
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -66,8 +70,7 @@ pub const DEVICE_OBSERVER_NAME: CodeConst = c("121013", "DCM", "Device Observer 
 pub const DEVICE_OBSERVER_MANUFACTURER: CodeConst =
     c("121014", "DCM", "Device Observer Manufacturer");
 /// TID 1004 row 4. Source: pydicom concept dictionary (DCM 121015).
-pub const DEVICE_OBSERVER_MODEL_NAME: CodeConst =
-    c("121015", "DCM", "Device Observer Model Name");
+pub const DEVICE_OBSERVER_MODEL_NAME: CodeConst = c("121015", "DCM", "Device Observer Model Name");
 /// TID 1500 row 4 concept name. Source: pydicom concept dictionary (DCM 121058; in CIDs 6052, 6053).
 pub const PROCEDURE_REPORTED: CodeConst = c("121058", "DCM", "Procedure reported");
 
@@ -95,8 +98,7 @@ pub const MEASUREMENT_GROUP: CodeConst = c("125007", "DCM", "Measurement Group")
 /// TID 4108 Tracking Identifier. Source: pydicom concept dictionary (DCM 112039).
 pub const TRACKING_IDENTIFIER: CodeConst = c("112039", "DCM", "Tracking Identifier");
 /// TID 4108 Tracking Unique Identifier. Source: pydicom concept dictionary (DCM 112040).
-pub const TRACKING_UNIQUE_IDENTIFIER: CodeConst =
-    c("112040", "DCM", "Tracking Unique Identifier");
+pub const TRACKING_UNIQUE_IDENTIFIER: CodeConst = c("112040", "DCM", "Tracking Unique Identifier");
 /// TID 1411 Finding concept name. Source: pydicom concept dictionary (DCM 121071; in CIDs 3419, 6053, 7002, 9000).
 pub const FINDING: CodeConst = c("121071", "DCM", "Finding");
 /// Finding Site concept name. Source: CID 9000 (SCT 363698007).
@@ -150,7 +152,9 @@ pub fn procedure_reported_for_modality(modality: &str) -> CodeConst {
 /// The CID 244 laterality value matching a SegmentedPropertyTypeModifier, if the
 /// modifier is Left, Right or Bilateral (compared by value and scheme).
 pub fn laterality_of(modifier: &Code) -> Option<CodeConst> {
-    [LEFT, RIGHT, BILATERAL].into_iter().find(|l| l.matches(modifier))
+    [LEFT, RIGHT, BILATERAL]
+        .into_iter()
+        .find(|l| l.matches(modifier))
 }
 
 #[cfg(test)]
@@ -166,9 +170,18 @@ mod tests {
 
     #[test]
     fn laterality_matches_by_value_and_scheme_only() {
-        assert_eq!(laterality_of(&Code::new("7771000", "SCT", "left")), Some(LEFT));
-        assert_eq!(laterality_of(&Code::new("24028007", "SCT", "Right")), Some(RIGHT));
+        assert_eq!(
+            laterality_of(&Code::new("7771000", "SCT", "left")),
+            Some(LEFT)
+        );
+        assert_eq!(
+            laterality_of(&Code::new("24028007", "SCT", "Right")),
+            Some(RIGHT)
+        );
         assert_eq!(laterality_of(&Code::new("7771000", "DCM", "Left")), None);
-        assert_eq!(laterality_of(&Code::new("99999999", "99TEST", "not a laterality")), None);
+        assert_eq!(
+            laterality_of(&Code::new("99999999", "99TEST", "not a laterality")),
+            None
+        );
     }
 }

@@ -36,10 +36,10 @@
 use dicom_core::value::DataSetSequence;
 use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::{tags, uids};
+use dicom_encoding::TransferSyntaxIndex;
 use dicom_object::meta::FileMetaTableBuilder;
 use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
-use dicom_encoding::TransferSyntaxIndex;
 
 use super::codes::{self, CodeConst};
 use super::seg::EncodedObject;
@@ -88,25 +88,38 @@ pub struct SegReference {
 pub enum SrError {
     /// A UID given to the encoder is not a valid DICOM UID (PS3.5 9.1).
     #[error("invalid {what} {uid:?}: not a DICOM UID (PS3.5 9.1)")]
-    InvalidUid { what: &'static str, uid: String },
+    InvalidUid {
+        /// Which UID (e.g. "SEG SOPInstanceUID").
+        what: &'static str,
+        /// The offending value.
+        uid: String,
+    },
     /// Two segment descriptions share a label value, so SEG segment numbers are ambiguous.
     #[error("segment label value {0} is described more than once")]
     DuplicateLabel(u8),
     /// A measurement refers to a label value that has no segment description.
     #[error("measurements for label value {label_value} ({label:?}) have no segment description")]
-    UnknownLabel { label_value: u8, label: String },
+    UnknownLabel {
+        /// The label value of the orphan measurement.
+        label_value: u8,
+        /// Its label text.
+        label: String,
+    },
     /// None of the segments has measurements: TID 1500 needs at least one measurement group.
     #[error("no segment has measurements; a TID 1500 report needs at least one measurement group")]
     NothingToReport,
     /// A value cannot be written as a DS (NaN or infinite).
     #[error("cannot encode {value} as a DS (PS3.5 6.2): not a finite number")]
-    NonFiniteDs { value: f64 },
+    NonFiniteDs {
+        /// The value (NaN or ±∞).
+        value: f64,
+    },
     /// The File Meta Information could not be built or written (PS3.10 7.1).
     #[error("file meta information of the SR: {0}")]
-    Meta(#[source] dicom_object::meta::Error),
+    Meta(#[source] Box<dicom_object::meta::Error>),
     /// The data set could not be serialized.
     #[error("writing the SR data set: {0}")]
-    Write(#[source] dicom_object::WriteError),
+    Write(#[source] Box<dicom_object::WriteError>),
     /// Explicit VR Little Endian is not in the transfer syntax registry (build problem).
     #[error("transfer syntax {0} is not registered")]
     TransferSyntax(&'static str),
@@ -185,8 +198,11 @@ fn trim_fraction(s: String) -> String {
 /// RelationshipType (0040,A010) of a content item with its parent (PS3.3 C.17.3.2.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Relationship {
+    /// `CONTAINS`: the child is part of the parent's content.
     Contains,
+    /// `HAS OBS CONTEXT`: the child sets observation context (observer, tracking identifiers).
     HasObsContext,
+    /// `HAS CONCEPT MOD`: the child qualifies the parent's concept (language, site, derivation).
     HasConceptMod,
 }
 
@@ -214,13 +230,23 @@ pub enum ContentValue {
     /// `UIDREF`: UID (0040,A124).
     UidRef(String),
     /// `NUM`: MeasuredValueSequence with NumericValue (DS) in `unit` (UCUM).
-    Num { value: f64, unit: Code },
+    Num {
+        /// The measured value, written as NumericValue (DS, ≤ 16 characters, see [`format_ds`])
+        /// plus FloatingPointValue (FD) when the DS is not exact.
+        value: f64,
+        /// MeasurementUnitsCodeSequence (UCUM).
+        unit: Code,
+    },
     /// `IMAGE`: ReferencedSOPSequence with an optional ReferencedSegmentNumber
     /// (0062,000B) and ReferencedFrameNumber (0008,1160).
     Image {
+        /// ReferencedSOPClassUID (0008,1150).
         sop_class_uid: String,
+        /// ReferencedSOPInstanceUID (0008,1155).
         sop_instance_uid: String,
+        /// ReferencedSegmentNumber (0062,000B), for a Referenced Segment of a SEG.
         segment_number: Option<u16>,
+        /// ReferencedFrameNumber (0008,1160), for a frame of a multi-frame source.
         frame_number: Option<u32>,
     },
 }
@@ -246,6 +272,7 @@ pub struct ContentItem {
     pub relationship: Option<Relationship>,
     /// ConceptNameCodeSequence; `None` is allowed only for IMAGE entries of the image library (TID 1601).
     pub concept_name: Option<Code>,
+    /// The item's value; its variant gives ValueType (0040,A040).
     pub value: ContentValue,
     /// ContentSequence (0040,A730), in order.
     pub children: Vec<ContentItem>,
@@ -253,7 +280,12 @@ pub struct ContentItem {
 
 impl ContentItem {
     fn new(rel: Relationship, name: CodeConst, value: ContentValue) -> Self {
-        ContentItem { relationship: Some(rel), concept_name: Some(name.code()), value, children: vec![] }
+        ContentItem {
+            relationship: Some(rel),
+            concept_name: Some(name.code()),
+            value,
+            children: vec![],
+        }
     }
 
     fn with_children(mut self, children: Vec<ContentItem>) -> Self {
@@ -286,17 +318,27 @@ struct Reported<'a> {
 fn reported_segments(findings: &Findings) -> Result<Vec<Reported<'_>>, SrError> {
     let mut segments: Vec<&SegmentDescription> = findings.segmentation.segments.iter().collect();
     segments.sort_by_key(|s| s.label_value);
-    if let Some(w) = segments.windows(2).find(|w| w[0].label_value == w[1].label_value) {
+    if let Some(w) = segments
+        .windows(2)
+        .find(|w| w[0].label_value == w[1].label_value)
+    {
         return Err(SrError::DuplicateLabel(w[0].label_value));
     }
     for m in &findings.measurements {
         if !segments.iter().any(|s| s.label_value == m.label_value) {
-            return Err(SrError::UnknownLabel { label_value: m.label_value, label: m.label.clone() });
+            return Err(SrError::UnknownLabel {
+                label_value: m.label_value,
+                label: m.label.clone(),
+            });
         }
     }
     let mut out = Vec::new();
     for (i, description) in segments.into_iter().enumerate() {
-        match findings.measurements.iter().find(|m| m.label_value == description.label_value) {
+        match findings
+            .measurements
+            .iter()
+            .find(|m| m.label_value == description.label_value)
+        {
             Some(measurements) => out.push(Reported {
                 segment_number: (i + 1) as u16,
                 description,
@@ -337,9 +379,21 @@ pub fn build_content_tree(
     let reported = reported_segments(findings)?;
 
     let mut root_children = vec![
-        ContentItem::new(HasConceptMod, codes::LANGUAGE_OF_CONTENT, V::Code(codes::LANGUAGE_EN_US.code())),
-        ContentItem::new(HasObsContext, codes::OBSERVER_TYPE, V::Code(codes::DEVICE.code())),
-        ContentItem::new(HasObsContext, codes::DEVICE_OBSERVER_UID, V::UidRef(opts.device_observer_uid.clone())),
+        ContentItem::new(
+            HasConceptMod,
+            codes::LANGUAGE_OF_CONTENT,
+            V::Code(codes::LANGUAGE_EN_US.code()),
+        ),
+        ContentItem::new(
+            HasObsContext,
+            codes::OBSERVER_TYPE,
+            V::Code(codes::DEVICE.code()),
+        ),
+        ContentItem::new(
+            HasObsContext,
+            codes::DEVICE_OBSERVER_UID,
+            V::UidRef(opts.device_observer_uid.clone()),
+        ),
     ];
     if !opts.device_observer_name.is_empty() {
         root_children.push(ContentItem::new(
@@ -355,7 +409,11 @@ pub fn build_content_tree(
             V::Text(opts.manufacturer.clone()),
         ));
     }
-    root_children.push(ContentItem::new(HasObsContext, codes::DEVICE_OBSERVER_MODEL_NAME, V::Text(MODEL_NAME.into())));
+    root_children.push(ContentItem::new(
+        HasObsContext,
+        codes::DEVICE_OBSERVER_MODEL_NAME,
+        V::Text(MODEL_NAME.into()),
+    ));
     root_children.push(ContentItem::new(
         HasConceptMod,
         codes::PROCEDURE_REPORTED,
@@ -382,11 +440,19 @@ pub fn build_content_tree(
         })
         .collect();
     if !entries.is_empty() {
-        let group = ContentItem::new(Contains, codes::IMAGE_LIBRARY_GROUP, V::Container { template: None })
-            .with_children(entries);
+        let group = ContentItem::new(
+            Contains,
+            codes::IMAGE_LIBRARY_GROUP,
+            V::Container { template: None },
+        )
+        .with_children(entries);
         root_children.push(
-            ContentItem::new(Contains, codes::IMAGE_LIBRARY, V::Container { template: None })
-                .with_children(vec![group]),
+            ContentItem::new(
+                Contains,
+                codes::IMAGE_LIBRARY,
+                V::Container { template: None },
+            )
+            .with_children(vec![group]),
         );
     }
 
@@ -396,39 +462,63 @@ pub fn build_content_tree(
         .map(|r| measurement_group(r, seg, &header.series_instance_uid, is_ct))
         .collect();
     root_children.push(
-        ContentItem::new(Contains, codes::IMAGING_MEASUREMENTS, V::Container { template: None })
-            .with_children(groups),
+        ContentItem::new(
+            Contains,
+            codes::IMAGING_MEASUREMENTS,
+            V::Container { template: None },
+        )
+        .with_children(groups),
     );
 
     Ok(ContentItem {
         relationship: None,
         concept_name: Some(codes::IMAGING_MEASUREMENT_REPORT.code()),
-        value: V::Container { template: Some("1500") },
+        value: V::Container {
+            template: Some("1500"),
+        },
         children: root_children,
     })
 }
 
 /// One TID 1411 Volumetric ROI Measurements group.
-fn measurement_group(r: &Reported<'_>, seg: &SegReference, source_series_uid: &str, is_ct: bool) -> ContentItem {
+fn measurement_group(
+    r: &Reported<'_>,
+    seg: &SegReference,
+    source_series_uid: &str,
+    is_ct: bool,
+) -> ContentItem {
     use ContentValue as V;
     use Relationship::*;
     let d = r.description;
     let m = r.measurements;
-    let label = if d.label.trim().is_empty() { format!("Segment {}", r.segment_number) } else { d.label.clone() };
+    let label = if d.label.trim().is_empty() {
+        format!("Segment {}", r.segment_number)
+    } else {
+        d.label.clone()
+    };
     let mut items = vec![
         ContentItem::new(HasObsContext, codes::TRACKING_IDENTIFIER, V::Text(label)),
-        ContentItem::new(HasObsContext, codes::TRACKING_UNIQUE_IDENTIFIER, V::UidRef(crate::uid::new_uid())),
+        ContentItem::new(
+            HasObsContext,
+            codes::TRACKING_UNIQUE_IDENTIFIER,
+            V::UidRef(crate::uid::new_uid()),
+        ),
         ContentItem::new(Contains, codes::FINDING, V::Code(d.property_type.clone())),
     ];
     // Finding site: the anatomic region, or the segment itself when it is an anatomical structure.
-    let site = d
-        .anatomic_region
-        .clone()
-        .or_else(|| codes::ANATOMICAL_STRUCTURE.matches(&d.category).then(|| d.property_type.clone()));
+    let site = d.anatomic_region.clone().or_else(|| {
+        codes::ANATOMICAL_STRUCTURE
+            .matches(&d.category)
+            .then(|| d.property_type.clone())
+    });
     if let Some(site) = site {
         let mut site_item = ContentItem::new(HasConceptMod, codes::FINDING_SITE, V::Code(site));
         if let Some(lat) = d.type_modifier.as_ref().and_then(codes::laterality_of) {
-            site_item.children.push(ContentItem::new(HasConceptMod, codes::LATERALITY, V::Code(lat.code())));
+            site_item.children.push(ContentItem::new(
+                HasConceptMod,
+                codes::LATERALITY,
+                V::Code(lat.code()),
+            ));
         }
         items.push(site_item);
     }
@@ -452,7 +542,10 @@ fn measurement_group(r: &Reported<'_>, seg: &SegReference, source_series_uid: &s
         items.push(ContentItem::new(
             Contains,
             codes::VOLUME,
-            V::Num { value: m.volume_ml, unit: codes::UNIT_CUBIC_CENTIMETER.code() },
+            V::Num {
+                value: m.volume_ml,
+                unit: codes::UNIT_CUBIC_CENTIMETER.code(),
+            },
         ));
     } else {
         tracing::warn!(label = %d.label, value = m.volume_ml, "non-finite volume left out of the SR");
@@ -463,7 +556,10 @@ fn measurement_group(r: &Reported<'_>, seg: &SegReference, source_series_uid: &s
                 ContentItem::new(
                     Contains,
                     codes::ATTENUATION_COEFFICIENT,
-                    V::Num { value: hu, unit: codes::UNIT_HOUNSFIELD.code() },
+                    V::Num {
+                        value: hu,
+                        unit: codes::UNIT_HOUNSFIELD.code(),
+                    },
                 )
                 .with_children(vec![ContentItem::new(
                     HasConceptMod,
@@ -471,12 +567,20 @@ fn measurement_group(r: &Reported<'_>, seg: &SegReference, source_series_uid: &s
                     V::Code(codes::MEAN.code()),
                 )]),
             ),
-            Some(hu) => tracing::warn!(label = %d.label, value = hu, "non-finite mean attenuation left out of the SR"),
+            Some(hu) => {
+                tracing::warn!(label = %d.label, value = hu, "non-finite mean attenuation left out of the SR")
+            }
             None => {}
         }
     }
-    ContentItem::new(Contains, codes::MEASUREMENT_GROUP, V::Container { template: Some("1411") })
-        .with_children(items)
+    ContentItem::new(
+        Contains,
+        codes::MEASUREMENT_GROUP,
+        V::Container {
+            template: Some("1411"),
+        },
+    )
+    .with_children(items)
 }
 
 // ---------------------------------------------------------------------------
@@ -506,7 +610,11 @@ fn code_item(code: &Code) -> InMemDicomObject {
     } else {
         o.put(el(tags::CODE_VALUE, VR::SH, code.value.as_str()));
     }
-    o.put(el(tags::CODING_SCHEME_DESIGNATOR, VR::SH, code.scheme.as_str()));
+    o.put(el(
+        tags::CODING_SCHEME_DESIGNATOR,
+        VR::SH,
+        code.scheme.as_str(),
+    ));
     o.put(el(tags::CODE_MEANING, VR::LO, code.meaning.as_str()));
     o
 }
@@ -547,7 +655,10 @@ fn put_content_item(o: &mut InMemDicomObject, item: &ContentItem) -> Result<(), 
         ContentValue::Num { value, unit } => {
             let ds = format_ds(*value)?;
             let mut mv = InMemDicomObject::new_empty();
-            mv.put(seq(tags::MEASUREMENT_UNITS_CODE_SEQUENCE, vec![code_item(unit)]));
+            mv.put(seq(
+                tags::MEASUREMENT_UNITS_CODE_SEQUENCE,
+                vec![code_item(unit)],
+            ));
             // FloatingPointValue is Type 1C: required when the DS loses precision (PS3.3 C.18.1).
             if ds.parse::<f64>().ok() != Some(*value) {
                 mv.put(el(tags::FLOATING_POINT_VALUE, VR::FD, *value));
@@ -555,10 +666,23 @@ fn put_content_item(o: &mut InMemDicomObject, item: &ContentItem) -> Result<(), 
             mv.put(el(tags::NUMERIC_VALUE, VR::DS, ds));
             o.put(seq(tags::MEASURED_VALUE_SEQUENCE, vec![mv]));
         }
-        ContentValue::Image { sop_class_uid, sop_instance_uid, segment_number, frame_number } => {
+        ContentValue::Image {
+            sop_class_uid,
+            sop_instance_uid,
+            segment_number,
+            frame_number,
+        } => {
             let mut r = InMemDicomObject::new_empty();
-            r.put(el(tags::REFERENCED_SOP_CLASS_UID, VR::UI, sop_class_uid.as_str()));
-            r.put(el(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, sop_instance_uid.as_str()));
+            r.put(el(
+                tags::REFERENCED_SOP_CLASS_UID,
+                VR::UI,
+                sop_class_uid.as_str(),
+            ));
+            r.put(el(
+                tags::REFERENCED_SOP_INSTANCE_UID,
+                VR::UI,
+                sop_instance_uid.as_str(),
+            ));
             if let Some(f) = frame_number {
                 r.put(el(tags::REFERENCED_FRAME_NUMBER, VR::IS, f.to_string()));
             }
@@ -608,7 +732,10 @@ fn check_uid(what: &'static str, uid: &str) -> Result<(), SrError> {
     if crate::spool::is_valid_uid(uid) {
         Ok(())
     } else {
-        Err(SrError::InvalidUid { what, uid: uid.to_string() })
+        Err(SrError::InvalidUid {
+            what,
+            uid: uid.to_string(),
+        })
     }
 }
 
@@ -626,7 +753,11 @@ fn check_uid(what: &'static str, uid: &str) -> Result<(), SrError> {
 /// `opts.device_observer_uid` is malformed; the errors of [`build_content_tree`];
 /// [`SrError::NonFiniteDs`] should not occur (non-finite values are skipped);
 /// [`SrError::Meta`] / [`SrError::Write`] on serialization failures.
-pub fn encode_tid1500(findings: &Findings, seg: &SegReference, opts: &SrOptions) -> Result<EncodedObject, SrError> {
+pub fn encode_tid1500(
+    findings: &Findings,
+    seg: &SegReference,
+    opts: &SrOptions,
+) -> Result<EncodedObject, SrError> {
     let job = &findings.segmentation.job;
     let header = &job.header;
     check_uid("SEG SOPClassUID", &seg.sop_class_uid)?;
@@ -647,7 +778,11 @@ pub fn encode_tid1500(findings: &Findings, seg: &SegReference, opts: &SrOptions)
     // SOP Common (C.12.1)
     o.put(el(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192"));
     o.put(el(tags::SOP_CLASS_UID, VR::UI, COMPREHENSIVE_3D_SR_STORAGE));
-    o.put(el(tags::SOP_INSTANCE_UID, VR::UI, sop_instance_uid.as_str()));
+    o.put(el(
+        tags::SOP_INSTANCE_UID,
+        VR::UI,
+        sop_instance_uid.as_str(),
+    ));
     o.put(el(tags::INSTANCE_CREATION_DATE, VR::DA, date.as_str()));
     o.put(el(tags::INSTANCE_CREATION_TIME, VR::TM, time.as_str()));
 
@@ -664,26 +799,57 @@ pub fn encode_tid1500(findings: &Findings, seg: &SegReference, opts: &SrOptions)
             Err(_) => {}
         }
     }
-    o.put(el(tags::STUDY_INSTANCE_UID, VR::UI, header.study_instance_uid.as_str()));
+    o.put(el(
+        tags::STUDY_INSTANCE_UID,
+        VR::UI,
+        header.study_instance_uid.as_str(),
+    ));
 
     // SR Document Series (C.17.1)
     o.put(el(tags::MODALITY, VR::CS, "SR"));
-    o.put(el(tags::SERIES_INSTANCE_UID, VR::UI, series_instance_uid.as_str()));
-    o.put(el(tags::SERIES_NUMBER, VR::IS, opts.series_number.to_string()));
+    o.put(el(
+        tags::SERIES_INSTANCE_UID,
+        VR::UI,
+        series_instance_uid.as_str(),
+    ));
+    o.put(el(
+        tags::SERIES_NUMBER,
+        VR::IS,
+        opts.series_number.to_string(),
+    ));
     o.put(el(tags::SERIES_DATE, VR::DA, date.as_str()));
     o.put(el(tags::SERIES_TIME, VR::TM, time.as_str()));
-    o.put(el(tags::SERIES_DESCRIPTION, VR::LO, "Imaging Measurement Report"));
-    o.put(seq(tags::REFERENCED_PERFORMED_PROCEDURE_STEP_SEQUENCE, vec![]));
+    o.put(el(
+        tags::SERIES_DESCRIPTION,
+        VR::LO,
+        "Imaging Measurement Report",
+    ));
+    o.put(seq(
+        tags::REFERENCED_PERFORMED_PROCEDURE_STEP_SEQUENCE,
+        vec![],
+    ));
 
     // General Equipment (C.7.5.1) and Enhanced General Equipment (C.7.5.2)
     o.put(el(tags::MANUFACTURER, VR::LO, opts.manufacturer.as_str()));
     if !opts.institution_name.is_empty() {
-        o.put(el(tags::INSTITUTION_NAME, VR::LO, opts.institution_name.as_str()));
+        o.put(el(
+            tags::INSTITUTION_NAME,
+            VR::LO,
+            opts.institution_name.as_str(),
+        ));
     }
     o.put(el(tags::MANUFACTURER_MODEL_NAME, VR::LO, MODEL_NAME));
-    let serial = if opts.device_observer_name.is_empty() { MODEL_NAME } else { opts.device_observer_name.as_str() };
+    let serial = if opts.device_observer_name.is_empty() {
+        MODEL_NAME
+    } else {
+        opts.device_observer_name.as_str()
+    };
     o.put(el(tags::DEVICE_SERIAL_NUMBER, VR::LO, serial));
-    o.put(el(tags::SOFTWARE_VERSIONS, VR::LO, opts.software_versions.as_str()));
+    o.put(el(
+        tags::SOFTWARE_VERSIONS,
+        VR::LO,
+        opts.software_versions.as_str(),
+    ));
 
     // SR Document General (C.17.2)
     o.put(el(tags::INSTANCE_NUMBER, VR::IS, "1"));
@@ -706,11 +872,13 @@ pub fn encode_tid1500(findings: &Findings, seg: &SegReference, opts: &SrOptions)
         .media_storage_sop_instance_uid(sop_instance_uid.as_str())
         .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
         .build()
-        .map_err(SrError::Meta)?;
+        .map_err(|e| SrError::Meta(Box::new(e)))?;
     let mut bytes = vec![0u8; 128];
     bytes.extend_from_slice(b"DICM");
-    meta.write(&mut bytes).map_err(SrError::Meta)?;
-    o.write_dataset_with_ts(&mut bytes, ts).map_err(SrError::Write)?;
+    meta.write(&mut bytes)
+        .map_err(|e| SrError::Meta(Box::new(e)))?;
+    o.write_dataset_with_ts(&mut bytes, ts)
+        .map_err(|e| SrError::Write(Box::new(e)))?;
 
     Ok(EncodedObject {
         bytes,
@@ -752,9 +920,16 @@ fn evidence(findings: &Findings, seg: &SegReference) -> DataElement<InMemDicomOb
         series_items.push(series(&job.header.series_instance_uid, source_refs));
     }
     let mut study = InMemDicomObject::new_empty();
-    study.put(el(tags::STUDY_INSTANCE_UID, VR::UI, job.header.study_instance_uid.as_str()));
+    study.put(el(
+        tags::STUDY_INSTANCE_UID,
+        VR::UI,
+        job.header.study_instance_uid.as_str(),
+    ));
     study.put(seq(tags::REFERENCED_SERIES_SEQUENCE, series_items));
-    seq(tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE, vec![study])
+    seq(
+        tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE,
+        vec![study],
+    )
 }
 
 #[cfg(test)]
@@ -765,7 +940,8 @@ mod tests {
         let s = format_ds(v).unwrap();
         assert!(s.len() <= DS_MAX_LEN, "{v} → {s:?} is {} chars", s.len());
         assert!(
-            s.bytes().all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b)),
+            s.bytes()
+                .all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b)),
             "{s:?} has characters outside the DS repertoire"
         );
         s
@@ -773,7 +949,15 @@ mod tests {
 
     #[test]
     fn short_values_are_exact() {
-        for v in [1.0, -1.5, 0.001953125, 123.25, 1e-5, 45.5, 1234567890123456.0] {
+        for v in [
+            1.0,
+            -1.5,
+            0.001953125,
+            123.25,
+            1e-5,
+            45.5,
+            1234567890123456.0,
+        ] {
             let s = ds_ok(v);
             assert_eq!(s.parse::<f64>().unwrap(), v, "{s}");
         }
@@ -787,15 +971,15 @@ mod tests {
         let cases = [
             (1.0 / 3.0, 1e-13),
             (-2.0 / 3.0, 1e-13),
-            (123.456789012345678, 1e-13),
-            (-87.123456789012345, 1e-13),
+            (123.45678901234568, 1e-13),
+            (-87.12345678901235, 1e-13),
             (1.0e20 / 3.0, 1e-9),
             (-1.0e-20 / 3.0, 1e-9),
-            (f64::MAX, 1e-8), // 1.7976931349e308 would overflow; one digit fewer,
+            (f64::MAX, 1e-8), // 1.7976931349e308 would overflow; one digit fewer
             (f64::MIN_POSITIVE, 1e-9),
             (5e-324, 1e-3),
-            (12345678901234567.0, 1e-11), // 17 integer digits: exponent form, 12 significant,
-            (9.9999999999999999e15, 1e-13),
+            (12_345_678_901_234_568.0, 1e-11), // 17 integer digits: exponent form, 12 significant
+            (9_999_999_999_999_998.0, 1e-13),
         ];
         for (v, tol) in cases {
             let s = ds_ok(v);
