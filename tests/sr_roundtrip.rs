@@ -545,3 +545,111 @@ fn check_sr_rejects_a_wrong_segment_number_and_value() {
     let (ok, _, stderr) = run_check_sr(&enc.bytes, &wrong_value);
     assert!(!ok && stderr.contains("NumericValue"), "{stderr}");
 }
+
+/// The report for a real CT series (shared test data `series/ct-abdomen-j2k`): its first
+/// instance's header supplies the Patient / Study attributes (ISO_IR 100 source, written as
+/// UTF-8), all 20 instances go into the image library and the evidence. Measurements are
+/// the synthetic ones of [`findings`]. Skips with a message when the data set is absent.
+#[test]
+fn real_ct_header_roundtrip() {
+    let data = std::env::var_os("MYONODE_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
+    let dir = data.join("series/ct-abdomen-j2k");
+    if !dir.is_dir() {
+        eprintln!(
+            "SKIPPED real_ct_header_roundtrip: {} not found (set MYONODE_DATA)",
+            dir.display()
+        );
+        return;
+    }
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .collect();
+    paths.sort();
+    assert_eq!(
+        paths.len(),
+        20,
+        "expected the 20 slices described in the data README"
+    );
+    let mut header: Option<InMemDicomObject> = None;
+    let mut slices = Vec::new();
+    for p in &paths {
+        let obj = dicom_object::OpenFileOptions::new()
+            .read_until(tags::PIXEL_DATA)
+            .open_file(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        let s = |tag| {
+            obj.element(tag)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        slices.push(SliceRef {
+            sop_class_uid: s(tags::SOP_CLASS_UID),
+            sop_instance_uid: s(tags::SOP_INSTANCE_UID),
+            frame_number: None,
+        });
+        if header.is_none() {
+            header = Some(obj.into_inner());
+        }
+    }
+    let header = header.unwrap();
+    let s = |tag| {
+        header
+            .element(tag)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let patient_name = s(tags::PATIENT_NAME);
+
+    let mut f = findings("CT");
+    let job = &mut f.segmentation.job;
+    job.header.study_instance_uid = s(tags::STUDY_INSTANCE_UID);
+    job.header.series_instance_uid = s(tags::SERIES_INSTANCE_UID);
+    let mut volume = (*job.volume).clone();
+    volume.slices = slices;
+    job.volume = Arc::new(volume);
+    job.header.dataset = Arc::new(header);
+
+    let seg = seg_ref();
+    let enc = encode_tid1500(&f, &seg, &opts()).unwrap();
+    let mut expect = expectation(&f, &seg);
+    expect["patient_name"] = json!(patient_name);
+    let (ok, stdout, stderr) = run_check_sr(&enc.bytes, &expect);
+    assert!(ok, "check_sr.py failed:\n{stdout}\n{stderr}");
+
+    let obj = dicom_object::from_reader(&enc.bytes[128..]).unwrap();
+    let evidence = obj
+        .element(tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap();
+    let series = evidence[0]
+        .element(tags::REFERENCED_SERIES_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap();
+    let counts: Vec<usize> = series
+        .iter()
+        .map(|s| {
+            s.element(tags::REFERENCED_SOP_SEQUENCE)
+                .unwrap()
+                .items()
+                .unwrap()
+                .len()
+        })
+        .collect();
+    assert_eq!(
+        counts,
+        vec![1, 20],
+        "SEG series with 1 instance, source series with 20"
+    );
+}
