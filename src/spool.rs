@@ -186,6 +186,24 @@ impl Spool {
         result
     }
 
+    /// The node's Device Observer UID (PS3.16 TID 1004, (121012, DCM)): generated once and kept in
+    /// `<spool>/DEVICE_OBSERVER_UID`, so every report of this node names the same device.
+    ///
+    /// # Errors
+    /// [`SpoolError::Io`] if the file cannot be written.
+    pub fn device_observer_uid(&self) -> Result<String, SpoolError> {
+        let p = self.root.join("DEVICE_OBSERVER_UID");
+        if let Ok(s) = fs::read_to_string(&p) {
+            let s = s.trim().to_string();
+            if is_valid_uid(&s) {
+                return Ok(s);
+            }
+        }
+        let uid = crate::uid::new_uid();
+        self.write_atomically(&p, &[uid.as_bytes(), b"\n"])?;
+        Ok(uid)
+    }
+
     /// Directory of a job (created).
     ///
     /// # Errors

@@ -1,16 +1,19 @@
 //! encode stage: turns a [`Segmentation`](crate::pipeline::messages::Segmentation)
-//! into DICOM objects for the PACS.
+//! and its measurements into DICOM objects for the PACS.
 //!
 //! * [`seg`] — BINARY DICOM-SEG (Segmentation Storage, PS3.3 A.51) on the
 //!   exact source grid, bit-packed, empty frames omitted: [`encode_binary_seg`].
+//! * [`sr`] — TID 1500 measurement report (Comprehensive 3D SR) referencing the SEG's segments.
+//! * [`codes`] — the coded concepts used, each with its source.
 //! * [`packing`] — Bits Allocated = 1 pixel packing (PS3.5 8.1.1).
 //! * [`cielab`] — sRGB → Recommended Display CIELab Value (PS3.3 C.10.7.1.1).
-//!
 //! * [`stage`] — the stage loop: job files, outbox, hand-over to `send`.
 
 pub mod cielab;
+pub mod codes;
 pub mod packing;
 pub mod seg;
+pub mod sr;
 pub mod stage;
 
 pub use seg::{encode_binary_seg, plan_frames, EncodedObject, FramePlan, SegOptions};

@@ -1,6 +1,7 @@
 //! The encode stage's run loop: encodes each job's findings as a BINARY
-//! DICOM-SEG, keeps a copy and a `job.json` summary in the job directory, and
-//! places one copy per destination durably in `outbox/<destination>/` before
+//! DICOM-SEG and a TID 1500 measurement report (SR) that references the SEG's
+//! segments, keeps copies and a `job.json` summary in the job directory, and
+//! places one copy of each per destination durably in `outbox/<destination>/` before
 //! handing it to `send`. Only then is the series marked done
 //! ([`mark_series_done`](crate::assemble::stage::mark_series_done)), so a crash
 //! before that point re-runs the series at restart and never loses a result.
@@ -12,12 +13,15 @@ use serde_json::json;
 use tracing::{error, info, info_span};
 
 use super::seg::{encode_binary_seg, SegOptions};
+use super::sr::{encode_tid1500, SegReference, SrError, SrOptions};
 use super::EncodeError;
 use crate::pipeline::messages::{Findings, Outbound};
 use crate::spool::Spool;
 
 /// File name of the SEG copy kept in each job directory.
 pub const SEG_FILE: &str = "seg.dcm";
+/// File name of the SR copy kept in each job directory.
+pub const SR_FILE: &str = "sr.dcm";
 /// File name of the job summary in each job directory.
 pub const JOB_FILE: &str = "job.json";
 
@@ -37,6 +41,8 @@ pub struct EncodeContext {
 pub enum EncodeStageError {
     #[error("encoding the SEG failed: {0}")]
     Encode(#[from] EncodeError),
+    #[error("encoding the measurement report failed: {0}")]
+    Sr(#[from] SrError),
     #[error("{0}")]
     Spool(#[from] crate::spool::SpoolError),
 }
@@ -75,6 +81,21 @@ pub fn encode_findings(f: &Findings, ctx: &EncodeContext) -> Result<Vec<Outbound
     };
     let enc = encode_binary_seg(&f.segmentation, &opts)?;
     ctx.spool.write_atomically(&job.job_dir.join(SEG_FILE), &[&enc.bytes])?;
+    let sr_opts = SrOptions {
+        series_number: opts.series_number + 1,
+        manufacturer: "myonode".into(),
+        software_versions: env!("CARGO_PKG_VERSION").into(),
+        institution_name: ctx.institution_name.clone(),
+        device_observer_uid: ctx.spool.device_observer_uid()?,
+        device_observer_name: ctx.ae_title.clone(),
+    };
+    let seg_ref = SegReference {
+        sop_class_uid: enc.sop_class_uid.clone(),
+        sop_instance_uid: enc.sop_instance_uid.clone(),
+        series_instance_uid: enc.series_instance_uid.clone(),
+    };
+    let sr = encode_tid1500(f, &seg_ref, &sr_opts)?;
+    ctx.spool.write_atomically(&job.job_dir.join(SR_FILE), &[&sr.bytes])?;
     let v = &job.volume;
     let summary = json!({
         "job_id": job.job_id,
@@ -97,22 +118,27 @@ pub fn encode_findings(f: &Findings, ctx: &EncodeContext) -> Result<Vec<Outbound
         "measurements": f.measurements,
         "seg": { "sop_class_uid": enc.sop_class_uid, "sop_instance_uid": enc.sop_instance_uid,
                  "series_instance_uid": enc.series_instance_uid, "file": SEG_FILE },
+        "sr": { "sop_class_uid": sr.sop_class_uid, "sop_instance_uid": sr.sop_instance_uid,
+                "series_instance_uid": sr.series_instance_uid, "file": SR_FILE },
         "labels_file": crate::segment::stage::LABELS_FILE,
     });
     ctx.spool.write_atomically(&job.job_dir.join(JOB_FILE), &[&serde_json::to_vec_pretty(&summary).expect("json")])?;
     let mut out = Vec::new();
     for dest in &ctx.destinations {
-        let path = ctx.spool.put_outbox(dest, &format!("{}.dcm", enc.sop_instance_uid), &enc.bytes)?;
-        out.push(Outbound {
-            job_id: job.job_id.clone(),
-            destination: dest.clone(),
-            path,
-            sop_class_uid: enc.sop_class_uid.clone(),
-            sop_instance_uid: enc.sop_instance_uid.clone(),
-        });
+        // SEG first, then the SR that references it
+        for obj in [&enc, &sr] {
+            let path = ctx.spool.put_outbox(dest, &format!("{}.dcm", obj.sop_instance_uid), &obj.bytes)?;
+            out.push(Outbound {
+                job_id: job.job_id.clone(),
+                destination: dest.clone(),
+                path,
+                sop_class_uid: obj.sop_class_uid.clone(),
+                sop_instance_uid: obj.sop_instance_uid.clone(),
+            });
+        }
     }
     crate::assemble::stage::mark_series_done(&ctx.spool, job, v.slices.len())?;
-    info!(seg = %enc.sop_instance_uid, bytes = enc.bytes.len(), destinations = out.len(), "SEG encoded");
+    info!(seg = %enc.sop_instance_uid, sr = %sr.sop_instance_uid, bytes = enc.bytes.len(), outbound = out.len(), "SEG and SR encoded");
     Ok(out)
 }
 

@@ -1,0 +1,187 @@
+//! Coded concepts used by the TID 1500 measurement report encoder ([`super::sr`]).
+//!
+//! Every row was checked against pydicom 3.0.2's concept dictionary
+//! (`pydicom.sr._concepts_dict.concepts`, generated from PS3.16 Annex D / the
+//! DCMR context groups) and, where the code is a member of a context group,
+//! against `pydicom.sr._cid_dict.cid_concepts`. The comment on each constant
+//! names its source: the CID it was verified in, or "pydicom concept
+//! dictionary" for concept names that belong to no CID (template concept
+//! names fixed by an EV in PS3.16 Annex A).
+//!
+//! Codes are `(CodeValue, CodingSchemeDesignator, CodeMeaning)` per the PS3.3
+//! 8.8 Code Sequence Macro. Use [`CodeConst::code`] to get an owned
+//! [`Code`].
+
+use crate::pipeline::messages::Code;
+
+/// A compile-time coded concept: `(value, scheme designator, meaning)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CodeConst {
+    /// CodeValue (0008,0100).
+    pub value: &'static str,
+    /// CodingSchemeDesignator (0008,0102), e.g. `DCM`, `SCT`, `UCUM`, `LN`.
+    pub scheme: &'static str,
+    /// CodeMeaning (0008,0104).
+    pub meaning: &'static str,
+}
+
+impl CodeConst {
+    /// The owned [`Code`] for this constant.
+    pub fn code(&self) -> Code {
+        Code::new(self.value, self.scheme, self.meaning)
+    }
+
+    /// `true` if `code` has the same CodeValue and CodingSchemeDesignator
+    /// (the meaning is not compared: it is not part of a code's identity, PS3.3 8.8).
+    pub fn matches(&self, code: &Code) -> bool {
+        code.value == self.value && code.scheme == self.scheme
+    }
+}
+
+const fn c(value: &'static str, scheme: &'static str, meaning: &'static str) -> CodeConst {
+    CodeConst {
+        value,
+        scheme,
+        meaning,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// TID 1500 Measurement Report: document title and header content
+// ---------------------------------------------------------------------------
+
+/// Document title, root CONTAINER of TID 1500. Source: CID 7021 "Measurement Report Document Title".
+pub const IMAGING_MEASUREMENT_REPORT: CodeConst = c("126000", "DCM", "Imaging Measurement Report");
+/// Concept name of TID 1204 row 1. Source: pydicom concept dictionary (DCM 121049).
+pub const LANGUAGE_OF_CONTENT: CodeConst =
+    c("121049", "DCM", "Language of Content Item and Descendants");
+/// Value of the language item. Source: PS3.16 CID 5000 "Language" (RFC5646 tags are not in
+/// pydicom's dictionary); the same triple is highdicom's `DEFAULT_LANGUAGE`.
+pub const LANGUAGE_EN_US: CodeConst = c("en-US", "RFC5646", "English (United States)");
+/// TID 1002 Observer Type concept name. Source: pydicom concept dictionary (DCM 121005).
+pub const OBSERVER_TYPE: CodeConst = c("121005", "DCM", "Observer Type");
+/// Observer Type value "Device". Source: CID 270 "Observer Type".
+pub const DEVICE: CodeConst = c("121007", "DCM", "Device");
+/// TID 1004 row 1. Source: pydicom concept dictionary (DCM 121012).
+pub const DEVICE_OBSERVER_UID: CodeConst = c("121012", "DCM", "Device Observer UID");
+/// TID 1004 row 2. Source: pydicom concept dictionary (DCM 121013).
+pub const DEVICE_OBSERVER_NAME: CodeConst = c("121013", "DCM", "Device Observer Name");
+/// TID 1004 row 3. Source: pydicom concept dictionary (DCM 121014).
+pub const DEVICE_OBSERVER_MANUFACTURER: CodeConst =
+    c("121014", "DCM", "Device Observer Manufacturer");
+/// TID 1004 row 4. Source: pydicom concept dictionary (DCM 121015).
+pub const DEVICE_OBSERVER_MODEL_NAME: CodeConst = c("121015", "DCM", "Device Observer Model Name");
+/// TID 1500 row 4 concept name. Source: pydicom concept dictionary (DCM 121058; in CIDs 6052, 6053).
+pub const PROCEDURE_REPORTED: CodeConst = c("121058", "DCM", "Procedure reported");
+
+/// Procedure reported for CT sources. Source: CID 100 "Quantitative Diagnostic Imaging Procedure".
+pub const CT_UNSPECIFIED_BODY_REGION: CodeConst = c("25045-6", "LN", "CT unspecified body region");
+/// Procedure reported for MR sources. Source: CID 100 "Quantitative Diagnostic Imaging Procedure".
+pub const MRI_UNSPECIFIED_BODY_REGION: CodeConst =
+    c("25056-3", "LN", "MRI unspecified body region");
+/// Procedure reported for any other source modality. Source: CID 100 (also CID 634).
+pub const IMAGING_PROCEDURE: CodeConst = c("363679005", "SCT", "Imaging procedure");
+
+/// TID 1600 root container. Source: pydicom concept dictionary (DCM 111028).
+pub const IMAGE_LIBRARY: CodeConst = c("111028", "DCM", "Image Library");
+/// TID 1600 row 2 container. Source: pydicom concept dictionary (DCM 126200).
+pub const IMAGE_LIBRARY_GROUP: CodeConst = c("126200", "DCM", "Image Library Group");
+/// TID 1500 row 6 container. Source: pydicom concept dictionary (DCM 126010).
+pub const IMAGING_MEASUREMENTS: CodeConst = c("126010", "DCM", "Imaging Measurements");
+
+// ---------------------------------------------------------------------------
+// TID 1411 Volumetric ROI Measurements and Qualitative Evaluations
+// ---------------------------------------------------------------------------
+
+/// TID 1411 row 1 container. Source: pydicom concept dictionary (DCM 125007).
+pub const MEASUREMENT_GROUP: CodeConst = c("125007", "DCM", "Measurement Group");
+/// TID 4108 Tracking Identifier. Source: pydicom concept dictionary (DCM 112039).
+pub const TRACKING_IDENTIFIER: CodeConst = c("112039", "DCM", "Tracking Identifier");
+/// TID 4108 Tracking Unique Identifier. Source: pydicom concept dictionary (DCM 112040).
+pub const TRACKING_UNIQUE_IDENTIFIER: CodeConst = c("112040", "DCM", "Tracking Unique Identifier");
+/// TID 1411 Finding concept name. Source: pydicom concept dictionary (DCM 121071; in CIDs 3419, 6053, 7002, 9000).
+pub const FINDING: CodeConst = c("121071", "DCM", "Finding");
+/// Finding Site concept name. Source: CID 9000 (SCT 363698007).
+pub const FINDING_SITE: CodeConst = c("363698007", "SCT", "Finding Site");
+/// Laterality concept name (child of Finding Site). Source: CID 210 (SCT 272741003).
+pub const LATERALITY: CodeConst = c("272741003", "SCT", "Laterality");
+/// Laterality value. Source: CID 244 "Laterality".
+pub const LEFT: CodeConst = c("7771000", "SCT", "Left");
+/// Laterality value. Source: CID 244 "Laterality".
+pub const RIGHT: CodeConst = c("24028007", "SCT", "Right");
+/// Laterality value. Source: CID 244 "Laterality".
+pub const BILATERAL: CodeConst = c("51440002", "SCT", "Bilateral");
+/// SegmentedPropertyCategory meaning the segment *is* an anatomic structure, so its type
+/// doubles as the finding site. Source: CID 7150 "Segmentation Property Category".
+pub const ANATOMICAL_STRUCTURE: CodeConst = c("91723000", "SCT", "Anatomical Structure");
+/// TID 1411 Referenced Segment IMAGE item. Source: CID 7250 (DCM 121191).
+pub const REFERENCED_SEGMENT: CodeConst = c("121191", "DCM", "Referenced Segment");
+/// TID 1411 Source series for segmentation UIDREF item. Source: pydicom concept dictionary (DCM 121232).
+pub const SOURCE_SERIES_FOR_SEGMENTATION: CodeConst =
+    c("121232", "DCM", "Source series for segmentation");
+
+// ---------------------------------------------------------------------------
+// Measurements (TID 1419 / TID 300) and units
+// ---------------------------------------------------------------------------
+
+/// Volume of the segment. Source: CID 7469 "Generic Intensity and Size Measurement" (also CID 218).
+pub const VOLUME: CodeConst = c("118565006", "SCT", "Volume");
+/// Mean CT attenuation. Source: CID 7180 / CID 218 / CID 7469 (DCM 112031).
+pub const ATTENUATION_COEFFICIENT: CodeConst = c("112031", "DCM", "Attenuation Coefficient");
+/// TID 300 row 4 Derivation concept name. Source: CID 9000 (DCM 121401).
+pub const DERIVATION: CodeConst = c("121401", "DCM", "Derivation");
+/// Derivation value. Source: CID 7464 "General Region of Interest Measurement Modifier".
+pub const MEAN: CodeConst = c("373098007", "SCT", "Mean");
+/// Unit of [`VOLUME`]: 1 cm³ = 1 mL. Source: CID 7462 "Volume Measurement Unit" (UCUM `ml`
+/// is not in pydicom's dictionary, so the CID 7462 member `cm3` is used).
+pub const UNIT_CUBIC_CENTIMETER: CodeConst = c("cm3", "UCUM", "cubic centimeter");
+/// Unit of [`ATTENUATION_COEFFICIENT`]. Source: CID 7181 (also CID 83, 301).
+pub const UNIT_HOUNSFIELD: CodeConst = c("[hnsf'U]", "UCUM", "Hounsfield unit");
+
+/// The CID 100 "Procedure reported" code for a source Modality (0008,0060):
+/// `CT` → [`CT_UNSPECIFIED_BODY_REGION`], `MR` → [`MRI_UNSPECIFIED_BODY_REGION`],
+/// anything else → [`IMAGING_PROCEDURE`].
+pub fn procedure_reported_for_modality(modality: &str) -> CodeConst {
+    match modality.trim() {
+        "CT" => CT_UNSPECIFIED_BODY_REGION,
+        "MR" => MRI_UNSPECIFIED_BODY_REGION,
+        _ => IMAGING_PROCEDURE,
+    }
+}
+
+/// The CID 244 laterality value matching a SegmentedPropertyTypeModifier, if the
+/// modifier is Left, Right or Bilateral (compared by value and scheme).
+pub fn laterality_of(modifier: &Code) -> Option<CodeConst> {
+    [LEFT, RIGHT, BILATERAL]
+        .into_iter()
+        .find(|l| l.matches(modifier))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn procedure_by_modality() {
+        assert_eq!(procedure_reported_for_modality("CT").value, "25045-6");
+        assert_eq!(procedure_reported_for_modality("MR").value, "25056-3");
+        assert_eq!(procedure_reported_for_modality("PT").value, "363679005");
+    }
+
+    #[test]
+    fn laterality_matches_by_value_and_scheme_only() {
+        assert_eq!(
+            laterality_of(&Code::new("7771000", "SCT", "left")),
+            Some(LEFT)
+        );
+        assert_eq!(
+            laterality_of(&Code::new("24028007", "SCT", "Right")),
+            Some(RIGHT)
+        );
+        assert_eq!(laterality_of(&Code::new("7771000", "DCM", "Left")), None);
+        assert_eq!(
+            laterality_of(&Code::new("99999999", "99TEST", "not a laterality")),
+            None
+        );
+    }
+}
