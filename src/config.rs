@@ -101,6 +101,34 @@ pub struct SegmentConfig {
     pub analysis: String,
     /// Worker threads running analyses.
     pub workers: usize,
+    /// Directory holding installed models, one `<name>/model.toml` + `model.onnx` each.
+    /// Relative paths are relative to the working directory.
+    #[serde(default = "default_models_dir")]
+    pub models_dir: PathBuf,
+    /// The ONNX Runtime shared library (`libonnxruntime.so.1.31.1`), loaded at run time
+    /// with `ort::init_from`; a missing or wrong library is an error of the ONNX analysis, not a crash.
+    #[serde(default = "default_onnxruntime_library")]
+    pub onnxruntime_library: PathBuf,
+    /// ONNX Runtime execution providers, tried in this order: `tensorrt`, `cuda`, `cpu`.
+    /// One asked for but unavailable is logged as an error; ORT always falls back to CPU.
+    #[serde(default = "default_execution_providers")]
+    pub execution_providers: Vec<String>,
+    /// Refuse to run (the analysis fails to load) unless a GPU provider (`cuda`/`tensorrt`) registers.
+    #[serde(default)]
+    pub require_gpu: bool,
+    /// Intra-op threads of each worker's ONNX Runtime session; 0 = ONNX Runtime's default (one per core).
+    #[serde(default)]
+    pub intra_op_threads: usize,
+}
+
+fn default_models_dir() -> PathBuf {
+    PathBuf::from("models")
+}
+fn default_onnxruntime_library() -> PathBuf {
+    PathBuf::from(".onnxruntime/lib/libonnxruntime.so.1.31.1")
+}
+fn default_execution_providers() -> Vec<String> {
+    vec!["cpu".into()]
 }
 
 /// `[pipeline]`: channel capacities between stages.
@@ -166,7 +194,8 @@ impl Config {
                 .separator("__")
                 .try_parsing(true)
                 .list_separator(",")
-                .with_list_parse_key("receive.allowed_calling_ae_titles"),
+                .with_list_parse_key("receive.allowed_calling_ae_titles")
+                .with_list_parse_key("segment.execution_providers"),
         );
         let cfg: Config = builder.build()?.try_deserialize()?;
         cfg.validate()?;
@@ -206,11 +235,44 @@ impl Config {
         if !(self.assemble.spacing_tolerance_mm > 0.0) {
             return bad("assemble.spacing_tolerance_mm", "must be > 0");
         }
-        if !crate::segment::BUILTIN_ANALYSES.contains(&self.segment.analysis.as_str()) {
+        if !crate::segment::BUILTIN_ANALYSES.contains(&self.segment.analysis.as_str())
+            && !self
+                .segment
+                .models_dir
+                .join(&self.segment.analysis)
+                .join(crate::segment::onnx::manifest::MANIFEST_FILE)
+                .is_file()
+        {
             return bad(
                 "segment.analysis",
-                format!("unknown analysis `{}`; built-in: {:?}", self.segment.analysis, crate::segment::BUILTIN_ANALYSES),
+                format!(
+                    "unknown analysis `{}`; built-in: {:?}, and no model manifest {}",
+                    self.segment.analysis,
+                    crate::segment::BUILTIN_ANALYSES,
+                    self.segment
+                        .models_dir
+                        .join(&self.segment.analysis)
+                        .join(crate::segment::onnx::manifest::MANIFEST_FILE)
+                        .display()
+                ),
             );
+        }
+        for (i, ep) in self.segment.execution_providers.iter().enumerate() {
+            if !crate::segment::onnx::runtime::KNOWN_EXECUTION_PROVIDERS.contains(&ep.as_str()) {
+                return bad(
+                    &format!("segment.execution_providers[{i}]"),
+                    format!(
+                        "unknown execution provider `{ep}`; known: {:?}",
+                        crate::segment::onnx::runtime::KNOWN_EXECUTION_PROVIDERS
+                    ),
+                );
+            }
+        }
+        if self.segment.execution_providers.is_empty() {
+            return bad("segment.execution_providers", "must list at least one provider, e.g. [\"cpu\"]");
+        }
+        if self.segment.onnxruntime_library.as_os_str().is_empty() {
+            return bad("segment.onnxruntime_library", "must not be empty");
         }
         if self.segment.workers == 0 {
             return bad("segment.workers", "must be at least 1");
