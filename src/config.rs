@@ -330,6 +330,35 @@ mod tests {
     }
 
     #[test]
+    fn segment_onnx_keys_defaults_and_validation() {
+        let c = Config::load(None).unwrap();
+        assert_eq!(c.segment.execution_providers, vec!["cpu".to_string()]);
+        assert_eq!(c.segment.onnxruntime_library, PathBuf::from(".onnxruntime/lib/libonnxruntime.so.1.31.1"));
+        assert_eq!(c.segment.models_dir, PathBuf::from("models"));
+        assert!(!c.segment.require_gpu);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[segment]\nexecution_providers = [\"cuda\", \"npu\"]\n").unwrap();
+        let e = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(e.contains("segment.execution_providers[1]") && e.contains("npu"), "{e}");
+        std::fs::write(&p, "[segment]\nanalysis = \"no-such-model\"\n").unwrap();
+        let e = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(e.contains("segment.analysis") && e.contains("no-such-model"), "{e}");
+        // an installed model (a directory with model.toml) is a valid analysis name
+        let models = dir.path().join("models");
+        std::fs::create_dir_all(models.join("thigh")).unwrap();
+        std::fs::write(models.join("thigh/model.toml"), "").unwrap();
+        std::fs::write(
+            &p,
+            format!("[segment]\nanalysis = \"thigh\"\nmodels_dir = \"{}\"\nrequire_gpu = true\n", models.display()),
+        )
+        .unwrap();
+        let c = Config::load(Some(&p)).unwrap();
+        assert_eq!(c.segment.analysis, "thigh");
+        assert!(c.segment.require_gpu);
+    }
+
+    #[test]
     fn bad_value_names_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");

@@ -15,7 +15,7 @@ use ndarray_npy::{read_npy, write_npy};
 
 use myonode::config::SegmentConfig;
 use myonode::segment::onnx::{self, runtime, OnnxError, OnnxModel};
-use myonode::segment::{create_analysis_with, Analysis, SegmentError};
+use myonode::segment::{create_analysis_with, SegmentError};
 use myonode::volume::Volume;
 
 fn crate_root() -> PathBuf {
