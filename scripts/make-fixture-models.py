@@ -155,6 +155,35 @@ tensor = "logits"
 kind = "logits"
 """ + LABEL_MUSCLE.replace('color = [200, 60, 60]', 'color = [200, 60, 60]\nlargest_component = true\nfill_holes = true'))
 
+    # conv3d-labels: the conv3d network followed by ArgMax: an int64 label map (1, 1, D, H, W)
+    d = os.path.join(out, "conv3d-labels"); os.makedirs(d, exist_ok=True)
+    save_model(os.path.join(d, "model.onnx"), [
+        helper.make_node("Conv", ["input", "w", "b"], ["logits"], pads=[1] * 6, kernel_shape=[3, 3, 3]),
+        helper.make_node("ArgMax", ["logits"], ["labels"], axis=1, keepdims=1),
+    ], [tensor("input", [1, 1, "D", "H", "W"])],
+        [helper.make_tensor_value_info("labels", _onnx()[1].INT64, [1, 1, "D", "H", "W"])],
+        {"w": w, "b": b}, "conv3d_labels")
+    write_manifest(os.path.join(d, "model.toml"), """
+[model]
+version = "1.0"
+[input]
+tensor = "input"
+channels = ["ct"]
+dimensions = "3d"
+spacing_mm = [2.5, 0, 0]
+[normalization]
+scheme = "ct"
+clip = [-150.0, 150.0]
+offset = 20.0
+scale = 60.0
+[inference]
+patch_size = [8, 12, 12]
+overlap = 0.5
+[output]
+tensor = "labels"
+kind = "labels"
+""" + LABEL_MUSCLE)
+
     # conv2d: 1 -> 4 -> ReLU -> 2 logits
     d = os.path.join(out, "conv2d"); os.makedirs(d, exist_ok=True)
     w1 = rng.normal(size=(4, 1, 3, 3)) * 0.5
@@ -474,7 +503,12 @@ def reference(model_dir, vol_path, spacing, outdir):
                     w = np.flip(win, axes) if axes else win
                     t = w.reshape((1, C, patch[1], patch[2])) if two_d else w[None]
                     o = run_ort(model, np.ascontiguousarray(t), m["input"]["tensor"], m["output"]["tensor"])
-                    o = o.reshape((o.shape[1],) + patch)
+                    if m["output"]["kind"] == "labels":
+                        k = max(l["value"] for l in m["labels"]) + 1
+                        lab = np.rint(o.reshape(patch)).astype(np.int64)
+                        o = np.stack([(lab == c) for c in range(k)]).astype(np.float32)
+                    else:
+                        o = o.reshape((o.shape[1],) + patch)
                     outs.append(np.flip(o, axes) if axes else o)
                 o = outs[0]
                 for extra in outs[1:]:

@@ -136,6 +136,10 @@ fn raw_output_matches_python_onnxruntime_2d() {
 
 /// Whole analysis vs the NumPy reference: model-grid input, blended scores and the final label map.
 fn compare_with_reference(model: &str, vol: &Volume) -> Array3<u8> {
+    compare_with_reference_modality(model, vol, None)
+}
+
+fn compare_with_reference_modality(model: &str, vol: &Volume, modality: Option<&str>) -> Array3<u8> {
     let d = tmpdir();
     let vpath = d.path().join("volume.npy");
     write_npy(&vpath, &vol.data).unwrap();
@@ -160,7 +164,7 @@ fn compare_with_reference(model: &str, vol: &Volume) -> Array3<u8> {
     assert_eq!(scores.shape(), ref_scores.shape(), "{model}: score shape");
     let ds = max_abs_diff(scores.as_slice().unwrap(), ref_scores.as_slice().unwrap());
     assert!(ds <= 1e-5, "{model}: blended scores differ from NumPy by {ds}");
-    let labels = m.segment(&[("image", vol)], None).unwrap();
+    let labels = m.segment(&[("image", vol)], modality).unwrap();
     let ref_labels: Array3<u8> = read_npy(d.path().join("labels.npy")).unwrap();
     assert_eq!(labels.dim(), vol.data.dim(), "{model}: label map not on the source grid");
     let mismatched = labels.iter().zip(ref_labels.iter()).filter(|(a, b)| a != b).count();
@@ -186,6 +190,14 @@ fn analysis_3d_with_resampling_and_postprocessing_matches_numpy_reference() {
     // post-processing did something: the plain model (same weights) has more than one component
     let comps = count_components(&labels, 1);
     assert_eq!(comps, 1, "largest component not applied");
+}
+
+#[test]
+fn analysis_labels_output_ct_matches_numpy_reference() {
+    // int64 label-map output (one-hot voting in overlaps), CT clip + scale, z resampled 2.0 -> 2.5 mm
+    let mut vol = volume((15, 26, 24), [2.0, 0.8, 0.9]);
+    vol.data.mapv_inplace(|v| v - 30.0);
+    compare_with_reference_modality("conv3d-labels", &vol, Some("CT"));
 }
 
 #[test]
@@ -267,6 +279,11 @@ fn channel_mismatch_fails_the_job_with_both_named() {
     assert_eq!(l.dim(), (6, 10, 10));
     let e = m.segment(&[("fat", &fat), ("water", &vol)], Some("MR")).err().unwrap().to_string();
     assert!(e.contains("[\"water\", \"fat\"]") && e.contains("fat (6, 10, 10), water"), "{e}");
+    // a CT model offered an MR series
+    let mut ct = OnnxModel::load(&fixtures().join("conv3d-labels"), &cfg()).unwrap();
+    let e = ct.segment(&[("image", &vol)], Some("MR")).err().unwrap().to_string();
+    assert!(e.contains("[\"ct\"]") && e.contains("Modality MR"), "{e}");
+    assert!(ct.segment(&[("image", &vol)], Some("CT")).is_ok());
 }
 
 #[test]

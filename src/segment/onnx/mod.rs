@@ -400,17 +400,18 @@ impl OnnxModel {
         let input = self.preprocess(channels);
         let scores = self.predict(input.view())?;
         let (nz, ny, nx) = channels[0].1.shape();
-        let scores = if scores.dim().1 == nz && scores.dim().2 == ny && scores.dim().3 == nx {
-            scores
-        } else {
-            let mut back = Array4::<f32>::zeros((scores.dim().0, nz, ny, nx));
-            for (k, ch) in scores.outer_iter().enumerate() {
-                back.index_axis_mut(Axis(0), k).assign(&resample::resample_linear(ch, [nz, ny, nx]));
-            }
-            back
-        };
         let valid: Vec<u8> = self.manifest.labels.iter().map(|l| l.value).collect();
-        let mut labels = postprocess::argmax(scores.view(), &valid);
+        let mut labels = if scores.dim().1 == nz && scores.dim().2 == ny && scores.dim().3 == nx {
+            postprocess::argmax(scores.view(), &valid)
+        } else {
+            // resample one class at a time back to the source grid and keep a running argmax,
+            // so memory is two source-grid arrays rather than K
+            let mut back = postprocess::RunningArgmax::new((nz, ny, nx));
+            for ch in scores.outer_iter() {
+                back.push(resample::resample_linear(ch, [nz, ny, nx]).view());
+            }
+            back.finish(&valid)
+        };
         for l in &self.manifest.labels {
             if l.largest_component {
                 postprocess::keep_largest_component(&mut labels, l.value);

@@ -13,28 +13,61 @@
 //!   and do not touch the volume border (as `scipy.ndimage.binary_fill_holes`);
 //!   voxels of other labels inside a hole are kept.
 
-use ndarray::{Array3, ArrayView4, Axis};
+use ndarray::{Array3, ArrayView4};
 
 /// Label map from class scores `(K, z, y, x)`: `labels[v] = argmax_k scores[k, v]` if `k` is in
 /// `valid` (label values present in the manifest), else 0.
 pub fn argmax(scores: ArrayView4<f32>, valid: &[u8]) -> Array3<u8> {
-    let (k, nz, ny, nx) = scores.dim();
-    let mut best = scores.index_axis(Axis(0), 0).to_owned();
-    let mut idx = Array3::<u8>::zeros((nz, ny, nx));
-    for c in 1..k.min(256) {
-        ndarray::Zip::from(&mut best).and(&mut idx).and(scores.index_axis(Axis(0), c)).for_each(|b, i, &s| {
+    let (_, nz, ny, nx) = scores.dim();
+    let mut r = RunningArgmax::new((nz, ny, nx));
+    for ch in scores.outer_iter() {
+        r.push(ch);
+    }
+    r.finish(valid)
+}
+
+/// Argmax over class score maps `(z, y, x)` pushed one at a time in class order (class `k` is
+/// the `k`-th push; at most 256 classes, later ones are ignored). Same result as [`argmax`].
+pub struct RunningArgmax {
+    best: Array3<f32>,
+    idx: Array3<u8>,
+    next: usize,
+}
+
+impl RunningArgmax {
+    /// Empty accumulator for maps of shape `dim`.
+    pub fn new(dim: (usize, usize, usize)) -> Self {
+        RunningArgmax { best: Array3::from_elem(dim, f32::NEG_INFINITY), idx: Array3::zeros(dim), next: 0 }
+    }
+
+    /// Add the score map of the next class.
+    ///
+    /// # Panics
+    /// If `scores` has another shape than given to [`RunningArgmax::new`].
+    pub fn push(&mut self, scores: ndarray::ArrayView3<f32>) {
+        if self.next > 255 {
+            return;
+        }
+        let c = self.next as u8;
+        ndarray::Zip::from(&mut self.best).and(&mut self.idx).and(&scores).for_each(|b, i, &s| {
             if s > *b {
                 *b = s;
-                *i = c as u8;
+                *i = c;
             }
         });
+        self.next += 1;
     }
-    let mut ok = [false; 256];
-    for &v in valid {
-        ok[v as usize] = true;
+
+    /// The label map; class indices not in `valid` become 0.
+    pub fn finish(self, valid: &[u8]) -> Array3<u8> {
+        let mut ok = [false; 256];
+        for &v in valid {
+            ok[v as usize] = true;
+        }
+        let mut idx = self.idx;
+        idx.mapv_inplace(|v| if ok[v as usize] { v } else { 0 });
+        idx
     }
-    idx.mapv_inplace(|v| if ok[v as usize] { v } else { 0 });
-    idx
 }
 
 /// Connected components of `mask` (flattened `(nz, ny, nx)`); returns per-voxel component id
