@@ -257,6 +257,14 @@ impl Config {
                 ),
             );
         }
+        if !crate::segment::BUILTIN_ANALYSES.contains(&self.segment.analysis.as_str()) {
+            // an installed model: its manifest must be valid at start (the error names file and key)
+            if let Err(e) =
+                crate::segment::onnx::manifest::Manifest::load(&self.segment.models_dir.join(&self.segment.analysis))
+            {
+                return bad("segment.analysis", format!("model `{}`: {e}", self.segment.analysis));
+            }
+        }
         for (i, ep) in self.segment.execution_providers.iter().enumerate() {
             if !crate::segment::onnx::runtime::KNOWN_EXECUTION_PROVIDERS.contains(&ep.as_str()) {
                 return bad(
@@ -347,10 +355,18 @@ mod tests {
         // an installed model (a directory with model.toml) is a valid analysis name
         let models = dir.path().join("models");
         std::fs::create_dir_all(models.join("thigh")).unwrap();
-        std::fs::write(models.join("thigh/model.toml"), "").unwrap();
+        std::fs::write(models.join("thigh/model.toml"), "[model]\nversion = \"1\"\n").unwrap();
         std::fs::write(
             &p,
             format!("[segment]\nanalysis = \"thigh\"\nmodels_dir = \"{}\"\nrequire_gpu = true\n", models.display()),
+        )
+        .unwrap();
+        // its manifest is validated at start
+        let e = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(e.contains("segment.analysis") && e.contains("thigh/model.toml") && e.contains("input"), "{e}");
+        std::fs::write(
+            models.join("thigh/model.toml"),
+            crate::segment::onnx::manifest::EXAMPLE_MANIFEST,
         )
         .unwrap();
         let c = Config::load(Some(&p)).unwrap();

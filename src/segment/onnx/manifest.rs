@@ -408,11 +408,8 @@ impl Manifest {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    pub(crate) const EXAMPLE: &str = r#"
+/// A complete, valid manifest (3-D, water + fat, two labels); used in tests and as a template.
+pub const EXAMPLE_MANIFEST: &str = r#"
 [model]
 version = "1.0"
 [input]
@@ -444,9 +441,14 @@ color = [250, 220, 80]
 largest_component = true
 "#;
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+
     #[test]
     fn parses_example() {
-        let m = Manifest::parse(EXAMPLE, Path::new("models/x/model.toml")).unwrap();
+        let m = Manifest::parse(EXAMPLE_MANIFEST, Path::new("models/x/model.toml")).unwrap();
         assert_eq!(m.input.dimensions, Dimensions::ThreeD);
         assert_eq!(m.num_classes(), 3);
         assert_eq!(m.patch_zyx(), [16, 32, 32]);
@@ -461,16 +463,16 @@ largest_component = true
 
     #[test]
     fn errors_name_file_and_key() {
-        let bad = EXAMPLE.replace("patch_size = [16, 32, 32]", "patch_size = [32, 32]");
+        let bad = EXAMPLE_MANIFEST.replace("patch_size = [16, 32, 32]", "patch_size = [32, 32]");
         let e = Manifest::parse(&bad, Path::new("m/model.toml")).unwrap_err().to_string();
         assert!(e.contains("m/model.toml") && e.contains("inference.patch_size"), "{e}");
-        let bad = EXAMPLE.replace("value = 2\n", "value = 1\n");
+        let bad = EXAMPLE_MANIFEST.replace("value = 2\n", "value = 1\n");
         let e = Manifest::parse(&bad, Path::new("m/model.toml")).unwrap_err().to_string();
         assert!(e.contains("labels[1].value") && e.contains("duplicate"), "{e}");
-        let bad = EXAMPLE.replace("kind = \"logits\"", "kind = \"scores\"");
+        let bad = EXAMPLE_MANIFEST.replace("kind = \"logits\"", "kind = \"scores\"");
         let e = Manifest::parse(&bad, Path::new("m/model.toml")).unwrap_err().to_string();
         assert!(e.contains("m/model.toml") && e.contains("kind"), "{e}");
-        let bad = EXAMPLE.replace("[normalization]", "[normalization]\nbogus = 1");
+        let bad = EXAMPLE_MANIFEST.replace("[normalization]", "[normalization]\nbogus = 1");
         let e = Manifest::parse(&bad, Path::new("m/model.toml")).unwrap_err().to_string();
         assert!(e.contains("bogus"), "{e}");
     }

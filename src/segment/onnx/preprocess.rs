@@ -38,10 +38,9 @@ pub fn normalize(data: &mut Array3<f32>, n: &Normalization) {
             data.mapv_inplace(|v| (v.clamp(clip[0], clip[1]) - offset) * inv);
         }
         Normalization::Percentile { lower, upper } => {
-            let mut sorted: Vec<f32> = data.iter().copied().collect();
-            sorted.sort_unstable_by(|a, b| a.total_cmp(b));
-            let lo = percentile(&sorted, lower as f64);
-            let hi = percentile(&sorted, upper as f64);
+            let mut values: Vec<f32> = data.iter().copied().collect();
+            let lo = percentile_unsorted(&mut values, lower as f64);
+            let hi = percentile_unsorted(&mut values, upper as f64);
             let range = (hi - lo).max(1e-8);
             data.mapv_inplace(|v| ((v.clamp(lo, hi) - lo) as f64 / range as f64) as f32);
         }
@@ -59,6 +58,20 @@ pub fn percentile(sorted: &[f32], q: f64) -> f32 {
     let j = (i + 1).min(sorted.len() - 1);
     let f = pos - i as f64;
     (sorted[i] as f64 * (1.0 - f) + sorted[j] as f64 * f) as f32
+}
+
+/// [`percentile`] of unsorted `values` by selection (O(n), no full sort); reorders `values`.
+pub fn percentile_unsorted(values: &mut [f32], q: f64) -> f32 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let pos = q / 100.0 * (values.len() - 1) as f64;
+    let i = pos.floor() as usize;
+    let f = pos - i as f64;
+    let (_, &mut a, rest) = values.select_nth_unstable_by(i, |x, y| x.total_cmp(y));
+    // the next order statistic is the minimum of the elements above rank i
+    let b = if rest.is_empty() { a } else { rest.iter().copied().fold(f32::INFINITY, f32::min) };
+    (a as f64 * (1.0 - f) + b as f64 * f) as f32
 }
 
 #[cfg(test)]
@@ -83,6 +96,10 @@ mod tests {
         let sorted = [1.0, 2.0, 3.0, 4.0, 5.0];
         assert_eq!(percentile(&sorted, 50.0), 3.0);
         assert_eq!(percentile(&sorted, 10.0), 1.4);
+        let mut shuffled = [4.0, 1.0, 5.0, 3.0, 2.0];
+        assert_eq!(percentile_unsorted(&mut shuffled, 10.0), 1.4);
+        assert_eq!(percentile_unsorted(&mut shuffled, 100.0), 5.0);
+        assert_eq!(percentile_unsorted(&mut shuffled, 62.5), 3.5);
         let mut b = Array3::from_shape_vec((1, 1, 5), sorted.to_vec()).unwrap();
         normalize(&mut b, &Normalization::Percentile { lower: 25.0, upper: 75.0 });
         assert_eq!(b.as_slice().unwrap(), &[0.0, 0.0, 0.5, 1.0, 1.0]);
