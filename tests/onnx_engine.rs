@@ -349,3 +349,25 @@ fn unavailable_gpu_provider_is_reported_and_fatal_only_with_require_gpu() {
     let e = OnnxModel::load(&fixtures().join("conv3d"), &c).err().expect("must fail").to_string();
     assert!(e.contains("require_gpu") && e.contains("cuda"), "{e}");
 }
+
+#[test]
+fn workers_each_own_a_session_and_agree() {
+    let vol = std::sync::Arc::new(volume((10, 24, 20), [1.0, 1.0, 1.0]));
+    let handles: Vec<_> = (0..3)
+        .map(|_| {
+            let vol = vol.clone();
+            let c = cfg();
+            std::thread::spawn(move || {
+                let mut a = create_analysis_with("conv3d", &c).expect("load in worker");
+                (0..2).map(|_| a.run(&vol).expect("run")).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let results: Vec<Vec<Array3<u8>>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    for r in &results {
+        for l in r {
+            assert_eq!(l, &results[0][0]);
+        }
+    }
+    assert!(results[0][0].iter().any(|&v| v == 1));
+}
