@@ -14,6 +14,10 @@
 //! ```
 //! Defaults: ORT_LIBRARY `.onnxruntime/lib/libonnxruntime.so.1.31.1`, THREADS 0 (ORT default),
 //! SLICES 8 (2D volume 8 x 256 x 256, 2 channels water/fat), 3D_EDGE 128 (volume 128³ = one patch).
+//!
+//! The share outside `Session::run` is only meaningful with myonode itself optimised
+//! (`--release`, or `[profile.dev.package.myonode] opt-level = 2` for a quick dev build):
+//! in the plain dev profile our pre/post-processing runs unoptimised.
 
 use std::path::PathBuf;
 use std::time::Instant;
