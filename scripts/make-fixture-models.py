@@ -10,6 +10,8 @@ Subcommands
   models OUTDIR          write fixture model directories (model.onnx + model.toml):
                            conv3d    3-D conv 1->2 ch logits, dynamic D/H/W (translation-equivariant)
                            conv2d    2-D conv 1->4, ReLU, conv 4->2 logits, dynamic H/W, mirroring TTA
+                           conv2d-prob  conv2d + Softmax (probabilities), patch larger than the image
+                           conv3d-labels conv3d + ArgMax (int64 label map), CT normalisation
                            conv3d-pp conv3d with largest-component + hole filling on label 1, spacing resampling
                            dixon     3-D conv with channels ["water", "fat"]
                            fixed     3-D conv with a fixed 8x8x8 input but a 16^3 patch in its manifest (invalid)
@@ -221,6 +223,34 @@ mirroring = true
 [output]
 tensor = "logits"
 kind = "logits"
+""" + LABEL_MUSCLE)
+
+    # conv2d-prob: the conv2d network followed by Softmax: probabilities; patch larger than the image
+    d = os.path.join(out, "conv2d-prob"); os.makedirs(d, exist_ok=True)
+    save_model(os.path.join(d, "model.onnx"), [
+        helper.make_node("Conv", ["image", "w1", "b1"], ["h"], pads=[1] * 4, kernel_shape=[3, 3]),
+        helper.make_node("Relu", ["h"], ["hr"]),
+        helper.make_node("Conv", ["hr", "w2", "b2"], ["logits"], pads=[1] * 4, kernel_shape=[3, 3]),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
+    ], [tensor("image", [1, 1, "H", "W"])], [tensor("probs", [1, 2, "H", "W"])],
+        {"w1": w1, "b1": b1, "w2": w2, "b2": b2}, "conv2d_prob")
+    write_manifest(os.path.join(d, "model.toml"), """
+[model]
+version = "0.1"
+[input]
+tensor = "image"
+channels = ["any"]
+dimensions = "2d"
+spacing_mm = [0, 0, 0]
+[normalization]
+scheme = "percentile"
+lower = 0.5
+upper = 99.5
+[inference]
+patch_size = [48, 40]
+[output]
+tensor = "probs"
+kind = "probabilities"
 """ + LABEL_MUSCLE)
 
     # dixon: two input channels

@@ -201,6 +201,12 @@ fn analysis_labels_output_ct_matches_numpy_reference() {
 }
 
 #[test]
+fn analysis_2d_probabilities_padded_matches_numpy_reference() {
+    // probabilities output; 35x31 slices zero-padded to the 48x40 patch and cropped back
+    compare_with_reference("conv2d-prob", &volume((4, 35, 31), [3.0, 0.7, 0.8]));
+}
+
+#[test]
 fn analysis_2d_with_mirroring_matches_numpy_reference() {
     // 2-D: per-slice, y/x resampled to 1.1/0.9 mm, percentile normalisation, mirroring TTA
     compare_with_reference("conv2d", &volume((5, 37, 29), [3.0, 0.7, 0.8]));
