@@ -101,6 +101,34 @@ pub struct SegmentConfig {
     pub analysis: String,
     /// Worker threads running analyses.
     pub workers: usize,
+    /// Directory holding installed models, one `<name>/model.toml` + `model.onnx` each.
+    /// Relative paths are relative to the working directory.
+    #[serde(default = "default_models_dir")]
+    pub models_dir: PathBuf,
+    /// The ONNX Runtime shared library (`libonnxruntime.so.1.31.1`), loaded at run time
+    /// with `ort::init_from`; a missing or wrong library is an error of the ONNX analysis, not a crash.
+    #[serde(default = "default_onnxruntime_library")]
+    pub onnxruntime_library: PathBuf,
+    /// ONNX Runtime execution providers, tried in this order: `tensorrt`, `cuda`, `cpu`.
+    /// One asked for but unavailable is logged as an error; ORT always falls back to CPU.
+    #[serde(default = "default_execution_providers")]
+    pub execution_providers: Vec<String>,
+    /// Refuse to run (the analysis fails to load) unless a GPU provider (`cuda`/`tensorrt`) registers.
+    #[serde(default)]
+    pub require_gpu: bool,
+    /// Intra-op threads of each worker's ONNX Runtime session; 0 = ONNX Runtime's default (one per core).
+    #[serde(default)]
+    pub intra_op_threads: usize,
+}
+
+fn default_models_dir() -> PathBuf {
+    PathBuf::from("models")
+}
+fn default_onnxruntime_library() -> PathBuf {
+    PathBuf::from(".onnxruntime/lib/libonnxruntime.so.1.31.1")
+}
+fn default_execution_providers() -> Vec<String> {
+    vec!["cpu".into()]
 }
 
 /// `[pipeline]`: channel capacities between stages.
@@ -166,7 +194,8 @@ impl Config {
                 .separator("__")
                 .try_parsing(true)
                 .list_separator(",")
-                .with_list_parse_key("receive.allowed_calling_ae_titles"),
+                .with_list_parse_key("receive.allowed_calling_ae_titles")
+                .with_list_parse_key("segment.execution_providers"),
         );
         let cfg: Config = builder.build()?.try_deserialize()?;
         cfg.validate()?;
@@ -206,11 +235,52 @@ impl Config {
         if !(self.assemble.spacing_tolerance_mm > 0.0) {
             return bad("assemble.spacing_tolerance_mm", "must be > 0");
         }
-        if !crate::segment::BUILTIN_ANALYSES.contains(&self.segment.analysis.as_str()) {
+        if !crate::segment::BUILTIN_ANALYSES.contains(&self.segment.analysis.as_str())
+            && !self
+                .segment
+                .models_dir
+                .join(&self.segment.analysis)
+                .join(crate::segment::onnx::manifest::MANIFEST_FILE)
+                .is_file()
+        {
             return bad(
                 "segment.analysis",
-                format!("unknown analysis `{}`; built-in: {:?}", self.segment.analysis, crate::segment::BUILTIN_ANALYSES),
+                format!(
+                    "unknown analysis `{}`; built-in: {:?}, and no model manifest {}",
+                    self.segment.analysis,
+                    crate::segment::BUILTIN_ANALYSES,
+                    self.segment
+                        .models_dir
+                        .join(&self.segment.analysis)
+                        .join(crate::segment::onnx::manifest::MANIFEST_FILE)
+                        .display()
+                ),
             );
+        }
+        if !crate::segment::BUILTIN_ANALYSES.contains(&self.segment.analysis.as_str()) {
+            // an installed model: its manifest must be valid at start (the error names file and key)
+            if let Err(e) =
+                crate::segment::onnx::manifest::Manifest::load(&self.segment.models_dir.join(&self.segment.analysis))
+            {
+                return bad("segment.analysis", format!("model `{}`: {e}", self.segment.analysis));
+            }
+        }
+        for (i, ep) in self.segment.execution_providers.iter().enumerate() {
+            if !crate::segment::onnx::runtime::KNOWN_EXECUTION_PROVIDERS.contains(&ep.as_str()) {
+                return bad(
+                    &format!("segment.execution_providers[{i}]"),
+                    format!(
+                        "unknown execution provider `{ep}`; known: {:?}",
+                        crate::segment::onnx::runtime::KNOWN_EXECUTION_PROVIDERS
+                    ),
+                );
+            }
+        }
+        if self.segment.execution_providers.is_empty() {
+            return bad("segment.execution_providers", "must list at least one provider, e.g. [\"cpu\"]");
+        }
+        if self.segment.onnxruntime_library.as_os_str().is_empty() {
+            return bad("segment.onnxruntime_library", "must not be empty");
         }
         if self.segment.workers == 0 {
             return bad("segment.workers", "must be at least 1");
@@ -265,6 +335,43 @@ mod tests {
         assert_eq!(c.node.ae_title, "MYONODE");
         assert_eq!(c.receive.port, 11112);
         assert_eq!(c.assemble.quiet_period_seconds, 10.0);
+    }
+
+    #[test]
+    fn segment_onnx_keys_defaults_and_validation() {
+        let c = Config::load(None).unwrap();
+        assert_eq!(c.segment.execution_providers, vec!["cpu".to_string()]);
+        assert_eq!(c.segment.onnxruntime_library, PathBuf::from(".onnxruntime/lib/libonnxruntime.so.1.31.1"));
+        assert_eq!(c.segment.models_dir, PathBuf::from("models"));
+        assert!(!c.segment.require_gpu);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[segment]\nexecution_providers = [\"cuda\", \"npu\"]\n").unwrap();
+        let e = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(e.contains("segment.execution_providers[1]") && e.contains("npu"), "{e}");
+        std::fs::write(&p, "[segment]\nanalysis = \"no-such-model\"\n").unwrap();
+        let e = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(e.contains("segment.analysis") && e.contains("no-such-model"), "{e}");
+        // an installed model (a directory with model.toml) is a valid analysis name
+        let models = dir.path().join("models");
+        std::fs::create_dir_all(models.join("thigh")).unwrap();
+        std::fs::write(models.join("thigh/model.toml"), "[model]\nversion = \"1\"\n").unwrap();
+        std::fs::write(
+            &p,
+            format!("[segment]\nanalysis = \"thigh\"\nmodels_dir = \"{}\"\nrequire_gpu = true\n", models.display()),
+        )
+        .unwrap();
+        // its manifest is validated at start
+        let e = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(e.contains("segment.analysis") && e.contains("thigh/model.toml") && e.contains("input"), "{e}");
+        std::fs::write(
+            models.join("thigh/model.toml"),
+            crate::segment::onnx::manifest::EXAMPLE_MANIFEST,
+        )
+        .unwrap();
+        let c = Config::load(Some(&p)).unwrap();
+        assert_eq!(c.segment.analysis, "thigh");
+        assert!(c.segment.require_gpu);
     }
 
     #[test]

@@ -36,6 +36,8 @@ enum Command {
         #[arg(long)]
         print: bool,
     },
+    /// List installed models (models/<name>/model.toml) and whether each loads.
+    Models,
     /// C-ECHO (verification) to a DICOM node.
     Echo {
         #[arg(long, default_value = "127.0.0.1")]
@@ -96,6 +98,7 @@ fn main() -> ExitCode {
                 if status == 0 { Ok(()) } else { Err(anyhow::anyhow!("C-ECHO failed with status 0x{status:04X}")) }
             }),
         Command::Send { destination, files } => send_files(&cfg, &destination, &files),
+        Command::Models => list_models(&cfg),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -128,6 +131,28 @@ fn send_files(cfg: &Config, destination: &str, files: &[PathBuf]) -> anyhow::Res
     }
     if failed > 0 {
         anyhow::bail!("{failed} of {} files not stored", files.len());
+    }
+    Ok(())
+}
+
+fn list_models(cfg: &Config) -> anyhow::Result<()> {
+    println!("built-in analyses: {}", myonode::segment::BUILTIN_ANALYSES.join(", "));
+    let models = myonode::segment::onnx::list_models(&cfg.segment);
+    if models.is_empty() {
+        println!("no models installed in {}", cfg.segment.models_dir.display());
+    }
+    let mut broken = 0;
+    for m in &models {
+        match &m.error {
+            None => println!("{}: loads ({})", m.name, m.dir.display()),
+            Some(e) => {
+                broken += 1;
+                println!("{}: DOES NOT LOAD ({}): {e}", m.name, m.dir.display());
+            }
+        }
+    }
+    if broken > 0 {
+        anyhow::bail!("{broken} model(s) do not load");
     }
     Ok(())
 }

@@ -14,8 +14,14 @@ pub const LABELS_FILE: &str = "labels.npy";
 
 /// Run one worker until `rx` disconnects. A failing job is logged and its
 /// error written to `<job_dir>/ERROR.txt`; the worker continues with the next job.
-pub fn run_worker(worker: usize, analysis_name: String, rx: Receiver<StudyJob>, tx: Sender<Segmentation>) {
-    let mut analysis = match super::create_analysis(&analysis_name) {
+pub fn run_worker(
+    worker: usize,
+    cfg: crate::config::SegmentConfig,
+    rx: Receiver<StudyJob>,
+    tx: Sender<Segmentation>,
+) {
+    let analysis_name = cfg.analysis.clone();
+    let mut analysis = match super::create_analysis_with(&analysis_name, &cfg) {
         Ok(a) => a,
         Err(e) => {
             error!(worker, analysis = %analysis_name, error = %e, "cannot create analysis; worker stops");

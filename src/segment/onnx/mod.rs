@@ -1,0 +1,552 @@
+//! ONNX models as analyses: `models/<name>/model.toml` ([`manifest`]) +
+//! `model.onnx`, run through ONNX Runtime ([`runtime`]).
+//!
+//! Flow of [`OnnxModel::segment`] (axis conventions: [`Volume`] is `[z][y][x]`
+//! with spacing `(z, y, x)` in mm; network tensors are NCHW `(1, C, y, x)` for
+//! 2D models, one slice along `z` per run, and NCDHW `(1, C, z, y, x)` for 3D):
+//!
+//! 1. match the job's images to the manifest's `input.channels`;
+//! 2. normalise each channel on the source grid ([`preprocess`]);
+//! 3. resample to the model spacing, linear ([`crate::segment::resample`]);
+//!    2D models are never resampled along `z`; orientation is untouched;
+//! 4. sliding-window inference with Gaussian weighting and optional mirroring
+//!    ([`sliding_window`]) → class scores `(K, z, y, x)` on the model grid
+//!    (a `labels` output is one-hot encoded first, so blending is a vote);
+//! 5. resample the scores back to the exact source shape, linear
+//!    ("probability resampling"), then [`postprocess::argmax`];
+//! 6. per label: optional largest connected component, hole filling.
+
+pub mod manifest;
+pub mod postprocess;
+pub mod preprocess;
+pub mod runtime;
+pub mod sliding_window;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ndarray::{Array3, Array4, ArrayView4, Axis};
+use ort::session::Session;
+use ort::value::TensorRef;
+
+use self::manifest::{Dimensions, Manifest, ManifestError, OutputKind};
+use self::runtime::ExecutionProviderStatus;
+use crate::config::SegmentConfig;
+use crate::pipeline::messages::{AlgorithmIdentification, SegmentDescription};
+use crate::segment::{resample, Analysis, SegmentError};
+use crate::volume::Volume;
+
+/// Errors of the ONNX engine.
+#[derive(Debug, thiserror::Error)]
+pub enum OnnxError {
+    /// The ONNX Runtime shared library could not be loaded.
+    #[error("ONNX Runtime library {path}: {message}")]
+    Library { path: PathBuf, message: String },
+    /// A requested execution provider is required but unavailable.
+    #[error("execution provider: {message}")]
+    ExecutionProvider { message: String },
+    /// The manifest is missing or invalid.
+    #[error("model manifest: {0}")]
+    Manifest(#[from] ManifestError),
+    /// ONNX Runtime could not create the session (bad model file, options).
+    #[error("ONNX session for {path}: {message}")]
+    Session { path: PathBuf, message: String },
+    /// The ONNX model's inputs/outputs disagree with its manifest.
+    #[error("model `{model}`: the ONNX graph does not match {manifest}: {message}")]
+    ModelMismatch { model: String, manifest: PathBuf, message: String },
+    /// The job's images do not fit the model's input (channels, shape).
+    #[error("model `{model}` cannot run on this job: model expects {expected}; job provides {provided}")]
+    InputMismatch { model: String, expected: String, provided: String },
+    /// `Session::run` failed or returned an unexpected tensor.
+    #[error("model `{model}`: inference failed: {message}")]
+    Inference { model: String, message: String },
+}
+
+/// Time spent in one model's inference calls since load (or [`OnnxModel::reset_timing`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct InferenceTiming {
+    /// Wall time inside `Session::run` (including tensor creation and output extraction).
+    pub session_run: Duration,
+    /// Wall time of whole [`OnnxModel::segment`] calls (pre-processing to label map).
+    pub total: Duration,
+    /// Number of `Session::run` calls.
+    pub runs: u64,
+}
+
+/// A loaded model: manifest + one ONNX Runtime session (use one per worker thread).
+pub struct OnnxModel {
+    manifest: Manifest,
+    session: Session,
+    providers: Vec<ExecutionProviderStatus>,
+    timing: InferenceTiming,
+}
+
+/// How a job's images are offered to [`OnnxModel::segment`]: one per channel, with the
+/// image kind (e.g. `water`, `fat`; `image` when unknown) and the volume.
+pub type ChannelInput<'a> = (&'a str, &'a Volume);
+
+impl OnnxModel {
+    /// Load `<dir>/model.toml`, open `model.onnx` with the providers of `cfg`, and check that
+    /// the graph's input/output names, ranks, channel counts and fixed dimensions match the manifest.
+    ///
+    /// # Errors
+    /// [`OnnxError::Manifest`], [`OnnxError::Library`], [`OnnxError::ExecutionProvider`],
+    /// [`OnnxError::Session`], [`OnnxError::ModelMismatch`].
+    pub fn load(dir: &Path, cfg: &SegmentConfig) -> Result<OnnxModel, OnnxError> {
+        let manifest = Manifest::load(dir)?;
+        let file = manifest.model_file();
+        if !file.is_file() {
+            return Err(OnnxError::Session { path: file, message: "model file not found".into() });
+        }
+        let (session, providers) = runtime::open_session(&file, cfg)?;
+        let model = OnnxModel { manifest, session, providers, timing: InferenceTiming::default() };
+        model.check_io()?;
+        Ok(model)
+    }
+
+    /// The validated manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Execution-provider outcome of this model's session.
+    pub fn execution_providers(&self) -> &[ExecutionProviderStatus] {
+        &self.providers
+    }
+
+    /// Accumulated timing.
+    pub fn timing(&self) -> InferenceTiming {
+        self.timing
+    }
+
+    /// Reset [`OnnxModel::timing`].
+    pub fn reset_timing(&mut self) {
+        self.timing = InferenceTiming::default();
+    }
+
+    fn mismatch(&self, message: String) -> OnnxError {
+        OnnxError::ModelMismatch { model: self.manifest.name(), manifest: self.manifest.path.clone(), message }
+    }
+
+    fn check_io(&self) -> Result<(), OnnxError> {
+        let m = &self.manifest;
+        let rank = match m.input.dimensions {
+            Dimensions::TwoD => 4,
+            Dimensions::ThreeD => 5,
+        };
+        let names = |outlets: &[ort::value::Outlet]| outlets.iter().map(|o| o.name().to_string()).collect::<Vec<_>>();
+        let input = self.session.inputs().iter().find(|o| o.name() == m.input.tensor).ok_or_else(|| {
+            self.mismatch(format!("input.tensor `{}` is not an input of the graph (inputs: {:?})", m.input.tensor, names(self.session.inputs())))
+        })?;
+        let output = self.session.outputs().iter().find(|o| o.name() == m.output.tensor).ok_or_else(|| {
+            self.mismatch(format!(
+                "output.tensor `{}` is not an output of the graph (outputs: {:?})",
+                m.output.tensor,
+                names(self.session.outputs())
+            ))
+        })?;
+        if input.dtype().tensor_type() != Some(ort::value::TensorElementType::Float32) {
+            return Err(self.mismatch(format!("input `{}` must be a float32 tensor, graph has {:?}", input.name(), input.dtype())));
+        }
+        let ishape: Vec<i64> = input.dtype().tensor_shape().map(|s| s.to_vec()).unwrap_or_default();
+        if ishape.len() != rank {
+            return Err(self.mismatch(format!(
+                "input.dimensions = {:?} needs a rank-{rank} input ({}), graph input `{}` has shape {ishape:?}",
+                m.input.dimensions,
+                if rank == 4 { "N,C,H,W" } else { "N,C,D,H,W" },
+                input.name()
+            )));
+        }
+        if ishape[1] > 0 && ishape[1] as usize != m.input.channels.len() {
+            return Err(self.mismatch(format!(
+                "input.channels lists {} channel(s) {:?}, graph input `{}` has {} (shape {ishape:?})",
+                m.input.channels.len(),
+                m.input.channels,
+                input.name(),
+                ishape[1]
+            )));
+        }
+        if ishape[0] > 1 {
+            return Err(self.mismatch(format!("graph input batch dimension is {}, myonode runs batch 1", ishape[0])));
+        }
+        let spatial = &ishape[2..];
+        for (i, (&d, &p)) in spatial.iter().zip(&m.inference.patch_size).enumerate() {
+            if d > 0 && d as usize != p {
+                return Err(self.mismatch(format!(
+                    "inference.patch_size[{i}] = {p} but graph input `{}` has fixed size {d} there (shape {ishape:?})",
+                    input.name()
+                )));
+            }
+        }
+        let oshape: Vec<i64> = output.dtype().tensor_shape().map(|s| s.to_vec()).unwrap_or_default();
+        if matches!(m.output.kind, OutputKind::Logits | OutputKind::Probabilities) {
+            if !oshape.is_empty() && oshape.len() != rank {
+                return Err(self.mismatch(format!("output `{}` has rank {}, expected {rank}", output.name(), oshape.len())));
+            }
+            if oshape.len() == rank && oshape[1] > 0 && (oshape[1] as usize) < m.num_classes() {
+                return Err(self.mismatch(format!(
+                    "[[labels]] go up to value {} (needs {} class channels), graph output `{}` has {} (shape {oshape:?})",
+                    m.num_classes() - 1,
+                    m.num_classes(),
+                    output.name(),
+                    oshape[1]
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Check that the job's images fit `input.channels`: same count; a named channel must match
+    /// the image kind, or the job's Modality for `ct`/`mr`; `any` accepts one image of any kind.
+    /// `modality` is the source Modality (0008,0060) when known. All images must share one grid.
+    ///
+    /// # Errors
+    /// [`OnnxError::InputMismatch`] naming what the model expects and what the job provides.
+    pub fn check_channels(&self, channels: &[ChannelInput<'_>], modality: Option<&str>) -> Result<(), OnnxError> {
+        let want = &self.manifest.input.channels;
+        let provided = || {
+            let kinds: Vec<String> = channels.iter().map(|(k, v)| format!("{k} {:?}", v.shape())).collect();
+            format!(
+                "{} image(s) [{}]{}",
+                channels.len(),
+                kinds.join(", "),
+                modality.map(|m| format!(", Modality {m}")).unwrap_or_default()
+            )
+        };
+        let err = || OnnxError::InputMismatch {
+            model: self.manifest.name(),
+            expected: format!("{} channel(s) {:?}", want.len(), want),
+            provided: provided(),
+        };
+        if channels.len() != want.len() {
+            return Err(err());
+        }
+        for (w, (kind, _)) in want.iter().zip(channels) {
+            let w = w.to_ascii_lowercase();
+            let ok = w == "any"
+                || w.eq_ignore_ascii_case(kind)
+                || modality.is_some_and(|m| m.eq_ignore_ascii_case(&w))
+                // a single unnamed image of unknown modality is accepted for a single-channel model
+                || (want.len() == 1 && modality.is_none() && kind.eq_ignore_ascii_case("image"));
+            if !ok {
+                return Err(err());
+            }
+        }
+        let shape0 = channels[0].1.shape();
+        if channels.iter().any(|(_, v)| v.shape() != shape0) {
+            return Err(OnnxError::InputMismatch {
+                model: self.manifest.name(),
+                expected: "all channels on one grid".into(),
+                provided: provided(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Steps 2–3 of the module flow: normalised, resampled input `(C, z, y, x)` on the model
+    /// grid, and that grid's shape.
+    pub fn preprocess(&self, channels: &[ChannelInput<'_>]) -> Array4<f32> {
+        let v0 = channels[0].1;
+        let (nz, ny, nx) = v0.shape();
+        let mut target = self.manifest.input.spacing_mm;
+        if self.manifest.input.dimensions == Dimensions::TwoD {
+            target[0] = 0.0;
+        }
+        let mshape = resample::resampled_shape([nz, ny, nx], v0.spacing, target);
+        let mut out = Array4::<f32>::zeros((channels.len(), mshape[0], mshape[1], mshape[2]));
+        for (c, (_, v)) in channels.iter().enumerate() {
+            let mut d = v.data.as_standard_layout().into_owned();
+            preprocess::normalize(&mut d, &self.manifest.normalization);
+            let r = if mshape == [nz, ny, nx] { d } else { resample::resample_linear(d.view(), mshape) };
+            out.index_axis_mut(Axis(0), c).assign(&r);
+        }
+        out
+    }
+
+    /// One `Session::run` on a raw input tensor (`shape` as the graph expects, e.g.
+    /// `(1, C, z, y, x)`); returns the output named in the manifest as `f32` with its shape.
+    ///
+    /// # Errors
+    /// [`OnnxError::Inference`] when ONNX Runtime fails or the output is missing / not numeric.
+    pub fn run_tensor(&mut self, data: &[f32], shape: &[usize]) -> Result<(Vec<usize>, Vec<f32>), OnnxError> {
+        let started = Instant::now();
+        let name = self.manifest.name();
+        let inf = |message: String| OnnxError::Inference { model: name.clone(), message };
+        let tensor = TensorRef::from_array_view((shape.to_vec(), data)).map_err(|e| inf(format!("input tensor: {e}")))?;
+        let out_name = self.manifest.output.tensor.clone();
+        let outputs = self
+            .session
+            .run(ort::inputs![self.manifest.input.tensor.as_str() => tensor])
+            .map_err(|e| inf(format!("Session::run with input shape {shape:?}: {e}")))?;
+        let value = outputs.get(&out_name).ok_or_else(|| inf(format!("output `{out_name}` missing")))?;
+        let result = if let Ok((s, d)) = value.try_extract_tensor::<f32>() {
+            (s.iter().map(|&x| x as usize).collect(), d.to_vec())
+        } else if let Ok((s, d)) = value.try_extract_tensor::<i64>() {
+            (s.iter().map(|&x| x as usize).collect(), d.iter().map(|&x| x as f32).collect())
+        } else if let Ok((s, d)) = value.try_extract_tensor::<i32>() {
+            (s.iter().map(|&x| x as usize).collect(), d.iter().map(|&x| x as f32).collect())
+        } else if let Ok((s, d)) = value.try_extract_tensor::<u8>() {
+            (s.iter().map(|&x| x as usize).collect(), d.iter().map(|&x| x as f32).collect())
+        } else {
+            return Err(inf(format!("output `{out_name}` is not a float32/int64/int32/uint8 tensor: {:?}", value.dtype())));
+        };
+        drop(outputs);
+        self.timing.session_run += started.elapsed();
+        self.timing.runs += 1;
+        Ok(result)
+    }
+
+    /// Run the network on one channel-first patch `(C, pz, py, px)` (2D: `pz = 1`) and return
+    /// `(K, pz, py, px)` scores; `labels` outputs are one-hot encoded (K = highest label + 1).
+    fn run_patch(&mut self, data: &[f32], shape: [usize; 4]) -> Result<Vec<f32>, OnnxError> {
+        let [c, pz, py, px] = shape;
+        let tshape: Vec<usize> = match self.manifest.input.dimensions {
+            Dimensions::TwoD => vec![1, c, py, px],
+            Dimensions::ThreeD => vec![1, c, pz, py, px],
+        };
+        let (oshape, out) = self.run_tensor(data, &tshape)?;
+        let n = pz * py * px;
+        let name = self.manifest.name();
+        let bad = |what: &str| OnnxError::Inference {
+            model: name.clone(),
+            message: format!("output `{}` has shape {oshape:?}; {what} for input {tshape:?}", self.manifest.output.tensor),
+        };
+        let spatial_ok = oshape.len() >= 2 && oshape[oshape.len() - 2..] == tshape[tshape.len() - 2..] && oshape[0] == 1;
+        match self.manifest.output.kind {
+            OutputKind::Logits | OutputKind::Probabilities => {
+                if !spatial_ok || oshape.len() != tshape.len() || out.len() != oshape[1] * n {
+                    return Err(bad("expected (1, K, spatial…) with the input's spatial size"));
+                }
+                if oshape[1] < self.manifest.num_classes() {
+                    return Err(bad(&format!("needs at least {} class channels", self.manifest.num_classes())));
+                }
+                Ok(out)
+            }
+            OutputKind::Labels => {
+                if !spatial_ok || out.len() != n {
+                    return Err(bad("expected (1, [1,] spatial…) labels with the input's spatial size"));
+                }
+                let k = self.manifest.num_classes();
+                let mut onehot = vec![0f32; k * n];
+                for (i, &v) in out.iter().enumerate() {
+                    let l = v.round();
+                    if l >= 0.0 && (l as usize) < k {
+                        onehot[l as usize * n + i] = 1.0;
+                    }
+                }
+                Ok(onehot)
+            }
+        }
+    }
+
+    /// Step 4: sliding-window inference on a normalised input `(C, z, y, x)` on the model grid;
+    /// returns class scores `(K, z, y, x)` on the same grid.
+    ///
+    /// # Errors
+    /// [`OnnxError::Inference`].
+    pub fn predict(&mut self, input: ArrayView4<f32>) -> Result<Array4<f32>, OnnxError> {
+        let patch = self.manifest.patch_zyx();
+        let overlap = self.manifest.inference.overlap;
+        let mirror_axes: Vec<usize> = if self.manifest.inference.mirroring {
+            match self.manifest.input.dimensions {
+                Dimensions::TwoD => vec![2, 3],
+                Dimensions::ThreeD => vec![1, 2, 3],
+            }
+        } else {
+            vec![]
+        };
+        let name = self.manifest.name();
+        sliding_window::sliding_window(
+            input,
+            patch,
+            overlap,
+            true,
+            |w| {
+                if mirror_axes.is_empty() {
+                    return self.run_patch(w.data, w.shape);
+                }
+                let mut sum: Option<Vec<f32>> = None;
+                let combos = 1usize << mirror_axes.len();
+                for mask in 0..combos {
+                    let axes: Vec<usize> =
+                        mirror_axes.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, &a)| a).collect();
+                    let flipped = flip(w.data, w.shape, &axes);
+                    let out = self.run_patch(&flipped, w.shape)?;
+                    let k = out.len() / (w.shape[1] * w.shape[2] * w.shape[3]);
+                    let back = flip(&out, [k, w.shape[1], w.shape[2], w.shape[3]], &axes);
+                    match sum.as_mut() {
+                        None => sum = Some(back),
+                        Some(s) => s.iter_mut().zip(&back).for_each(|(a, b)| *a += b),
+                    }
+                }
+                let mut s = sum.expect("at least one combination");
+                let inv = 1.0 / combos as f32;
+                s.iter_mut().for_each(|v| *v *= inv);
+                Ok(s)
+            },
+            |message| OnnxError::Inference { model: name.clone(), message },
+        )
+    }
+
+    /// The whole analysis (module docs, steps 1–6): label map on the exact grid of the
+    /// first channel's volume, shape `(nz, ny, nx)`, values from the manifest's `[[labels]]`.
+    ///
+    /// # Errors
+    /// [`OnnxError::InputMismatch`] when the images do not fit the model's channels;
+    /// [`OnnxError::Inference`].
+    pub fn segment(&mut self, channels: &[ChannelInput<'_>], modality: Option<&str>) -> Result<Array3<u8>, OnnxError> {
+        let started = Instant::now();
+        self.check_channels(channels, modality)?;
+        let input = self.preprocess(channels);
+        let scores = self.predict(input.view())?;
+        let (nz, ny, nx) = channels[0].1.shape();
+        let valid: Vec<u8> = self.manifest.labels.iter().map(|l| l.value).collect();
+        let mut labels = if scores.dim().1 == nz && scores.dim().2 == ny && scores.dim().3 == nx {
+            postprocess::argmax(scores.view(), &valid)
+        } else {
+            // resample one class at a time back to the source grid and keep a running argmax,
+            // so memory is two source-grid arrays rather than K
+            let mut back = postprocess::RunningArgmax::new((nz, ny, nx));
+            for ch in scores.outer_iter() {
+                back.push(resample::resample_linear(ch, [nz, ny, nx]).view());
+            }
+            back.finish(&valid)
+        };
+        for l in &self.manifest.labels {
+            if l.largest_component {
+                postprocess::keep_largest_component(&mut labels, l.value);
+            }
+            if l.fill_holes {
+                postprocess::fill_holes(&mut labels, l.value);
+            }
+        }
+        self.timing.total += started.elapsed();
+        Ok(labels)
+    }
+}
+
+/// Reverse the given axes of a standard-layout `(A, B, C, D)` buffer.
+fn flip(data: &[f32], shape: [usize; 4], axes: &[usize]) -> Vec<f32> {
+    if axes.is_empty() {
+        return data.to_vec();
+    }
+    let mut v = ArrayView4::from_shape(shape, data).expect("buffer matches shape");
+    for &a in axes {
+        v.invert_axis(Axis(a));
+    }
+    v.iter().copied().collect()
+}
+
+/// An installed ONNX model as an [`Analysis`] (one per worker thread).
+pub struct OnnxAnalysis {
+    model: OnnxModel,
+    name: String,
+}
+
+impl OnnxAnalysis {
+    /// Load the model in `dir` (see [`OnnxModel::load`]); the analysis name is the directory name.
+    ///
+    /// # Errors
+    /// As [`OnnxModel::load`].
+    pub fn load(dir: &Path, cfg: &SegmentConfig) -> Result<OnnxAnalysis, OnnxError> {
+        let model = OnnxModel::load(dir, cfg)?;
+        let name = dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| model.manifest.name());
+        Ok(OnnxAnalysis { model, name })
+    }
+
+    /// The underlying model (timing, manifest, providers).
+    pub fn model(&mut self) -> &mut OnnxModel {
+        &mut self.model
+    }
+}
+
+impl Analysis for OnnxAnalysis {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn segments(&self) -> Vec<SegmentDescription> {
+        self.model.manifest.segment_descriptions()
+    }
+    fn algorithm(&self) -> AlgorithmIdentification {
+        self.model.manifest.algorithm()
+    }
+    /// Runs the model on `volume` as a single image of unknown kind and modality: a model
+    /// that needs several channels (e.g. `["water", "fat"]`) fails with
+    /// [`OnnxError::InputMismatch`]; use [`OnnxModel::segment`] for multi-channel jobs.
+    fn run(&mut self, volume: &Volume) -> Result<Array3<u8>, SegmentError> {
+        Ok(self.model.segment(&[("image", volume)], None)?)
+    }
+}
+
+/// One installed model as listed by `myonode models`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelStatus {
+    /// Directory name under `segment.models_dir` (the analysis name).
+    pub name: String,
+    /// The model directory.
+    pub dir: PathBuf,
+    /// AlgorithmVersion from the manifest, if it parsed.
+    pub version: Option<String>,
+    /// `2d` / `3d` and channels, if the manifest parsed, e.g. `3d ["water", "fat"]`.
+    pub input: Option<String>,
+    /// Segment labels, if the manifest parsed.
+    pub labels: Vec<String>,
+    /// The manifest is valid and a session could be created with the configured providers.
+    pub loads: bool,
+    /// Why not.
+    pub error: Option<String>,
+    /// Outcome per requested execution provider (empty if the session was not attempted).
+    pub execution_providers: Vec<ExecutionProviderStatus>,
+}
+
+/// List the models installed in `cfg.models_dir` (each subdirectory with a `model.toml`),
+/// sorted by name, and whether each loads (manifest valid, ONNX Runtime session created with
+/// the configured providers, graph matches manifest). A missing `models_dir` gives an empty list.
+pub fn list_models(cfg: &SegmentConfig) -> Vec<ModelStatus> {
+    let mut dirs: Vec<PathBuf> = match std::fs::read_dir(&cfg.models_dir) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.join(manifest::MANIFEST_FILE).is_file())
+            .collect(),
+        Err(_) => vec![],
+    };
+    dirs.sort();
+    dirs.into_iter()
+        .map(|dir| {
+            let name = dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let mut st = ModelStatus {
+                name,
+                dir: dir.clone(),
+                version: None,
+                input: None,
+                labels: vec![],
+                loads: false,
+                error: None,
+                execution_providers: vec![],
+            };
+            match Manifest::load(&dir) {
+                Ok(m) => {
+                    st.version = Some(m.model.version.clone());
+                    st.input = Some(format!(
+                        "{} {:?}",
+                        if m.input.dimensions == Dimensions::TwoD { "2d" } else { "3d" },
+                        m.input.channels
+                    ));
+                    st.labels = m.segment_descriptions().into_iter().map(|s| s.label).collect();
+                    match OnnxModel::load(&dir, cfg) {
+                        Ok(model) => {
+                            st.loads = true;
+                            st.execution_providers = model.providers.clone();
+                        }
+                        Err(e) => {
+                            st.error = Some(e.to_string());
+                            st.execution_providers = runtime::execution_provider_report();
+                        }
+                    }
+                }
+                Err(e) => st.error = Some(e.to_string()),
+            }
+            st
+        })
+        .collect()
+}

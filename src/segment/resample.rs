@@ -1,0 +1,146 @@
+//! Resampling between a [`Volume`](crate::volume::Volume)'s grid and a model's grid.
+//!
+//! Axis order is `[z][y][x]` throughout, spacing `(z, y, x)` in mm, as in
+//! `Volume`. Only the voxel grid changes: orientation (direction cosines) and
+//! the physical extent `n · spacing` are kept, so resampling to a target
+//! spacing and back with the source shape lands exactly on the source grid.
+//!
+//! Coordinate mapping (extent-preserving, voxel centres; the convention of
+//! `skimage.transform.resize` that nnU-Net uses): output index `o` on an axis
+//! with `n_in` input and `n_out` output voxels samples the input at
+//! `i = (o + 0.5) · n_in / n_out − 0.5`, clamped to `[0, n_in − 1]`.
+//!
+//! * [`resample_linear`] — separable (tri)linear interpolation, for images and
+//!   per-class scores/probabilities ("probability resampling" of labels).
+//! * [`resample_nearest`] — nearest neighbour, for label maps.
+
+use ndarray::{Array3, ArrayView3, Axis};
+
+/// Shape after resampling `shape` with `spacing` (mm, z-y-x) to `target` spacing (mm);
+/// a target entry `<= 0` keeps that axis. Each extent is `max(1, round(n · spacing / target))`.
+pub fn resampled_shape(shape: [usize; 3], spacing: [f64; 3], target: [f64; 3]) -> [usize; 3] {
+    let mut out = shape;
+    for i in 0..3 {
+        if target[i] > 0.0 && spacing[i] > 0.0 {
+            out[i] = ((shape[i] as f64 * spacing[i] / target[i]).round() as usize).max(1);
+        }
+    }
+    out
+}
+
+/// Spacing (mm) of a grid of `new_shape` voxels covering the same extent as `shape` × `spacing`.
+pub fn resampled_spacing(shape: [usize; 3], spacing: [f64; 3], new_shape: [usize; 3]) -> [f64; 3] {
+    [0, 1, 2].map(|i| spacing[i] * shape[i] as f64 / new_shape[i] as f64)
+}
+
+/// For each output index: the two input indices and the weight of the second.
+fn linear_taps(n_in: usize, n_out: usize) -> Vec<(usize, usize, f32)> {
+    let scale = n_in as f64 / n_out as f64;
+    (0..n_out)
+        .map(|o| {
+            let pos = ((o as f64 + 0.5) * scale - 0.5).clamp(0.0, (n_in - 1) as f64);
+            let i0 = pos.floor() as usize;
+            let i1 = (i0 + 1).min(n_in - 1);
+            (i0, i1, (pos - i0 as f64) as f32)
+        })
+        .collect()
+}
+
+fn resample_axis_linear(a: ArrayView3<f32>, axis: usize, n_out: usize) -> Array3<f32> {
+    let mut shape = [a.shape()[0], a.shape()[1], a.shape()[2]];
+    let n_in = shape[axis];
+    shape[axis] = n_out;
+    let taps = linear_taps(n_in, n_out);
+    let mut out = Array3::<f32>::zeros(shape);
+    for (src, mut dst) in a.lanes(Axis(axis)).into_iter().zip(out.lanes_mut(Axis(axis))) {
+        for (d, &(i0, i1, w)) in dst.iter_mut().zip(&taps) {
+            *d = src[i0] * (1.0 - w) + src[i1] * w;
+        }
+    }
+    out
+}
+
+/// (Tri)linear resampling of `src` (shape `(nz, ny, nx)`) to `out_shape`, axis by axis
+/// (x, then y, then z), with the extent-preserving mapping of the module docs.
+/// Axes whose size does not change are copied unchanged.
+///
+/// # Panics
+/// If any input or output extent is 0.
+pub fn resample_linear(src: ArrayView3<f32>, out_shape: [usize; 3]) -> Array3<f32> {
+    assert!(src.iter().len() > 0 && out_shape.iter().all(|&n| n > 0), "empty grid");
+    let mut cur: Option<Array3<f32>> = None;
+    for axis in [2usize, 1, 0] {
+        let view = cur.as_ref().map(|c| c.view()).unwrap_or(src.view());
+        if view.shape()[axis] != out_shape[axis] {
+            cur = Some(resample_axis_linear(view, axis, out_shape[axis]));
+        }
+    }
+    cur.unwrap_or_else(|| src.to_owned())
+}
+
+/// Nearest-neighbour resampling of a label map to `out_shape`: output index `o`
+/// takes input index `floor((o + 0.5) · n_in / n_out)` (clamped).
+///
+/// # Panics
+/// If any input or output extent is 0.
+pub fn resample_nearest<T: Copy + Default>(src: ArrayView3<T>, out_shape: [usize; 3]) -> Array3<T> {
+    assert!(src.iter().len() > 0 && out_shape.iter().all(|&n| n > 0), "empty grid");
+    let idx: Vec<Vec<usize>> = (0..3)
+        .map(|a| {
+            let (n_in, n_out) = (src.shape()[a], out_shape[a]);
+            (0..n_out).map(|o| (((o as f64 + 0.5) * n_in as f64 / n_out as f64) as usize).min(n_in - 1)).collect()
+        })
+        .collect();
+    let mut out = Array3::<T>::default(out_shape);
+    for ((z, y, x), v) in out.indexed_iter_mut() {
+        *v = src[[idx[0][z], idx[1][y], idx[2][x]]];
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array3;
+
+    #[test]
+    fn shape_and_spacing_round_trip() {
+        let s = resampled_shape([10, 100, 50], [3.0, 0.5, 1.0], [1.5, 1.0, 0.0]);
+        assert_eq!(s, [20, 50, 50]);
+        assert_eq!(resampled_spacing([10, 100, 50], [3.0, 0.5, 1.0], s), [1.5, 1.0, 1.0]);
+    }
+
+    #[test]
+    fn linear_reproduces_a_linear_ramp_inside() {
+        // v = x; upsampling by 2 along x: centres at (o+0.5)/2-0.5.
+        let a = Array3::from_shape_fn((1, 1, 4), |(_, _, x)| x as f32);
+        let b = resample_linear(a.view(), [1, 1, 8]);
+        let want = [0.0, 0.25, 0.75, 1.25, 1.75, 2.25, 2.75, 3.0];
+        for (g, w) in b.iter().zip(want) {
+            assert!((g - w).abs() < 1e-6, "{b:?}");
+        }
+        // downsample 8 -> 4 of that gives back the mean positions
+        let c = resample_linear(b.view(), [1, 1, 4]);
+        assert!((c[[0, 0, 1]] - 1.0).abs() < 1e-6, "{c:?}");
+    }
+
+    #[test]
+    fn linear_is_separable_trilinear() {
+        let a = Array3::from_shape_fn((3, 4, 5), |(z, y, x)| (z * 100 + y * 10 + x) as f32);
+        let b = resample_linear(a.view(), [5, 7, 3]);
+        // affine function is reproduced exactly by linear interpolation (no clamping inside)
+        let pos = |o: usize, ni: usize, no: usize| ((o as f64 + 0.5) * ni as f64 / no as f64 - 0.5).clamp(0.0, (ni - 1) as f64);
+        for ((z, y, x), v) in b.indexed_iter() {
+            let w = 100.0 * pos(z, 3, 5) + 10.0 * pos(y, 4, 7) + pos(x, 5, 3);
+            assert!((*v as f64 - w).abs() < 1e-4, "{z},{y},{x}: {v} vs {w}");
+        }
+    }
+
+    #[test]
+    fn nearest_round_trip_is_identity_for_integer_factors() {
+        let a = Array3::from_shape_fn((2, 3, 4), |(z, y, x)| (z * 12 + y * 4 + x) as u8);
+        let up = resample_nearest(a.view(), [4, 6, 8]);
+        assert_eq!(up[[3, 5, 7]], a[[1, 2, 3]]);
+        assert_eq!(resample_nearest(up.view(), [2, 3, 4]), a);
+    }
+}

@@ -1,0 +1,390 @@
+//! ONNX engine tests against the Python `onnxruntime` package and a NumPy
+//! reference of the whole analysis (scripts/make-fixture-models.py).
+//!
+//! Needs: the ONNX Runtime library (env MYONODE_ORT_LIBRARY, default
+//! `<crate>/.onnxruntime/lib/libonnxruntime.so.1.31.1`) and Python with numpy,
+//! onnx, onnxruntime (env MYONODE_PYTHON, default `<crate>/.venv/bin/python`).
+//! Missing either is a test FAILURE with a message, never a silent pass.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use ndarray::{Array3, Array4, ArrayD};
+use ndarray_npy::{read_npy, write_npy};
+
+use myonode::config::SegmentConfig;
+use myonode::segment::onnx::{self, runtime, OnnxError, OnnxModel};
+use myonode::segment::{create_analysis_with, SegmentError};
+use myonode::volume::Volume;
+
+fn crate_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn python() -> PathBuf {
+    let p = std::env::var_os("MYONODE_PYTHON").map(PathBuf::from).unwrap_or_else(|| crate_root().join(".venv/bin/python"));
+    assert!(p.is_file(), "Python not found at {} (set MYONODE_PYTHON to a python with numpy, onnx, onnxruntime)", p.display());
+    p
+}
+
+fn ort_library() -> PathBuf {
+    let p = std::env::var_os("MYONODE_ORT_LIBRARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate_root().join(".onnxruntime/lib/libonnxruntime.so.1.31.1"));
+    assert!(p.is_file(), "ONNX Runtime library not found at {} (run scripts/fetch-onnxruntime.sh or set MYONODE_ORT_LIBRARY)", p.display());
+    p
+}
+
+fn run_python(args: &[&str]) {
+    let script = crate_root().join("scripts/make-fixture-models.py");
+    let out = Command::new(python()).arg(&script).args(args).output().expect("run python");
+    assert!(
+        out.status.success(),
+        "python {} {:?} failed:\n{}\n{}",
+        script.display(),
+        args,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Fixture models, generated once per test process into the target tmp dir.
+fn fixtures() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("onnx-fixtures-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        run_python(&["models", d.to_str().unwrap()]);
+        d
+    })
+}
+
+fn cfg() -> SegmentConfig {
+    SegmentConfig {
+        analysis: "conv3d".into(),
+        workers: 1,
+        models_dir: fixtures().to_path_buf(),
+        onnxruntime_library: ort_library(),
+        execution_providers: vec!["cpu".into()],
+        require_gpu: false,
+        intra_op_threads: 1,
+    }
+}
+
+/// A smooth synthetic image with blobs (so segmentations have several components and holes).
+fn volume(shape: (usize, usize, usize), spacing: [f64; 3]) -> Volume {
+    let (nz, ny, nx) = shape;
+    let data = Array3::from_shape_fn(shape, |(z, y, x)| {
+        let (fz, fy, fx) = (z as f32 / nz as f32, y as f32 / ny as f32, x as f32 / nx as f32);
+        100.0 * ((fx * 7.0).sin() * (fy * 5.0).cos() + 0.6 * (fz * 4.0 + fx * 3.0).sin())
+            + 40.0 * ((x * 7 + y * 13 + z * 29) % 11) as f32 / 11.0
+    });
+    Volume {
+        data,
+        spacing,
+        origin: [0.0; 3],
+        row_direction: [1.0, 0.0, 0.0],
+        column_direction: [0.0, 1.0, 0.0],
+        slice_direction: [0.0, 0.0, 1.0],
+        slices: vec![],
+    }
+}
+
+fn tmpdir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("onnx-test").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn compare_raw_with_python(model: &str, shape: &[usize]) {
+    let mut m = OnnxModel::load(&fixtures().join(model), &cfg()).unwrap();
+    let n: usize = shape.iter().product();
+    let data: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0).collect();
+    let (oshape, out) = m.run_tensor(&data, shape).unwrap();
+    let d = tmpdir();
+    let inp = d.path().join("in.npy");
+    let outp = d.path().join("out.npy");
+    write_npy(&inp, &ArrayD::from_shape_vec(shape.to_vec(), data).unwrap()).unwrap();
+    run_python(&[
+        "run-ort",
+        fixtures().join(model).join("model.onnx").to_str().unwrap(),
+        inp.to_str().unwrap(),
+        outp.to_str().unwrap(),
+    ]);
+    let py: ArrayD<f32> = read_npy(&outp).unwrap();
+    assert_eq!(py.shape(), oshape.as_slice());
+    let diff = max_abs_diff(&out, py.as_slice().unwrap());
+    assert!(diff <= 1e-5, "{model}: max abs diff vs Python onnxruntime {diff}");
+    // the output is not trivial
+    assert!(out.iter().any(|v| v.abs() > 0.1), "{model}: output all ~0");
+}
+
+#[test]
+fn raw_output_matches_python_onnxruntime_3d() {
+    compare_raw_with_python("conv3d", &[1, 1, 9, 14, 11]);
+}
+
+#[test]
+fn raw_output_matches_python_onnxruntime_2d() {
+    compare_raw_with_python("conv2d", &[1, 1, 21, 17]);
+}
+
+/// Whole analysis vs the NumPy reference: model-grid input, blended scores and the final label map.
+fn compare_with_reference(model: &str, vol: &Volume) -> Array3<u8> {
+    compare_with_reference_modality(model, vol, None)
+}
+
+fn compare_with_reference_modality(model: &str, vol: &Volume, modality: Option<&str>) -> Array3<u8> {
+    let d = tmpdir();
+    let vpath = d.path().join("volume.npy");
+    write_npy(&vpath, &vol.data).unwrap();
+    let [sz, sy, sx] = vol.spacing.map(|v| v.to_string());
+    run_python(&[
+        "reference",
+        fixtures().join(model).to_str().unwrap(),
+        vpath.to_str().unwrap(),
+        &sz,
+        &sy,
+        &sx,
+        d.path().to_str().unwrap(),
+    ]);
+    let mut m = OnnxModel::load(&fixtures().join(model), &cfg()).unwrap();
+    let input = m.preprocess(&[("image", vol)]);
+    let ref_input: Array4<f32> = read_npy(d.path().join("model_input.npy")).unwrap();
+    assert_eq!(input.shape(), ref_input.shape(), "{model}: model-grid input shape");
+    let di = max_abs_diff(input.as_slice().unwrap(), ref_input.as_slice().unwrap());
+    assert!(di <= 1e-5, "{model}: preprocessed input differs from NumPy by {di}");
+    let scores = m.predict(input.view()).unwrap();
+    let ref_scores: Array4<f32> = read_npy(d.path().join("model_scores.npy")).unwrap();
+    assert_eq!(scores.shape(), ref_scores.shape(), "{model}: score shape");
+    let ds = max_abs_diff(scores.as_slice().unwrap(), ref_scores.as_slice().unwrap());
+    assert!(ds <= 1e-5, "{model}: blended scores differ from NumPy by {ds}");
+    let labels = m.segment(&[("image", vol)], modality).unwrap();
+    let ref_labels: Array3<u8> = read_npy(d.path().join("labels.npy")).unwrap();
+    assert_eq!(labels.dim(), vol.data.dim(), "{model}: label map not on the source grid");
+    let mismatched = labels.iter().zip(ref_labels.iter()).filter(|(a, b)| a != b).count();
+    // only exact score ties could flip a voxel; allow at most 1 in 10 000
+    assert!(mismatched * 10_000 <= labels.len(), "{model}: {mismatched} of {} voxels differ from NumPy", labels.len());
+    let fg = labels.iter().filter(|&&v| v == 1).count();
+    assert!(fg > labels.len() / 50 && fg < labels.len() * 19 / 20, "{model}: degenerate segmentation ({fg} fg)");
+    labels
+}
+
+#[test]
+fn analysis_3d_matches_numpy_reference() {
+    // 3-D sliding window (patch 8x12x10 on 13x29x23), no resampling
+    compare_with_reference("conv3d", &volume((13, 29, 23), [2.0, 0.8, 0.9]));
+}
+
+#[test]
+fn analysis_3d_with_resampling_and_postprocessing_matches_numpy_reference() {
+    // spacing 2.0/0.8/0.9 -> 1.5/1.0/1.25: all three axes resampled there and back;
+    // largest component + hole filling on label 1
+    let labels = compare_with_reference("conv3d-pp", &volume((11, 30, 27), [2.0, 0.8, 0.9]));
+    assert_eq!(count_components(&labels, 1), 1, "largest component not applied");
+    // a bright spherical shell with a dark core (a hole) and a separate small bright blob
+    let mut vol = volume((16, 30, 30), [2.0, 0.8, 0.9]);
+    for ((z, y, x), v) in vol.data.indexed_iter_mut() {
+        let d = |c: [f64; 3]| {
+            ((z as f64 * 2.0 - c[0]).powi(2) + (y as f64 * 0.8 - c[1]).powi(2) + (x as f64 * 0.9 - c[2]).powi(2)).sqrt()
+        };
+        let r = d([16.0, 12.0, 13.5]);
+        let blob = d([28.0, 21.0, 23.0]);
+        *v = if (5.0..11.0).contains(&r) || blob < 3.0 { 100.0 } else { 0.0 } + 5.0 * ((z + 3 * y + 7 * x) % 5) as f32;
+    }
+    let labels = compare_with_reference("conv3d-pp", &vol);
+    assert_eq!(labels[[8, 15, 15]], 1, "hole in the shell not filled");
+    assert_eq!(labels[[14, 26, 25]], 0, "small separate blob not removed");
+    assert_eq!(count_components(&labels, 1), 1);
+}
+
+#[test]
+fn analysis_labels_output_ct_matches_numpy_reference() {
+    // int64 label-map output (one-hot voting in overlaps), CT clip + scale, z resampled 2.0 -> 2.5 mm
+    let mut vol = volume((15, 26, 24), [2.0, 0.8, 0.9]);
+    vol.data.mapv_inplace(|v| v - 30.0);
+    compare_with_reference_modality("conv3d-labels", &vol, Some("CT"));
+}
+
+#[test]
+fn analysis_2d_probabilities_padded_matches_numpy_reference() {
+    // probabilities output; 35x31 slices zero-padded to the 48x40 patch and cropped back
+    compare_with_reference("conv2d-prob", &volume((4, 35, 31), [3.0, 0.7, 0.8]));
+}
+
+#[test]
+fn analysis_2d_with_mirroring_matches_numpy_reference() {
+    // 2-D: per-slice, y/x resampled to 1.1/0.9 mm, percentile normalisation, mirroring TTA
+    compare_with_reference("conv2d", &volume((5, 37, 29), [3.0, 0.7, 0.8]));
+}
+
+fn count_components(l: &Array3<u8>, v: u8) -> usize {
+    let (nz, ny, nx) = l.dim();
+    let mut seen = Array3::<bool>::from_elem(l.dim(), false);
+    let mut n = 0;
+    for start in ndarray::indices(l.dim()) {
+        if l[start] != v || seen[start] {
+            continue;
+        }
+        n += 1;
+        let mut stack = vec![start];
+        seen[start] = true;
+        while let Some((z, y, x)) = stack.pop() {
+            for dz in -1i64..=1 {
+                for dy in -1i64..=1 {
+                    for dx in -1i64..=1 {
+                        let (a, b, c) = (z as i64 + dz, y as i64 + dy, x as i64 + dx);
+                        if a < 0 || b < 0 || c < 0 || a >= nz as i64 || b >= ny as i64 || c >= nx as i64 {
+                            continue;
+                        }
+                        let p = (a as usize, b as usize, c as usize);
+                        if l[p] == v && !seen[p] {
+                            seen[p] = true;
+                            stack.push(p);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    n
+}
+
+#[test]
+fn sliding_window_equals_whole_volume_for_translation_equivariant_model() {
+    let mut m = OnnxModel::load(&fixtures().join("conv3d"), &cfg()).unwrap();
+    let vol = volume((20, 40, 36), [1.0, 1.0, 1.0]);
+    let input = m.preprocess(&[("image", &vol)]);
+    let (c, nz, ny, nx) = input.dim();
+    assert_eq!(m.manifest().patch_zyx(), [8, 12, 10]);
+    // whole volume in one Session::run
+    let (oshape, whole) = m.run_tensor(input.as_slice().unwrap(), &[1, c, nz, ny, nx]).unwrap();
+    assert_eq!(oshape, vec![1, 2, nz, ny, nx]);
+    m.reset_timing();
+    let windowed = m.predict(input.view()).unwrap();
+    assert!(m.timing().runs > 20, "expected many windows, got {}", m.timing().runs);
+    let range = whole.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let diff = max_abs_diff(windowed.as_slice().unwrap(), &whole);
+    // only the 1-voxel rim of each window (Gaussian weight <= exp(-8) relative) differs
+    assert!(diff <= 1e-2 * range, "max diff {diff} vs output range {range}");
+    let labels = |s: &[f32]| -> Vec<bool> {
+        let n = nz * ny * nx;
+        (0..n).map(|i| s[n + i] > s[i]).collect()
+    };
+    let (a, b) = (labels(windowed.as_slice().unwrap()), labels(&whole));
+    let flips = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+    assert!(flips * 1000 <= a.len(), "{flips} label flips");
+}
+
+#[test]
+fn channel_mismatch_fails_the_job_with_both_named() {
+    let mut a = create_analysis_with("dixon", &cfg()).unwrap();
+    let vol = volume((6, 10, 10), [1.0, 1.0, 1.0]);
+    let e = a.run(&vol).err().expect("must fail");
+    let msg = e.to_string();
+    assert!(matches!(e, SegmentError::Onnx(OnnxError::InputMismatch { .. })), "{msg}");
+    assert!(msg.contains("water") && msg.contains("fat") && msg.contains("1 image"), "{msg}");
+    // and the same model still works with the right channels afterwards (the node keeps running)
+    let mut m = OnnxModel::load(&fixtures().join("dixon"), &cfg()).unwrap();
+    let fat = volume((6, 10, 10), [1.0, 1.0, 1.0]);
+    let l = m.segment(&[("water", &vol), ("fat", &fat)], Some("MR")).unwrap();
+    assert_eq!(l.dim(), (6, 10, 10));
+    let e = m.segment(&[("fat", &fat), ("water", &vol)], Some("MR")).err().unwrap().to_string();
+    assert!(e.contains("[\"water\", \"fat\"]") && e.contains("fat (6, 10, 10), water"), "{e}");
+    // a CT model offered an MR series
+    let mut ct = OnnxModel::load(&fixtures().join("conv3d-labels"), &cfg()).unwrap();
+    let e = ct.segment(&[("image", &vol)], Some("MR")).err().unwrap().to_string();
+    assert!(e.contains("[\"ct\"]") && e.contains("Modality MR"), "{e}");
+    assert!(ct.segment(&[("image", &vol)], Some("CT")).is_ok());
+}
+
+#[test]
+fn graph_manifest_shape_mismatch_names_both() {
+    let e = OnnxModel::load(&fixtures().join("fixed"), &cfg()).err().expect("must fail").to_string();
+    assert!(e.contains("inference.patch_size[0] = 16") && e.contains("fixed size 8"), "{e}");
+    assert!(e.contains("fixed/model.toml"), "{e}");
+}
+
+#[test]
+fn analysis_trait_describes_segments() {
+    let mut a = create_analysis_with("conv3d", &cfg()).unwrap();
+    assert_eq!(a.name(), "conv3d");
+    let segs = a.segments();
+    assert_eq!(segs.len(), 1);
+    assert_eq!((segs[0].label_value, segs[0].property_type.value.as_str()), (1, "91727004"));
+    assert_eq!(a.algorithm().family.value, "123110");
+    let vol = volume((9, 16, 15), [1.0, 1.0, 1.0]);
+    let l = a.run(&vol).unwrap();
+    assert_eq!(l.dim(), (9, 16, 15));
+    assert!(l.iter().all(|&v| v <= 1));
+}
+
+#[test]
+fn list_models_reports_each_model() {
+    let d = tmpdir();
+    for m in ["conv3d", "fixed"] {
+        let dst = d.path().join(m);
+        std::fs::create_dir_all(&dst).unwrap();
+        for f in ["model.toml", "model.onnx"] {
+            std::fs::copy(fixtures().join(m).join(f), dst.join(f)).unwrap();
+        }
+    }
+    let bad = d.path().join("broken");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(bad.join("model.toml"), "[model]\nversion = \"1\"\n").unwrap();
+    std::fs::create_dir_all(d.path().join("not-a-model")).unwrap();
+    let mut c = cfg();
+    c.models_dir = d.path().to_path_buf();
+    let list = onnx::list_models(&c);
+    let names: Vec<&str> = list.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["broken", "conv3d", "fixed"]);
+    assert!(!list[0].loads && list[0].error.as_deref().unwrap().contains("broken/model.toml"), "{:?}", list[0]);
+    assert!(list[1].loads && list[1].error.is_none(), "{:?}", list[1]);
+    assert_eq!(list[1].labels, ["Muscle"]);
+    assert_eq!(list[1].execution_providers[0].name, "cpu");
+    assert!(list[1].execution_providers[0].active);
+    assert!(!list[2].loads && list[2].error.as_deref().unwrap().contains("patch_size"), "{:?}", list[2]);
+}
+
+#[test]
+fn unavailable_gpu_provider_is_reported_and_fatal_only_with_require_gpu() {
+    let mut c = cfg();
+    c.execution_providers = vec!["cuda".into(), "cpu".into()];
+    // the CPU-only library (or a build without the feature) cannot provide CUDA
+    let m = OnnxModel::load(&fixtures().join("conv3d"), &c).unwrap();
+    let eps = m.execution_providers();
+    assert_eq!(eps.len(), 2);
+    assert!(!eps[0].active && eps[0].name == "cuda" && eps[0].error.is_some(), "{eps:?}");
+    assert!(eps[1].active, "{eps:?}");
+    assert_eq!(runtime::execution_provider_report().len(), 2);
+    c.require_gpu = true;
+    let e = OnnxModel::load(&fixtures().join("conv3d"), &c).err().expect("must fail").to_string();
+    assert!(e.contains("require_gpu") && e.contains("cuda"), "{e}");
+}
+
+#[test]
+fn workers_each_own_a_session_and_agree() {
+    let vol = std::sync::Arc::new(volume((10, 24, 20), [1.0, 1.0, 1.0]));
+    let handles: Vec<_> = (0..3)
+        .map(|_| {
+            let vol = vol.clone();
+            let c = cfg();
+            std::thread::spawn(move || {
+                let mut a = create_analysis_with("conv3d", &c).expect("load in worker");
+                (0..2).map(|_| a.run(&vol).expect("run")).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let results: Vec<Vec<Array3<u8>>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    for r in &results {
+        for l in r {
+            assert_eq!(l, &results[0][0]);
+        }
+    }
+    assert!(results[0][0].iter().any(|&v| v == 1));
+}
