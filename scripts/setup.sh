@@ -80,7 +80,12 @@ else
 fi
 [[ -x $venv/bin/dciodvfy ]] || die "$venv/bin/dciodvfy missing after installing $req"
 
-# ---------------------------------------------------------------- 3. cargo
+# ---------------------------------------------------------------- 3. ONNX Runtime
+# The node loads libonnxruntime at run time (ort load-dynamic); the config default
+# segment.onnxruntime_library points into .onnxruntime/lib/.
+log "ONNX Runtime library: $(scripts/fetch-onnxruntime.sh)"
+
+# ---------------------------------------------------------------- 4. cargo
 if [[ ${MYONODE_SKIP_CARGO:-0} == 1 ]]; then
     log "MYONODE_SKIP_CARGO=1: cargo build skipped"
 else
