@@ -1,3 +1,112 @@
-//! segment stage (being written).
+//! segment stage: run an *analysis* on a reassembled volume and produce a label map.
+//!
+//! An [`Analysis`] is either built in (currently [`body_mask::BodyMask`]) or, later,
+//! an ONNX model. The stage's worker threads each own one analysis instance
+//! (created with [`create_analysis`]) and call [`segment_job`] for every
+//! [`StudyJob`], which checks the analysis' output (shape, label values) and
+//! packages the [`Segmentation`] message for the measure stage.
+//!
+//! Generic image operations used by built-in analyses (Otsu threshold, connected
+//! components, hole filling) live in [`morphology`].
+
+pub mod body_mask;
+pub mod morphology;
+
+use std::sync::Arc;
+
+use ndarray::Array3;
+
+use crate::pipeline::messages::{AlgorithmIdentification, Segmentation, SegmentDescription, StudyJob};
+use crate::volume::Volume;
+
+pub use body_mask::BodyMask;
+
 /// Names of the built-in analyses selectable with `segment.analysis`.
 pub const BUILTIN_ANALYSES: &[&str] = &["body-mask"];
+
+/// Why an analysis could not produce a segmentation.
+#[derive(Debug, thiserror::Error)]
+pub enum SegmentError {
+    /// `segment.analysis` names no known analysis.
+    #[error("unknown analysis `{name}`; built-in analyses: {available:?}")]
+    UnknownAnalysis { name: String, available: Vec<String> },
+    /// The volume has no voxels, or no finite intensity values.
+    #[error("analysis `{analysis}`: volume of shape {shape:?} has no usable (finite) voxels")]
+    EmptyVolume { analysis: String, shape: (usize, usize, usize) },
+    /// The volume is larger than the analysis can index.
+    #[error("analysis `{analysis}`: volume of shape {shape:?} is too large ({voxels} voxels, at most {max})")]
+    VolumeTooLarge { analysis: String, shape: (usize, usize, usize), voxels: usize, max: usize },
+    /// The analysis returned a label map whose shape differs from the volume's.
+    #[error("analysis `{analysis}` returned labels of shape {found:?}, volume is {expected:?}")]
+    ShapeMismatch { analysis: String, expected: (usize, usize, usize), found: (usize, usize, usize) },
+    /// The analysis returned a label value it does not describe in [`Analysis::segments`].
+    #[error("analysis `{analysis}` returned label value {value}, which is not among its segments {described:?}")]
+    UndescribedLabel { analysis: String, value: u8, described: Vec<u8> },
+    /// The analysis' segment descriptions are not label values 1..N in order.
+    #[error("analysis `{analysis}`: segment label values {found:?} are not 1..N in increasing order")]
+    BadSegmentNumbering { analysis: String, found: Vec<u8> },
+    /// The analysis itself failed (model error, numerical problem, ...).
+    #[error("analysis `{analysis}` failed: {reason}")]
+    Failed { analysis: String, reason: String },
+}
+
+/// A segmentation analysis: built-in or (later) an ONNX model. Implementations are used by one worker thread
+/// at a time (`&mut self`), so they may hold per-worker state (e.g. an ONNX session).
+pub trait Analysis: Send {
+    /// Name as selected in config (`segment.analysis`).
+    fn name(&self) -> &str;
+    /// Segment descriptions this analysis can produce (label values 1..N, contiguous).
+    fn segments(&self) -> Vec<SegmentDescription>;
+    /// SegmentationAlgorithmIdentificationSequence content (PS3.3 C.8.20.2, CID 7162 family).
+    fn algorithm(&self) -> AlgorithmIdentification;
+    /// Label map on the exact grid of `volume.data`, shape (nz, ny, nx); 0 = background,
+    /// other values as listed in [`Analysis::segments`].
+    ///
+    /// # Errors
+    /// [`SegmentError`] when the volume cannot be analysed.
+    fn run(&mut self, volume: &Volume) -> Result<Array3<u8>, SegmentError>;
+}
+
+/// Build the analysis named in config (`segment.analysis`).
+///
+/// # Errors
+/// [`SegmentError::UnknownAnalysis`] when `name` is not one of [`BUILTIN_ANALYSES`].
+pub fn create_analysis(name: &str) -> Result<Box<dyn Analysis>, SegmentError> {
+    match name {
+        body_mask::NAME => Ok(Box::new(BodyMask::new())),
+        _ => Err(SegmentError::UnknownAnalysis {
+            name: name.to_string(),
+            available: BUILTIN_ANALYSES.iter().map(|s| s.to_string()).collect(),
+        }),
+    }
+}
+
+/// Run `analysis` on a job and package the [`Segmentation`] message.
+///
+/// Checks that the segment descriptions are numbered 1..N in increasing order, that the
+/// label map has exactly the volume's shape `(nz, ny, nx)`, and that every non-zero label
+/// value is described.
+///
+/// # Errors
+/// Whatever [`Analysis::run`] returns, plus [`SegmentError::BadSegmentNumbering`],
+/// [`SegmentError::ShapeMismatch`] and [`SegmentError::UndescribedLabel`].
+pub fn segment_job(analysis: &mut dyn Analysis, job: StudyJob) -> Result<Segmentation, SegmentError> {
+    let name = analysis.name().to_string();
+    let segments = analysis.segments();
+    let described: Vec<u8> = segments.iter().map(|s| s.label_value).collect();
+    if described.iter().enumerate().any(|(i, v)| *v as usize != i + 1) {
+        return Err(SegmentError::BadSegmentNumbering { analysis: name, found: described });
+    }
+    let labels = analysis.run(&job.volume)?;
+    let expected = job.volume.shape();
+    let s = labels.shape();
+    let found = (s[0], s[1], s[2]);
+    if found != expected {
+        return Err(SegmentError::ShapeMismatch { analysis: name, expected, found });
+    }
+    let max_label = described.len();
+    if let Some(&value) = labels.iter().find(|&&v| v as usize > max_label) {
+        return Err(SegmentError::UndescribedLabel { analysis: name, value, described });
+    }
+    Ok(Segmentation { algorithm: analysis.algorithm(), job, labels: Arc::new(labels), segments })
+}
