@@ -1,61 +1,92 @@
-//! segment stage: runs an [`Analysis`] on each job and hands on a label map on
-//! the exact source grid. Analyses are built-in (e.g. `body-mask`) or learned
-//! ONNX models installed under `models/<name>/` ([`onnx`]); [`resample`]
-//! moves images and label maps between the source grid and a model's grid.
+//! segment stage: run an *analysis* on a reassembled volume and produce a label map.
 //!
-//! NOTE (wt-onnx): the trait and `create_analysis` here are the agreed
-//! interface; the built-in `body-mask` lives in the other engineer's version
-//! of this file and the lead merges the two.
+//! An [`Analysis`] is either built in (currently [`body_mask::BodyMask`]) or a
+//! learned ONNX model installed under `models/<name>/` ([`onnx`]; [`resample`]
+//! moves images and label maps between the source grid and a model's grid). The stage's worker threads each own one analysis instance
+//! (created with [`create_analysis`]) and call [`segment_job`] for every
+//! [`StudyJob`], which checks the analysis' output (shape, label values) and
+//! packages the [`Segmentation`] message for the measure stage.
+//!
+//! Generic image operations used by built-in analyses (Otsu threshold, connected
+//! components, hole filling) live in [`morphology`].
 
+pub mod body_mask;
+pub mod morphology;
 pub mod onnx;
 pub mod resample;
 pub mod stage;
 
+use std::sync::Arc;
+
+use ndarray::Array3;
+
 use crate::config::SegmentConfig;
-use crate::pipeline::messages::{AlgorithmIdentification, SegmentDescription, Segmentation, StudyJob};
+use crate::pipeline::messages::{AlgorithmIdentification, Segmentation, SegmentDescription, StudyJob};
+use crate::volume::Volume;
+
+pub use body_mask::BodyMask;
 
 /// Names of the built-in analyses selectable with `segment.analysis`.
 pub const BUILTIN_ANALYSES: &[&str] = &["body-mask"];
 
-/// Errors of the segment stage.
+/// Why an analysis could not produce a segmentation.
 #[derive(Debug, thiserror::Error)]
 pub enum SegmentError {
-    /// No built-in analysis and no installed model has this name.
-    #[error("unknown analysis `{name}`: not built-in ({builtin:?}) and no model directory `{models_dir}/{name}`")]
-    UnknownAnalysis { name: String, builtin: Vec<String>, models_dir: String },
+    /// `segment.analysis` names no known analysis.
+    #[error("unknown analysis `{name}`; built-in analyses: {available:?}, and no model directory of that name")]
+    UnknownAnalysis { name: String, available: Vec<String> },
     /// The ONNX engine failed (library, session, manifest, inference, input mismatch).
     #[error(transparent)]
     Onnx(#[from] onnx::OnnxError),
-    /// The analysis returned a label map whose shape differs from the volume.
-    #[error("analysis `{analysis}` returned a label map of shape {got:?}, expected the volume shape {expected:?}")]
-    ShapeMismatch { analysis: String, got: [usize; 3], expected: [usize; 3] },
+    /// The volume has no voxels, or no finite intensity values.
+    #[error("analysis `{analysis}`: volume of shape {shape:?} has no usable (finite) voxels")]
+    EmptyVolume { analysis: String, shape: (usize, usize, usize) },
+    /// The volume is larger than the analysis can index.
+    #[error("analysis `{analysis}`: volume of shape {shape:?} is too large ({voxels} voxels, at most {max})")]
+    VolumeTooLarge { analysis: String, shape: (usize, usize, usize), voxels: usize, max: usize },
+    /// The analysis returned a label map whose shape differs from the volume's.
+    #[error("analysis `{analysis}` returned labels of shape {found:?}, volume is {expected:?}")]
+    ShapeMismatch { analysis: String, expected: (usize, usize, usize), found: (usize, usize, usize) },
+    /// The analysis returned a label value it does not describe in [`Analysis::segments`].
+    #[error("analysis `{analysis}` returned label value {value}, which is not among its segments {described:?}")]
+    UndescribedLabel { analysis: String, value: u8, described: Vec<u8> },
+    /// The analysis' segment descriptions are not label values 1..N in order.
+    #[error("analysis `{analysis}`: segment label values {found:?} are not 1..N in increasing order")]
+    BadSegmentNumbering { analysis: String, found: Vec<u8> },
+    /// The analysis itself failed (model error, numerical problem, ...).
+    #[error("analysis `{analysis}` failed: {reason}")]
+    Failed { analysis: String, reason: String },
 }
 
-/// An analysis turns a [`Volume`](crate::volume::Volume) into a label map.
-/// One instance runs per worker thread, so it may hold per-worker state
-/// (e.g. an ONNX Runtime session) and need not be `Sync`.
+/// A segmentation analysis: built-in or (later) an ONNX model. Implementations are used by one worker thread
+/// at a time (`&mut self`), so they may hold per-worker state (e.g. an ONNX session).
 pub trait Analysis: Send {
-    /// Name as selected with `segment.analysis`.
+    /// Name as selected in config (`segment.analysis`).
     fn name(&self) -> &str;
-    /// One description per non-zero label value the analysis can produce, in increasing label order.
+    /// Segment descriptions this analysis can produce (label values 1..N, contiguous).
     fn segments(&self) -> Vec<SegmentDescription>;
-    /// Segmentation Algorithm Identification (PS3.3 C.8.20.2).
+    /// SegmentationAlgorithmIdentificationSequence content (PS3.3 C.8.20.2, CID 7162 family).
     fn algorithm(&self) -> AlgorithmIdentification;
-    /// Label map on the exact grid of `volume.data`, shape (nz, ny, nx).
-    fn run(&mut self, volume: &crate::volume::Volume) -> Result<ndarray::Array3<u8>, SegmentError>;
+    /// Label map on the exact grid of `volume.data`, shape (nz, ny, nx); 0 = background,
+    /// other values as listed in [`Analysis::segments`].
+    ///
+    /// # Errors
+    /// [`SegmentError`] when the volume cannot be analysed.
+    fn run(&mut self, volume: &Volume) -> Result<Array3<u8>, SegmentError>;
 }
 
-/// Create a built-in analysis by name.
+/// Build the analysis named in config (`segment.analysis`).
 ///
 /// # Errors
-/// [`SegmentError::UnknownAnalysis`] when `name` is not in [`BUILTIN_ANALYSES`]
-/// (the built-ins are provided by the merged version of this module).
+/// [`SegmentError::UnknownAnalysis`] when `name` is not one of [`BUILTIN_ANALYSES`].
 pub fn create_analysis(name: &str) -> Result<Box<dyn Analysis>, SegmentError> {
-    Err(SegmentError::UnknownAnalysis {
-        name: name.to_string(),
-        builtin: BUILTIN_ANALYSES.iter().map(|s| s.to_string()).collect(),
-        models_dir: "models".into(),
-    })
+    match name {
+        body_mask::NAME => Ok(Box::new(BodyMask::new())),
+        _ => Err(SegmentError::UnknownAnalysis {
+            name: name.to_string(),
+            available: BUILTIN_ANALYSES.iter().map(|s| s.to_string()).collect(),
+        }),
+    }
 }
 
 /// Create the analysis `name`: a built-in one, else the ONNX model installed in
@@ -73,32 +104,35 @@ pub fn create_analysis_with(name: &str, cfg: &SegmentConfig) -> Result<Box<dyn A
     if dir.join(onnx::manifest::MANIFEST_FILE).is_file() {
         return Ok(Box::new(onnx::OnnxAnalysis::load(&dir, cfg)?));
     }
-    Err(SegmentError::UnknownAnalysis {
-        name: name.to_string(),
-        builtin: BUILTIN_ANALYSES.iter().map(|s| s.to_string()).collect(),
-        models_dir: cfg.models_dir.display().to_string(),
-    })
+    create_analysis(name)
 }
 
-/// Run `analysis` on `job` and package the result as a [`Segmentation`].
+/// Run `analysis` on a job and package the [`Segmentation`] message.
+///
+/// Checks that the segment descriptions are numbered 1..N in increasing order, that the
+/// label map has exactly the volume's shape `(nz, ny, nx)`, and that every non-zero label
+/// value is described.
 ///
 /// # Errors
-/// The analysis' error, or [`SegmentError::ShapeMismatch`] if its label map is not on the source grid.
+/// Whatever [`Analysis::run`] returns, plus [`SegmentError::BadSegmentNumbering`],
+/// [`SegmentError::ShapeMismatch`] and [`SegmentError::UndescribedLabel`].
 pub fn segment_job(analysis: &mut dyn Analysis, job: StudyJob) -> Result<Segmentation, SegmentError> {
-    let labels = analysis.run(&job.volume)?;
-    let (nz, ny, nx) = job.volume.shape();
-    let s = labels.shape();
-    if s != [nz, ny, nx] {
-        return Err(SegmentError::ShapeMismatch {
-            analysis: analysis.name().to_string(),
-            got: [s[0], s[1], s[2]],
-            expected: [nz, ny, nx],
-        });
+    let name = analysis.name().to_string();
+    let segments = analysis.segments();
+    let described: Vec<u8> = segments.iter().map(|s| s.label_value).collect();
+    if described.iter().enumerate().any(|(i, v)| *v as usize != i + 1) {
+        return Err(SegmentError::BadSegmentNumbering { analysis: name, found: described });
     }
-    Ok(Segmentation {
-        labels: std::sync::Arc::new(labels),
-        segments: analysis.segments(),
-        algorithm: analysis.algorithm(),
-        job,
-    })
+    let labels = analysis.run(&job.volume)?;
+    let expected = job.volume.shape();
+    let s = labels.shape();
+    let found = (s[0], s[1], s[2]);
+    if found != expected {
+        return Err(SegmentError::ShapeMismatch { analysis: name, expected, found });
+    }
+    let max_label = described.len();
+    if let Some(&value) = labels.iter().find(|&&v| v as usize > max_label) {
+        return Err(SegmentError::UndescribedLabel { analysis: name, value, described });
+    }
+    Ok(Segmentation { algorithm: analysis.algorithm(), job, labels: Arc::new(labels), segments })
 }

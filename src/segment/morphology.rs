@@ -1,0 +1,295 @@
+//! Generic, iterative (non-recursive) image operations on `[z][y][x]` arrays used by
+//! built-in analyses: a robust Otsu threshold, the largest 6-connected 3-D component,
+//! and per-slice hole filling.
+//!
+//! Masks are `Array3<bool>` of shape `(nz, ny, nx)` in standard (C) layout. Flood fills
+//! use an explicit stack of flat `u32` indices, so they need at most 4 bytes per
+//! foreground voxel of extra memory and never recurse.
+
+use ndarray::{Array3, ArrayView3, Axis};
+
+/// Number of bins of the histogram Otsu's threshold is computed on.
+pub const OTSU_BINS: usize = 256;
+
+/// Bins of the fine histogram used to find the robust intensity range.
+const FINE_BINS: usize = 65_536;
+
+/// Lower and upper percentiles (in %) that bound the robust intensity range.
+pub const ROBUST_PERCENTILES: (f64, f64) = (0.5, 99.5);
+
+/// Result of [`otsu_threshold`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OtsuThreshold {
+    /// Intensity threshold: voxels with value `> threshold` are foreground (same units as the volume).
+    pub threshold: f32,
+    /// Robust minimum (the [`ROBUST_PERCENTILES`] lower percentile).
+    pub low: f32,
+    /// Robust maximum (the [`ROBUST_PERCENTILES`] upper percentile).
+    pub high: f32,
+}
+
+/// Otsu's threshold (N. Otsu, "A threshold selection method from gray-level histograms",
+/// IEEE Trans. SMC 9(1):62–66, 1979) over the finite values of `data`.
+///
+/// The histogram has [`OTSU_BINS`] bins spanning the robust range `[low, high]` given by the
+/// 0.5th and 99.5th percentiles (from a 65 536-bin histogram between the true min and max), so a few
+/// extreme voxels (metal, padding values such as −3024 HU) do not squeeze the useful range into a
+/// handful of bins. Values outside the range are counted in the end bins, so they still weigh in
+/// the class statistics. The threshold is the upper edge of the bin that maximises the
+/// between-class variance.
+///
+/// Returns `None` when `data` has no finite values or all finite values are equal.
+pub fn otsu_threshold(data: ArrayView3<'_, f32>) -> Option<OtsuThreshold> {
+    let (mut min, mut max) = (f32::INFINITY, f32::NEG_INFINITY);
+    let mut count = 0usize;
+    for &v in data.iter().filter(|v| v.is_finite()) {
+        min = min.min(v);
+        max = max.max(v);
+        count += 1;
+    }
+    if count == 0 || !(max > min) {
+        return None;
+    }
+    // Robust range from a fine histogram.
+    let fine = histogram(data, min, max, FINE_BINS);
+    let bin_width = (max as f64 - min as f64) / FINE_BINS as f64;
+    let percentile_value = |p: f64| -> f32 {
+        let target = (p / 100.0 * count as f64).max(1.0);
+        let mut acc = 0.0;
+        for (i, &c) in fine.iter().enumerate() {
+            acc += c as f64;
+            if acc >= target {
+                return (min as f64 + (i as f64 + 0.5) * bin_width) as f32;
+            }
+        }
+        max
+    };
+    let (mut low, mut high) = (percentile_value(ROBUST_PERCENTILES.0), percentile_value(ROBUST_PERCENTILES.1));
+    if !(high > low) {
+        // Heavily concentrated data (e.g. > 99 % zeros): fall back to the full range.
+        low = min;
+        high = max;
+    }
+    let hist = histogram(data, low, high, OTSU_BINS);
+    let total: f64 = hist.iter().map(|&c| c as f64).sum();
+    let sum_all: f64 = hist.iter().enumerate().map(|(i, &c)| i as f64 * c as f64).sum();
+    let (mut w0, mut sum0) = (0.0f64, 0.0f64);
+    let (mut best, mut best_bin) = (-1.0f64, 0usize);
+    for (i, &c) in hist.iter().enumerate().take(OTSU_BINS - 1) {
+        w0 += c as f64;
+        sum0 += i as f64 * c as f64;
+        let w1 = total - w0;
+        if w0 == 0.0 || w1 == 0.0 {
+            continue;
+        }
+        let mu0 = sum0 / w0;
+        let mu1 = (sum_all - sum0) / w1;
+        let between = w0 * w1 * (mu0 - mu1) * (mu0 - mu1);
+        if between > best {
+            best = between;
+            best_bin = i;
+        }
+    }
+    let width = (high as f64 - low as f64) / OTSU_BINS as f64;
+    let threshold = (low as f64 + (best_bin as f64 + 1.0) * width) as f32;
+    Some(OtsuThreshold { threshold, low, high })
+}
+
+/// Histogram of the finite values of `data` with `bins` equal bins over `[lo, hi]`;
+/// values outside are counted in the first / last bin.
+fn histogram(data: ArrayView3<'_, f32>, lo: f32, hi: f32, bins: usize) -> Vec<u64> {
+    let mut h = vec![0u64; bins];
+    let scale = bins as f64 / (hi as f64 - lo as f64);
+    for &v in data.iter() {
+        if !v.is_finite() {
+            continue;
+        }
+        let b = ((v as f64 - lo as f64) * scale).floor();
+        let b = if b < 0.0 { 0 } else if b >= bins as f64 { bins - 1 } else { b as usize };
+        h[b] += 1;
+    }
+    h
+}
+
+/// Keep only the largest 6-connected (face-adjacent) component of `mask`, in place.
+///
+/// Returns the number of voxels kept (0 if the mask was empty). Ties are broken by the
+/// component found first in `[z][y][x]` scan order.
+///
+/// # Panics
+/// Never for masks of at most `u32::MAX` voxels; callers must check larger volumes
+/// beforehand (see [`MAX_VOXELS`]).
+pub fn keep_largest_component(mask: &mut Array3<bool>) -> usize {
+    let (nz, ny, nx) = mask.dim();
+    assert!(nz * ny * nx <= MAX_VOXELS, "mask too large for u32 indices");
+    let mut state: Vec<u8> = mask.iter().map(|&b| b as u8).collect(); // 0 bg, 1 fg, 2 visited
+    let mut stack: Vec<u32> = Vec::new();
+    let (mut best_seed, mut best_size) = (None, 0usize);
+    for seed in 0..state.len() {
+        if state[seed] != 1 {
+            continue;
+        }
+        let size = flood_6(&mut state, (nz, ny, nx), seed, 1, 2, &mut stack);
+        if size > best_size {
+            best_size = size;
+            best_seed = Some(seed);
+        }
+    }
+    mask.fill(false);
+    if let Some(seed) = best_seed {
+        flood_6(&mut state, (nz, ny, nx), seed, 2, 3, &mut stack);
+        for (m, &s) in mask.iter_mut().zip(state.iter()) {
+            *m = s == 3;
+        }
+    }
+    best_size
+}
+
+/// Largest number of voxels the flood fills can index (flat `u32` indices).
+pub const MAX_VOXELS: usize = u32::MAX as usize;
+
+/// Flood fill over 6-neighbours: every voxel reachable from `seed` with value `from` is set
+/// to `to`; returns how many were changed.
+fn flood_6(state: &mut [u8], dim: (usize, usize, usize), seed: usize, from: u8, to: u8, stack: &mut Vec<u32>) -> usize {
+    let (nz, ny, nx) = dim;
+    let plane = ny * nx;
+    stack.clear();
+    state[seed] = to;
+    stack.push(seed as u32);
+    let mut size = 0usize;
+    while let Some(i) = stack.pop() {
+        let i = i as usize;
+        size += 1;
+        let z = i / plane;
+        let rem = i - z * plane;
+        let y = rem / nx;
+        let x = rem - y * nx;
+        let mut visit = |j: usize, state: &mut [u8]| {
+            if state[j] == from {
+                state[j] = to;
+                stack.push(j as u32);
+            }
+        };
+        if x > 0 {
+            visit(i - 1, state);
+        }
+        if x + 1 < nx {
+            visit(i + 1, state);
+        }
+        if y > 0 {
+            visit(i - nx, state);
+        }
+        if y + 1 < ny {
+            visit(i + nx, state);
+        }
+        if z > 0 {
+            visit(i - plane, state);
+        }
+        if z + 1 < nz {
+            visit(i + plane, state);
+        }
+    }
+    size
+}
+
+/// Fill holes slice by slice (each `z` separately), in place: background pixels not
+/// 4-connected to the border of their slice through background become foreground.
+///
+/// Per slice rather than 3-D on purpose: a body is cut open by the first and last slice of
+/// the field of view, so cavities such as the airways, lungs, bowel gas or a joint space are
+/// usually connected to the *volume* boundary through those end slices and a 3-D fill would
+/// leave them out; within one cross-section they are enclosed and get filled, which is what a
+/// body contour should contain. Returns the number of pixels filled.
+pub fn fill_holes_per_slice(mask: &mut Array3<bool>) -> usize {
+    let (_, ny, nx) = mask.dim();
+    let mut filled = 0usize;
+    let mut outside = vec![false; ny * nx];
+    let mut stack: Vec<u32> = Vec::new();
+    for mut slice in mask.axis_iter_mut(Axis(0)) {
+        outside.iter_mut().for_each(|o| *o = false);
+        let fg: Vec<bool> = slice.iter().copied().collect();
+        stack.clear();
+        let seed = |i: usize, outside: &mut [bool], stack: &mut Vec<u32>| {
+            if !fg[i] && !outside[i] {
+                outside[i] = true;
+                stack.push(i as u32);
+            }
+        };
+        for x in 0..nx {
+            seed(x, &mut outside, &mut stack);
+            seed((ny - 1) * nx + x, &mut outside, &mut stack);
+        }
+        for y in 0..ny {
+            seed(y * nx, &mut outside, &mut stack);
+            seed(y * nx + nx - 1, &mut outside, &mut stack);
+        }
+        while let Some(i) = stack.pop() {
+            let i = i as usize;
+            let (y, x) = (i / nx, i % nx);
+            if x > 0 {
+                seed(i - 1, &mut outside, &mut stack);
+            }
+            if x + 1 < nx {
+                seed(i + 1, &mut outside, &mut stack);
+            }
+            if y > 0 {
+                seed(i - nx, &mut outside, &mut stack);
+            }
+            if y + 1 < ny {
+                seed(i + nx, &mut outside, &mut stack);
+            }
+        }
+        for ((m, &o), &f) in slice.iter_mut().zip(outside.iter()).zip(fg.iter()) {
+            if !f && !o {
+                *m = true;
+                filled += 1;
+            }
+        }
+    }
+    filled
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn otsu_separates_two_levels() {
+        let mut a = Array3::<f32>::zeros((1, 10, 10));
+        for (i, v) in a.iter_mut().enumerate() {
+            *v = if i < 60 { 10.0 + (i % 3) as f32 } else { 200.0 + (i % 5) as f32 };
+        }
+        let t = otsu_threshold(a.view()).unwrap();
+        assert!(t.threshold > 12.0 && t.threshold < 200.0, "{t:?}");
+        assert!(otsu_threshold(Array3::<f32>::zeros((2, 2, 2)).view()).is_none());
+    }
+
+    #[test]
+    fn largest_component_uses_face_connectivity() {
+        let mut m = Array3::<bool>::from_elem((1, 3, 3), false);
+        // Diagonal pair is two components under 6-connectivity; the L of 3 voxels wins.
+        m[[0, 0, 0]] = true;
+        m[[0, 1, 1]] = true;
+        m[[0, 2, 1]] = true;
+        m[[0, 2, 2]] = true;
+        assert_eq!(keep_largest_component(&mut m), 3);
+        assert!(!m[[0, 0, 0]]);
+        assert!(m[[0, 1, 1]] && m[[0, 2, 1]] && m[[0, 2, 2]]);
+    }
+
+    #[test]
+    fn fills_enclosed_hole_but_not_open_bay() {
+        let mut m = Array3::<bool>::from_elem((1, 5, 6), false);
+        for y in 0..5 {
+            for x in 0..3 {
+                m[[0, y, x]] = !(y == 2 && x == 1); // ring with hole at (2,1)
+            }
+        }
+        // bay touching the border at column 5 stays empty
+        m[[0, 1, 4]] = true;
+        m[[0, 3, 4]] = true;
+        assert_eq!(fill_holes_per_slice(&mut m), 1);
+        assert!(m[[0, 2, 1]]);
+        assert!(!m[[0, 2, 4]] && !m[[0, 2, 5]]);
+    }
+}
