@@ -191,6 +191,26 @@ def read_header(path: Path) -> pydicom.Dataset:
     return pydicom.dcmread(path, stop_before_pixels=True)
 
 
+COMPREHENSIVE_3D_SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.34"
+
+
+def find_srs(folder: Path) -> list[Path]:
+    """Complete Comprehensive 3D SR files under `folder`."""
+    found = []
+    if not folder.exists():
+        return found
+    for p in sorted(folder.rglob("*")):
+        if not p.is_file():
+            continue
+        try:
+            ds = pydicom.dcmread(p)
+        except Exception:
+            continue
+        if ds.get("SOPClassUID") == COMPREHENSIVE_3D_SR_STORAGE:
+            found.append(p)
+    return found
+
+
 def find_segs(folder: Path) -> list[Path]:
     """Complete Segmentation Storage files under `folder` (partly written files are skipped)."""
     found = []
@@ -252,6 +272,10 @@ class Pacs:
     def segs(self) -> list[Path]:
         """Complete Segmentation Storage files received so far."""
         return find_segs(self.folder)
+
+    def srs(self) -> list[Path]:
+        """Comprehensive 3D SR (TID 1500 measurement report) files received so far."""
+        return find_srs(self.folder)
 
     def files(self) -> list[Path]:
         return files_under(self.folder)

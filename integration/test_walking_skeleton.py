@@ -11,6 +11,8 @@ source's Patient, Study and Frame of Reference and is a new series).
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,9 +163,45 @@ def test_series_round_trip_to_pacs(
     assert_label_map(job / "labels.npy", src)
     json.loads((job / "job.json").read_text())
     run_check_seg(segs[0], job / "labels.npy", src, tools_python)
+    assert_report_matches_job(pacs, seg, job, tools_python)
 
     assert not support.files_under(node.spool / "failed"), "nothing may be dead-lettered"
     assert node.proc.poll() is None, "node must keep running"
+
+
+def _items(seq, concept):
+    return [i for i in seq if i.ConceptNameCodeSequence[0].CodeValue == concept]
+
+
+def assert_report_matches_job(pacs: Pacs, seg, job: Path, tools_python: Path):
+    """The TID 1500 report arrives at the PACS, validates (dciodvfy, dsrdump), references the
+    delivered SEG, and its volumes equal the node's measurements.json to DS precision."""
+    srs = support.wait_for("a TID 1500 SR at the PACS", pacs.srs, timeout=60)
+    assert len(srs) == 1, f"expected one SR at the PACS, got {srs}"
+    sr_path = srs[0]
+    env = dict(os.environ, PATH=f"{tools_python.parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    v = subprocess.run(["dciodvfy", str(sr_path)], capture_output=True, text=True, env=env, timeout=300)
+    errors = [l for l in (v.stdout + v.stderr).splitlines() if l.startswith("Error")]
+    assert not errors, "dciodvfy errors in the SR:\n" + "\n".join(errors)
+    d = subprocess.run(["dsrdump", "-v", "+Pt", str(sr_path)], capture_output=True, text=True, timeout=120)
+    assert d.returncode == 0, d.stderr
+    sr = pydicom.dcmread(sr_path)
+    assert sr.StudyInstanceUID == seg.StudyInstanceUID
+    assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    measurements = {m["label"]: m for m in json.loads((job / "measurements.json").read_text())}
+    (imaging,) = _items(sr.ContentSequence, "126010")
+    groups = _items(imaging.ContentSequence, "125007")
+    assert len(groups) == len(measurements), f"{len(groups)} groups for {sorted(measurements)}"
+    for g in groups:
+        (tracking,) = _items(g.ContentSequence, "112039")
+        m = measurements[tracking.TextValue]
+        (ref,) = _items(g.ContentSequence, "121191")
+        sop = ref.ReferencedSOPSequence[0]
+        assert sop.ReferencedSOPInstanceUID == seg.SOPInstanceUID, "report must reference the delivered SEG"
+        assert int(sop.ReferencedSegmentNumber) == m["label_value"]
+        (vol,) = _items(g.ContentSequence, "118565006")
+        value = float(vol.MeasuredValueSequence[0].NumericValue)
+        assert value == pytest.approx(m["volume_ml"], rel=1e-9), f"{tracking.TextValue}: SR {value} vs JSON {m['volume_ml']}"
 
 
 # ------------------------------------------------------- spool and duplicates
