@@ -38,6 +38,8 @@ elif ! "$python" -c 'import ensurepip, venv' >/dev/null 2>&1; then
     # Debian splits venv/ensurepip out of python3.
     missing_pkgs+=(python3-venv)
 fi
+# `ip netns`: scripts/test.sh runs the tests in a loopback-only network namespace.
+command -v ip >/dev/null 2>&1 || missing_pkgs+=(iproute2)
 # A C toolchain for crates with native parts (cc crate).
 command -v cc >/dev/null 2>&1 || missing_pkgs+=(build-essential)
 

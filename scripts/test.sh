@@ -38,13 +38,33 @@ echo "[test] MYONODE_DATA=$MYONODE_DATA MYONODE_PYTHON=$MYONODE_PYTHON MYONODE_B
 logdir=out/test
 mkdir -p "$logdir"
 
+# Isolation: DCMTK's storescp (the test PACS) has no bind option and listens on every
+# interface. As root, run both runners inside a network namespace of our own that has
+# only a loopback interface, so no test server is reachable from, and no test traffic
+# can leave for, any other network. The namespace is removed on exit.
+# MYONODE_TEST_NETNS=0 disables this (servers then still get only loopback traffic).
+isolate=()
+if [[ ${MYONODE_TEST_NETNS:-1} != 0 && $(id -u) -eq 0 ]] && command -v ip >/dev/null 2>&1; then
+    netns="myonode-test-$$"
+    if ip netns add "$netns" 2>/dev/null && ip netns exec "$netns" ip link set lo up; then
+        trap 'ip netns del "$netns" 2>/dev/null || true' EXIT
+        isolate=(ip netns exec "$netns")
+        echo "[test] running the tests in network namespace $netns (loopback only)" >&2
+    else
+        ip netns del "$netns" 2>/dev/null || true
+        echo "[test] WARNING: could not create a network namespace; running tests in the host namespace" >&2
+    fi
+fi
+# Everything was built by setup.sh; the runners must not need the network.
+export CARGO_NET_OFFLINE=true
+
 echo "[test] cargo test" >&2
 set +e
-cargo test 2>&1 </dev/null | tee "$logdir/cargo-test.log"
+"${isolate[@]}" cargo test 2>&1 </dev/null | tee "$logdir/cargo-test.log"
 cargo_rc=${PIPESTATUS[0]}
 echo "[test] pytest integration/" >&2
 # shellcheck disable=SC2086  # PYTEST_ARGS is a word list on purpose
-"$MYONODE_PYTHON" -m pytest integration -ra ${PYTEST_ARGS:-} 2>&1 </dev/null | tee "$logdir/pytest.log"
+"${isolate[@]}" "$MYONODE_PYTHON" -m pytest integration -ra ${PYTEST_ARGS:-} 2>&1 </dev/null | tee "$logdir/pytest.log"
 pytest_rc=${PIPESTATUS[0]}
 set -e
 
