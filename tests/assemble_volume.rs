@@ -3,6 +3,9 @@
 //! Python cross-checks use MYONODE_PYTHON (default `<crate>/.venv/bin/python`) with pydicom
 //! and fail with a clear message when the interpreter is missing.
 
+mod common;
+#[allow(unused_imports)]
+use common::{data_dir, files_in};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -11,17 +14,6 @@ use myonode::assemble::{build_volume, plan_series, AssembleError};
 use myonode::config::AssembleConfig;
 use myonode::volume::{cross, dot};
 
-fn data_dir() -> PathBuf {
-    let dir = std::env::var_os("MYONODE_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
-    assert!(
-        dir.join("series").is_dir(),
-        "test data not found at {} (set MYONODE_DATA to the shared data folder)",
-        dir.display()
-    );
-    dir
-}
 
 fn python() -> PathBuf {
     let py = std::env::var_os("MYONODE_PYTHON")
@@ -41,15 +33,6 @@ fn run_python(script: &str, args: &[&Path]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn files_in(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file())
-        .collect();
-    v.sort();
-    v
-}
 
 fn cfg(min_slices: usize) -> AssembleConfig {
     AssembleConfig { quiet_period_seconds: 10.0, min_slices, spacing_tolerance_mm: 0.2 }

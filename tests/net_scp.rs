@@ -2,6 +2,9 @@
 //! `echoscu` / `storescu` and against this crate's own SCU, with real data from
 //! `MYONODE_DATA` (default `<crate>/../shared/data`).
 
+mod common;
+#[allow(unused_imports)]
+use common::{data_dir, files_in};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,27 +19,7 @@ use myonode::pipeline::messages::InstanceStored;
 use myonode::receive::{serve, ReceiveContext};
 use myonode::spool::Spool;
 
-fn data_dir() -> PathBuf {
-    let dir = std::env::var_os("MYONODE_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
-    assert!(
-        dir.join("series").is_dir(),
-        "test data not found at {} (set MYONODE_DATA to the shared data directory)",
-        dir.display()
-    );
-    dir
-}
 
-fn files_in(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file())
-        .collect();
-    v.sort();
-    v
-}
 
 fn require_tool(name: &str) {
     let ok = Command::new(name).arg("--version").output().is_ok();

@@ -1,6 +1,9 @@
 //! Integration tests of the C-STORE / C-ECHO SCU and the send stage (`myonode::send`)
 //! against DCMTK `storescp`, with real data from `MYONODE_DATA` (default `<crate>/../shared/data`).
 
+mod common;
+#[allow(unused_imports)]
+use common::{data_dir, files_in};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -12,23 +15,7 @@ use myonode::pipeline::messages::Outbound;
 use myonode::send::{c_echo, c_store, run, SendError};
 use myonode::spool::Spool;
 
-fn data_dir() -> PathBuf {
-    let dir = std::env::var_os("MYONODE_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
-    assert!(
-        dir.join("series").is_dir(),
-        "test data not found at {} (set MYONODE_DATA to the shared data directory)",
-        dir.display()
-    );
-    dir
-}
 
-fn files_in(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_file()).collect();
-    v.sort();
-    v
-}
 
 /// A port nobody listens on right now.
 fn free_port() -> u16 {

@@ -1,7 +1,10 @@
 //! The segment stage: `body-mask` on synthetic phantoms and a real knee MR, and the
 //! `segment_job` packaging checks.
 
-use std::path::{Path, PathBuf};
+mod common;
+#[allow(unused_imports)]
+use common::{data_dir, files_in};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use dicom_object::InMemDicomObject;
@@ -206,17 +209,6 @@ fn segment_job_rejects_wrong_shape_and_undescribed_labels() {
     }
 }
 
-fn data_dir() -> PathBuf {
-    let dir = std::env::var_os("MYONODE_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
-    assert!(
-        dir.join("series").is_dir(),
-        "test data not found at {} (set MYONODE_DATA to the shared data folder)",
-        dir.display()
-    );
-    dir
-}
 
 #[test]
 fn knee_mr_body_mask_is_plausible() {
