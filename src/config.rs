@@ -40,6 +40,8 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub destinations: Vec<DestinationConfig>,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
 }
 
 /// `[node]`: identity of this node.
@@ -235,35 +237,17 @@ impl Config {
         if !(self.assemble.spacing_tolerance_mm > 0.0) {
             return bad("assemble.spacing_tolerance_mm", "must be > 0");
         }
-        if !crate::segment::BUILTIN_ANALYSES.contains(&self.segment.analysis.as_str())
-            && !self
-                .segment
-                .models_dir
-                .join(&self.segment.analysis)
-                .join(crate::segment::onnx::manifest::MANIFEST_FILE)
-                .is_file()
-        {
-            return bad(
-                "segment.analysis",
-                format!(
-                    "unknown analysis `{}`; built-in: {:?}, and no model manifest {}",
-                    self.segment.analysis,
-                    crate::segment::BUILTIN_ANALYSES,
-                    self.segment
-                        .models_dir
-                        .join(&self.segment.analysis)
-                        .join(crate::segment::onnx::manifest::MANIFEST_FILE)
-                        .display()
-                ),
-            );
-        }
-        if !crate::segment::BUILTIN_ANALYSES.contains(&self.segment.analysis.as_str()) {
-            // an installed model: its manifest must be valid at start (the error names file and key)
-            if let Err(e) =
-                crate::segment::onnx::manifest::Manifest::load(&self.segment.models_dir.join(&self.segment.analysis))
-            {
-                return bad("segment.analysis", format!("model `{}`: {e}", self.segment.analysis));
+        self.check_analysis("segment.analysis", &self.segment.analysis)?;
+        let mut route_names = std::collections::HashSet::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            let key = |k: &str| format!("routes[{i}].{k}");
+            if r.name.trim().is_empty() || !route_names.insert(r.name.clone()) {
+                return bad(&key("name"), format!("must be a non-empty, unique name (got `{}`)", r.name));
             }
+            if r.modality.is_empty() && r.body_part_examined.is_empty() && r.series_description_contains.is_empty() {
+                return bad(&key("modality"), "a route needs at least one criterion (modality, body_part_examined, series_description_contains)");
+            }
+            self.check_analysis(&key("analysis"), &r.analysis)?;
         }
         for (i, ep) in self.segment.execution_providers.iter().enumerate() {
             if !crate::segment::onnx::runtime::KNOWN_EXECUTION_PROVIDERS.contains(&ep.as_str()) {
@@ -307,6 +291,54 @@ impl Config {
         }
         Ok(())
     }
+}
+
+impl Config {
+    /// `name` must be a built-in analysis or a model installed under `segment.models_dir`
+    /// with a valid manifest; the error names `key`.
+    fn check_analysis(&self, key: &str, name: &str) -> Result<(), ConfigError> {
+        if crate::segment::BUILTIN_ANALYSES.contains(&name) {
+            return Ok(());
+        }
+        let dir = self.segment.models_dir.join(name);
+        let manifest = dir.join(crate::segment::onnx::manifest::MANIFEST_FILE);
+        if !manifest.is_file() {
+            return Err(ConfigError::Invalid {
+                key: key.into(),
+                message: format!(
+                    "unknown analysis `{name}`; built-in: {:?}, and no model manifest {} \
+                     (segment.models_dir is relative to the working directory)",
+                    crate::segment::BUILTIN_ANALYSES,
+                    manifest.display()
+                ),
+            });
+        }
+        // an installed model: its manifest must be valid at start (the error names file and key)
+        crate::segment::onnx::manifest::Manifest::load(&dir)
+            .map(|_| ())
+            .map_err(|e| ConfigError::Invalid { key: key.into(), message: format!("model `{name}`: {e}") })
+    }
+}
+
+/// `[[routes]]`: choose the analysis of a series by its header. The first route whose
+/// criteria all match wins; a series no route matches gets `segment.analysis`.
+/// Within one criterion any listed value may match; comparisons ignore case.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Name of the route (logs, job.json).
+    pub name: String,
+    /// Analysis to run: built-in name or model folder under `segment.models_dir`.
+    pub analysis: String,
+    /// Modality (0008,0060) values, e.g. `["MR"]`.
+    #[serde(default)]
+    pub modality: Vec<String>,
+    /// BodyPartExamined (0018,0015) values, e.g. `["LSPINE", "SPINE"]`.
+    #[serde(default)]
+    pub body_part_examined: Vec<String>,
+    /// Substrings of SeriesDescription (0008,103E), e.g. `["lumbar", "lws"]`.
+    #[serde(default)]
+    pub series_description_contains: Vec<String>,
 }
 
 /// An AE title is 1–16 characters of the Default Character Repertoire without backslash

@@ -71,8 +71,8 @@ impl Pipeline {
             handles.push(spawn("assemble", move || assemble_stage::run(inst_rx, job_tx, cfg, spool, tracker, offline)));
         }
         for w in 0..cfg.segment.workers {
-            let (rx, tx, seg_cfg) = (job_rx.clone(), seg_tx.clone(), cfg.segment.clone());
-            handles.push(spawn("segment", move || crate::segment::stage::run_worker(w, seg_cfg, rx, tx)));
+            let (rx, tx, seg_cfg, routes) = (job_rx.clone(), seg_tx.clone(), cfg.segment.clone(), cfg.routes.clone());
+            handles.push(spawn("segment", move || crate::segment::stage::run_worker(w, seg_cfg, routes, rx, tx)));
         }
         drop((job_rx, seg_tx));
         handles.push(spawn("measure", move || crate::measure::run(seg_rx, find_tx)));

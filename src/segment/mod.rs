@@ -14,6 +14,7 @@ pub mod body_mask;
 pub mod morphology;
 pub mod onnx;
 pub mod resample;
+pub mod routing;
 pub mod stage;
 
 use std::sync::Arc;

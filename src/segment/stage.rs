@@ -4,6 +4,8 @@
 //! also written to the job directory as `labels.npy` (uint8, axis order
 //! `[z][y][x]` as in [`Volume`](crate::volume::Volume)).
 
+use std::collections::HashMap;
+
 use crossbeam_channel::{Receiver, Sender};
 use tracing::{error, info, info_span};
 
@@ -12,27 +14,39 @@ use crate::pipeline::messages::{Segmentation, StudyJob};
 /// File name of the label map written into each job directory.
 pub const LABELS_FILE: &str = "labels.npy";
 
-/// Run one worker until `rx` disconnects. A failing job is logged and its
-/// error written to `<job_dir>/ERROR.txt`; the worker continues with the next job.
+/// Run one worker until `rx` disconnects. Each job's analysis is chosen by
+/// [`routing::choose`](super::routing::choose) from `routes` (else `cfg.analysis`) and
+/// created on first use, then kept for later jobs of this worker. A job whose analysis
+/// cannot be created or fails is logged, its error written to `<job_dir>/ERROR.txt`,
+/// and the worker continues with the next job (the series stays in `incoming/`).
 pub fn run_worker(
     worker: usize,
     cfg: crate::config::SegmentConfig,
+    routes: Vec<crate::config::RouteConfig>,
     rx: Receiver<StudyJob>,
     tx: Sender<Segmentation>,
 ) {
-    let analysis_name = cfg.analysis.clone();
-    let mut analysis = match super::create_analysis_with(&analysis_name, &cfg) {
-        Ok(a) => a,
-        Err(e) => {
-            error!(worker, analysis = %analysis_name, error = %e, "cannot create analysis; worker stops");
-            return;
-        }
-    };
+    let mut analyses: HashMap<String, Box<dyn super::Analysis>> = HashMap::new();
     for job in rx {
-        let span = info_span!("segment", job = %job.job_id, analysis = %analysis_name);
+        let routed = super::routing::choose(&routes, &cfg.analysis, &job.header);
+        let analysis_name = routed.analysis.to_string();
+        let span = info_span!("segment", job = %job.job_id, analysis = %analysis_name, route = routed.route.unwrap_or("default"));
         let _g = span.enter();
         let started = std::time::Instant::now();
         let job_dir = job.job_dir.clone();
+        if !analyses.contains_key(&analysis_name) {
+            match super::create_analysis_with(&analysis_name, &cfg) {
+                Ok(a) => {
+                    analyses.insert(analysis_name.clone(), a);
+                }
+                Err(e) => {
+                    error!(worker, error = %e, "cannot create analysis; job failed");
+                    let _ = std::fs::write(job_dir.join("ERROR.txt"), format!("segment: analysis `{analysis_name}`: {e}\n"));
+                    continue;
+                }
+            }
+        }
+        let analysis = analyses.get_mut(&analysis_name).expect("inserted above");
         match super::segment_job(analysis.as_mut(), job) {
             Ok(seg) => {
                 let fg = seg.labels.iter().filter(|&&l| l != 0).count();
