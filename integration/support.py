@@ -346,7 +346,13 @@ def node_config_text(pacs_port: int, max_attempts: int = 3, retry_delay: float =
 
 
 def clean_env() -> dict:
-    """os.environ without any MYONODE__* override that would leak into the node."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("MYONODE__")}
+    """os.environ without any MYONODE__* override that would leak into the node, plus the
+    absolute locations of the repository's models and ONNX Runtime library (the node runs
+    in a temporary working directory, and the default config's relative paths
+    `models` / `.onnxruntime/lib/...` are relative to the working directory)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MYONODE__")}
+    env["MYONODE__SEGMENT__MODELS_DIR"] = str(REPO / "models")
+    env["MYONODE__SEGMENT__ONNXRUNTIME_LIBRARY"] = str(REPO / ".onnxruntime" / "lib" / "libonnxruntime.so.1.31.1")
+    return env
 
 

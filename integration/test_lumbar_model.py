@@ -83,12 +83,9 @@ def test_lumbar_model_through_the_node_matches_its_card(start_node, pacs, data_d
     assert len(test_files) == 5
     lib = REPO / ".onnxruntime" / "lib" / "libonnxruntime.so.1.31.1"
     assert lib.is_file(), f"{lib} missing: run scripts/fetch-onnxruntime.sh"
-    node = start_node(
-        SEGMENT__ANALYSIS="lumbar-vertebrae-mr",
-        SEGMENT__MODELS_DIR=str(REPO / "models"),
-        SEGMENT__ONNXRUNTIME_LIBRARY=str(lib),
-        ASSEMBLE__QUIET_PERIOD_SECONDS="2",
-    )
+    # No analysis override: the default config's [[routes]] send MR with BodyPartExamined
+    # LSPINE to lumbar-vertebrae-mr (segment.analysis stays body-mask).
+    node = start_node(ASSEMBLE__QUIET_PERIOD_SECONDS="2")
     results = {}
     for i, name in enumerate(test_files):
         m = scipy.io.loadmat(data_dir / "training" / "lumbar-vertebrae-mr" / name)
@@ -103,7 +100,7 @@ def test_lumbar_model_through_the_node_matches_its_card(start_node, pacs, data_d
         assert len(seg_path) == 1
         seg = hd.seg.segread(seg_path[0])
         labels = [s.SegmentLabel for s in seg.SegmentSequence]
-        assert len(labels) == 5, labels
+        assert labels == [f"{l} vertebral body" for l in LEVELS], f"routed to the wrong analysis? {labels}"
         pred = np.zeros(gt.shape, np.int64)
         for k, sop in uids.items():
             try:

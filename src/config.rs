@@ -390,7 +390,11 @@ mod tests {
         std::fs::write(models.join("thigh/model.toml"), "[model]\nversion = \"1\"\n").unwrap();
         std::fs::write(
             &p,
-            format!("[segment]\nanalysis = \"thigh\"\nmodels_dir = \"{}\"\nrequire_gpu = true\n", models.display()),
+            // `routes = []` drops the embedded default routes (their model lives in the repo's models/)
+            format!(
+                "routes = []\n[segment]\nanalysis = \"thigh\"\nmodels_dir = \"{}\"\nrequire_gpu = true\n",
+                models.display()
+            ),
         )
         .unwrap();
         // its manifest is validated at start
