@@ -194,8 +194,9 @@ def read_header(path: Path) -> pydicom.Dataset:
 COMPREHENSIVE_3D_SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.34"
 
 
-def find_srs(folder: Path) -> list[Path]:
-    """Complete Comprehensive 3D SR files under `folder`."""
+def find_by_sop_class(folder: Path, sop_class_uid: str, with_pixels: bool = False) -> list[Path]:
+    """Complete Part-10 files of one SOP class under `folder` (partly written files are
+    skipped: with `with_pixels`, a file whose Pixel Data cannot be read is not complete)."""
     found = []
     if not folder.exists():
         return found
@@ -204,30 +205,24 @@ def find_srs(folder: Path) -> list[Path]:
             continue
         try:
             ds = pydicom.dcmread(p)
-        except Exception:
-            continue
-        if ds.get("SOPClassUID") == COMPREHENSIVE_3D_SR_STORAGE:
-            found.append(p)
-    return found
-
-
-def find_segs(folder: Path) -> list[Path]:
-    """Complete Segmentation Storage files under `folder` (partly written files are skipped)."""
-    found = []
-    if not folder.exists():
-        return found
-    for p in sorted(folder.rglob("*")):
-        if not p.is_file():
-            continue
-        try:
-            ds = pydicom.dcmread(p)
-            if ds.get("SOPClassUID") != SEGMENTATION_STORAGE:
+            if ds.get("SOPClassUID") != sop_class_uid:
                 continue
-            _ = ds.PixelData  # a truncated file fails here
+            if with_pixels:
+                _ = ds.PixelData  # a truncated file fails here
         except Exception:
             continue
         found.append(p)
     return found
+
+
+def find_srs(folder: Path) -> list[Path]:
+    """Complete Comprehensive 3D SR files under `folder`."""
+    return find_by_sop_class(folder, COMPREHENSIVE_3D_SR_STORAGE)
+
+
+def find_segs(folder: Path) -> list[Path]:
+    """Complete Segmentation Storage files under `folder`."""
+    return find_by_sop_class(folder, SEGMENTATION_STORAGE, with_pixels=True)
 
 
 def files_under(folder: Path) -> list[Path]:

@@ -210,15 +210,19 @@ fn segment_job_rejects_wrong_shape_and_undescribed_labels() {
 }
 
 
-#[test]
-fn knee_mr_body_mask_is_plausible() {
-    let dir = data_dir().join("series/mr-knee-dess-echo1");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
-    files.sort();
+/// Reassemble a real series from the shared data and run `body-mask` on it.
+fn body_mask_of(series: &str) -> (Volume, BodyMask, Array3<u8>) {
+    let files = files_in(&data_dir().join(series));
     let cfg = AssembleConfig { quiet_period_seconds: 10.0, min_slices: 3, spacing_tolerance_mm: 0.2 };
     let (_, vol) = build_volume(&files, &cfg).unwrap();
     let mut bm = BodyMask::new();
     let labels = bm.run(&vol).unwrap();
+    (vol, bm, labels)
+}
+
+#[test]
+fn knee_mr_body_mask_is_plausible() {
+    let (vol, bm, labels) = body_mask_of("series/mr-knee-dess-echo1");
     let (nz, ny, nx) = labels.dim();
     assert_eq!((nz, ny, nx), (80, 512, 512));
     let inside = labels.iter().filter(|&&l| l == 1).count();
@@ -266,13 +270,7 @@ fn knee_mr_body_mask_is_plausible() {
 /// not, and enclosed gas (lung bases, bowel) is filled per slice.
 #[test]
 fn ct_body_mask_is_plausible() {
-    let dir = data_dir().join("series/ct-abdomen-j2k");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
-    files.sort();
-    let cfg = AssembleConfig { quiet_period_seconds: 10.0, min_slices: 3, spacing_tolerance_mm: 0.2 };
-    let (_, vol) = build_volume(&files, &cfg).unwrap();
-    let mut bm = BodyMask::new();
-    let labels = bm.run(&vol).unwrap();
+    let (vol, bm, labels) = body_mask_of("series/ct-abdomen-j2k");
     let (nz, ny, nx) = labels.dim();
     assert_eq!((nz, ny, nx), (20, 512, 512));
     let t = bm.last_threshold.unwrap();
