@@ -144,6 +144,7 @@ fn segmentation(volume: Volume, header: SeriesHeader, labels: Array3<u8>) -> Seg
             header,
             volume: Arc::new(volume),
             job_dir: PathBuf::from("/nonexistent"),
+            channels: Vec::new(),
         },
         labels: Arc::new(labels),
         segments: segments(),

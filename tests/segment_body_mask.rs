@@ -138,6 +138,7 @@ fn job_for(vol: Volume) -> StudyJob {
         },
         volume: Arc::new(vol),
         job_dir: PathBuf::from("/nonexistent"),
+        channels: Vec::new(),
     }
 }
 

@@ -112,6 +112,7 @@ fn findings(modality: &str) -> Findings {
         header,
         volume: Arc::new(volume),
         job_dir: PathBuf::from("/nonexistent"),
+        channels: Vec::new(),
     };
     let segment = |label_value, label: &str, category: Code, ptype: Code, modifier, region| {
         SegmentDescription {

@@ -127,7 +127,7 @@ pub fn assemble_series(
                 spacing_mm = ?volume.spacing, ms = started.elapsed().as_millis() as u64,
                 "series complete, volume assembled"
             );
-            Some(StudyJob { job_id, version: done.version, header, volume: Arc::new(volume), job_dir })
+            Some(StudyJob { job_id, version: done.version, header, volume: Arc::new(volume), job_dir, channels: Vec::new() })
         }
         Err(e) => {
             let reason = format!("series {} (version {}): {e}", done.series_instance_uid, done.version);

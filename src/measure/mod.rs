@@ -241,6 +241,7 @@ mod tests {
                 },
                 volume: Arc::new(vol),
                 job_dir: std::env::temp_dir(),
+                channels: Vec::new(),
             },
             labels: Arc::new(labels),
             segments: vec![desc(1, "a"), desc(2, "b")],

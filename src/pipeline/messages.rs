@@ -122,7 +122,49 @@ pub struct SeriesHeader {
     pub dataset: Arc<InMemDicomObject>,
 }
 
+/// The role of one series in a multi-series job: the images of a Dixon (chemical-shift
+/// water–fat) acquisition, as named by ImageType (0008,0008) values 3/4 (PS3.3 C.8.13.1.1.1
+/// defined terms WATER, FAT, IN_PHASE, OUT_PHASE / OPP_PHASE used by vendors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelKind {
+    /// Water-only image.
+    Water,
+    /// Fat-only image.
+    Fat,
+    /// In-phase image (water + fat).
+    InPhase,
+    /// Opposed-phase image (|water − fat|).
+    OpposedPhase,
+}
+
+impl ChannelKind {
+    /// Lower-case name used in logs, job.json and config (`water`, `fat`, `in_phase`, `opposed_phase`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ChannelKind::Water => "water",
+            ChannelKind::Fat => "fat",
+            ChannelKind::InPhase => "in_phase",
+            ChannelKind::OpposedPhase => "opposed_phase",
+        }
+    }
+}
+
+/// One named image channel of a multi-series job: a series of the same study and
+/// FrameOfReferenceUID reassembled on exactly the grid of the job's primary
+/// [`StudyJob::volume`] (same shape, spacing, origin and directions).
+#[derive(Debug, Clone)]
+pub struct Channel {
+    pub kind: ChannelKind,
+    pub header: SeriesHeader,
+    pub volume: Arc<Volume>,
+}
+
 /// assemble → segment: a complete series reassembled into a volume.
+///
+/// `header`/`volume` are the primary series (the one the SEG and SR reference).
+/// For a Dixon job, `channels` holds every paired series including the primary
+/// one under its [`ChannelKind`]; for a lone series it is empty.
 #[derive(Debug, Clone)]
 pub struct StudyJob {
     /// Stable job identifier (derived from the SeriesInstanceUID and version).
@@ -133,6 +175,15 @@ pub struct StudyJob {
     pub volume: Arc<Volume>,
     /// Working directory of this job under `spool/jobs/`.
     pub job_dir: PathBuf,
+    /// Paired series on the primary grid (Dixon water/fat/in-phase/opposed-phase); empty for a lone series.
+    pub channels: Vec<Channel>,
+}
+
+impl StudyJob {
+    /// The channel of the given kind, if this job has it.
+    pub fn channel(&self, kind: ChannelKind) -> Option<&Channel> {
+        self.channels.iter().find(|c| c.kind == kind)
+    }
 }
 
 /// segment → measure: a label map on the exact source grid.

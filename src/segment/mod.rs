@@ -74,6 +74,15 @@ pub trait Analysis: Send {
     /// # Errors
     /// [`SegmentError`] when the volume cannot be analysed.
     fn run(&mut self, volume: &Volume) -> Result<Array3<u8>, SegmentError>;
+    /// Label map for a whole job. Analyses that use several channels (Dixon water/fat,
+    /// [`StudyJob::channels`]) override this; the default runs [`Analysis::run`] on the
+    /// primary volume. Same output contract as [`Analysis::run`].
+    ///
+    /// # Errors
+    /// [`SegmentError`] when the job cannot be analysed.
+    fn run_job(&mut self, job: &StudyJob) -> Result<Array3<u8>, SegmentError> {
+        self.run(&job.volume)
+    }
 }
 
 /// Build the analysis named in config (`segment.analysis`).
@@ -124,7 +133,7 @@ pub fn segment_job(analysis: &mut dyn Analysis, job: StudyJob) -> Result<Segment
     if described.iter().enumerate().any(|(i, v)| *v as usize != i + 1) {
         return Err(SegmentError::BadSegmentNumbering { analysis: name, found: described });
     }
-    let labels = analysis.run(&job.volume)?;
+    let labels = analysis.run_job(&job)?;
     let expected = job.volume.shape();
     let s = labels.shape();
     let found = (s[0], s[1], s[2]);
