@@ -78,8 +78,13 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_lumbar_model_through_the_node_matches_its_card(start_node, pacs, data_dir: Path, tmp_path: Path):
     metrics = json.loads((MODEL_DIR / "metrics.json").read_text())
-    card_mean = metrics["test_mean_dice"]
+    # the card's figure: the test split scored with the shipped decision weights
+    # (train/calibrate.py chose them on the validation split; model.toml [output] class_weights)
+    calibration = json.loads((MODEL_DIR / "calibration.json").read_text())
+    card = calibration["calibrated"]
+    card_mean = card["test_mean_dice"]
     test_files = metrics["test"]
+    assert calibration["test"] == test_files
     assert len(test_files) == 5
     lib = REPO / ".onnxruntime" / "lib" / "libonnxruntime.so.1.31.1"
     assert lib.is_file(), f"{lib} missing: run scripts/fetch-onnxruntime.sh"
@@ -114,4 +119,10 @@ def test_lumbar_model_through_the_node_matches_its_card(start_node, pacs, data_d
         print(f"{name}: Dice " + " ".join(f"{l} {x:.3f}" for l, x in zip(LEVELS, d)))
     mean = float(np.mean([np.mean(v) for v in results.values()]))
     print(f"mean Dice through the node {mean:.4f}; model card {card_mean:.4f}")
-    assert abs(mean - card_mean) <= 0.02, f"node mean Dice {mean:.4f} vs card {card_mean:.4f}"
+    # The issue asks for 0.02; the node reproduces the card to about 1e-4, and the decision weights
+    # alone move the mean by 0.013, so hold it to 0.005 (and each volume to 0.01) to catch a node
+    # that ignores them or breaks pre-/post-processing.
+    assert abs(mean - card_mean) <= 0.005, f"node mean Dice {mean:.4f} vs card {card_mean:.4f}"
+    for name, d in results.items():
+        want = card["test_results"][name]["mean"]
+        assert abs(float(np.mean(d)) - want) <= 0.01, f"{name}: node {np.mean(d):.4f} vs card {want:.4f}"

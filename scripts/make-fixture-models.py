@@ -494,6 +494,54 @@ def components(mask, full26):
     return comp, sizes
 
 
+def class_weight_fixtures(out):
+    """conv3d-pp-cw / conv2d-prob-cw: the conv3d-pp (logits) and conv2d-prob (probabilities)
+    models with `[output] class_weights`, favouring the foreground and the background."""
+    import shutil
+    for src, dst, weights in (("conv3d-pp", "conv3d-pp-cw", "[0.25, 1.0]"), ("conv2d-prob", "conv2d-prob-cw", "[1.0, 0.6]")):
+        d = os.path.join(out, dst)
+        os.makedirs(d, exist_ok=True)
+        shutil.copy(os.path.join(out, src, "model.onnx"), os.path.join(d, "model.onnx"))
+        with open(os.path.join(out, src, "model.toml")) as f:
+            text = f.read()
+        marker = 'kind = "logits"' if 'kind = "logits"' in text else 'kind = "probabilities"'
+        write_manifest(os.path.join(d, "model.toml"), text.replace(marker, marker + "\nclass_weights = " + weights, 1))
+
+
+def context_fixture(out):
+    """conv2d-ctx: a 2.5D model, 3 input channels (slices z-1, z, z+1) -> 2 logits."""
+    _, _, helper, _ = _onnx()
+    rng = np.random.RandomState(77)
+    d = os.path.join(out, "conv2d-ctx")
+    os.makedirs(d, exist_ok=True)
+    w = rng.normal(size=(2, 3, 3, 3)) * 0.4
+    w[1, 0] += 0.6  # class 1 likes bright previous slices, dislikes bright next slices
+    w[1, 2] -= 0.6
+    b = np.array([0.0, 0.0])
+    save_model(os.path.join(d, "model.onnx"),
+               [helper.make_node("Conv", ["image", "w", "b"], ["logits"], pads=[1] * 4, kernel_shape=[3, 3])],
+               [tensor("image", [1, 3, "H", "W"])], [tensor("logits", [1, 2, "H", "W"])],
+               {"w": w, "b": b}, "conv2d_ctx")
+    write_manifest(os.path.join(d, "model.toml"), """
+[model]
+version = "0.1"
+[input]
+tensor = "image"
+channels = ["any"]
+dimensions = "2d"
+spacing_mm = [0, 0, 0]
+context_slices = 1
+[normalization]
+scheme = "zscore"
+[inference]
+patch_size = [16, 16]
+overlap = 0.5
+[output]
+tensor = "logits"
+kind = "logits"
+""" + LABEL_MUSCLE)
+
+
 def reference(model_dir, vol_path, spacing, outdir):
     with open(os.path.join(model_dir, "model.toml"), "rb") as f:
         m = tomllib.load(f)
@@ -506,6 +554,10 @@ def reference(model_dir, vol_path, spacing, outdir):
     mshape = target_shape(vol.shape, spacing, target)
     x = normalize(vol, m.get("normalization", {"scheme": "none"}))
     x = resample_linear(x, mshape)[None]  # (C=1, z, y, x)
+    n = m["input"].get("context_slices", 0)
+    if two_d and n:  # 2.5D: channel j holds slice clamp(z - n + j)
+        k = np.arange(x.shape[1])
+        x = np.stack([x[0][np.clip(k + d, 0, x.shape[1] - 1)] for d in range(-n, n + 1)])
     np.save(os.path.join(outdir, "model_input.npy"), x)
 
     ps = m["inference"]["patch_size"]
@@ -550,6 +602,13 @@ def reference(model_dir, vol_path, spacing, outdir):
                 wsum[sl] += g
     scores = (acc / wsum)[:, :size[0], :size[1], :size[2]]
     np.save(os.path.join(outdir, "model_scores.npy"), scores)
+    cw = m["output"].get("class_weights")
+    if cw is not None:  # decision weights: + ln w (logits) or * w (probabilities), per class
+        w = np.asarray(cw, np.float64)[:, None, None, None]
+        if m["output"]["kind"] == "logits":
+            scores = scores + np.log(w).astype(np.float32)
+        else:
+            scores = scores * w.astype(np.float32)
     back = np.stack([resample_linear(s, vol.shape) for s in scores])
     lab = np.argmax(back, axis=0).astype(np.uint8)
     valid = {l["value"] for l in m["labels"]}
@@ -578,6 +637,8 @@ def main(argv):
     cmd = argv[1]
     if cmd == "models":
         fixture_models(argv[2])
+        class_weight_fixtures(argv[2])
+        context_fixture(argv[2])
     elif cmd == "bench":
         bench_models(argv[2])
     elif cmd == "run-ort":

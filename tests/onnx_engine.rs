@@ -223,6 +223,35 @@ fn analysis_2d_with_mirroring_matches_numpy_reference() {
     compare_with_reference("conv2d", &volume((5, 37, 29), [3.0, 0.7, 0.8]));
 }
 
+#[test]
+fn context_slices_2_5d_matches_numpy_reference() {
+    // 2.5D: slices z-1, z, z+1 as three input channels (edges repeated); the model weights
+    // previous and next slice differently, so a wrong channel order changes the labels
+    let mut vol = volume((6, 21, 19), [2.5, 0.9, 0.9]);
+    for ((z, y, x), v) in vol.data.indexed_iter_mut() {
+        *v += 40.0 * ((z * 7 + y * 3 + x) % 11) as f32 / 11.0;
+    }
+    let labels = compare_with_reference("conv2d-ctx", &vol);
+    let m = OnnxModel::load(&fixtures().join("conv2d-ctx"), &cfg()).unwrap();
+    assert_eq!(m.preprocess(&[("image", &vol)]).dim().0, 3, "2.5D input must have 3 channels");
+    assert_eq!(labels.dim(), (6, 21, 19));
+}
+
+#[test]
+fn class_weights_shift_the_decision_as_the_numpy_reference_does() {
+    // [output] class_weights: background weight 0.25 on logits (conv3d-pp-cw) grows the
+    // foreground; foreground weight 0.6 on probabilities (conv2d-prob-cw) shrinks it.
+    let fg = |l: &Array3<u8>| l.iter().filter(|&&v| v == 1).count();
+    let vol = volume((11, 30, 27), [2.0, 0.8, 0.9]);
+    let plain = compare_with_reference("conv3d-pp", &vol);
+    let weighted = compare_with_reference("conv3d-pp-cw", &vol);
+    assert!(fg(&weighted) > fg(&plain), "background weight 0.25 must add foreground: {} vs {}", fg(&weighted), fg(&plain));
+    let vol = volume((4, 35, 31), [3.0, 0.7, 0.8]);
+    let plain = compare_with_reference("conv2d-prob", &vol);
+    let weighted = compare_with_reference("conv2d-prob-cw", &vol);
+    assert!(fg(&weighted) < fg(&plain), "foreground weight 0.6 must remove foreground: {} vs {}", fg(&weighted), fg(&plain));
+}
+
 fn count_components(l: &Array3<u8>, v: u8) -> usize {
     let (nz, ny, nx) = l.dim();
     let mut seen = Array3::<bool>::from_elem(l.dim(), false);

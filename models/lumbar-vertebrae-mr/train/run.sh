@@ -2,7 +2,10 @@
 # Create the training venv (outside the repository) and train the lumbar-vertebrae-mr model.
 #   models/lumbar-vertebrae-mr/train/run.sh [--smoke] [--minutes N]
 # Output: models/lumbar-vertebrae-mr/train/out/{model.onnx, metrics.json}; copy model.onnx next to model.toml
-# after checking metrics.json, and update MODEL_CARD.md with its figures.
+# after checking metrics.json, then choose the decision weights on the validation split:
+#   "$venv/bin/python" calibrate.py --model out/model.onnx --out out/calibration.json
+# and copy calibration.json beside model.toml, set [output] class_weights from it, and update
+# MODEL_CARD.md with its figures. Options: --context N (2.5D input), --steps N (step budget).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 venv="${MYONODE_TRAIN_VENV:-$HOME/.cache/myonode/train-venv}"

@@ -51,15 +51,24 @@ def zscore(vol):
     return (vol - vol.mean()) / max(float(vol.std()), 1e-6)
 
 
+CONTEXT = 0  # neighbouring sagittal slices on each side fed as extra channels (2.5D); set by --context
+
+
+def with_context(x, n):
+    """Slices (S,H,W) -> (S, 2n+1, H, W): channel j of slice k is slice clamp(k - n + j) (edges repeated)."""
+    k = np.arange(x.shape[0])
+    return np.stack([x[np.clip(k + d, 0, x.shape[0] - 1)] for d in range(-n, n + 1)], axis=1)
+
+
 def to_slices(img, lab):
-    """Volume (224,224,77) -> sagittal slices at 2 mm: images (77,112,112) float, labels (77,112,112)."""
+    """Volume (224,224,77) -> sagittal slices at 2 mm: images (77, 2*CONTEXT+1, 112, 112) float, labels (77,112,112)."""
     x = torch.from_numpy(zscore(img)).permute(2, 0, 1)[:, None]  # (77,1,224,224)
-    x = F.avg_pool2d(x, 2)[:, 0]
+    x = with_context(F.avg_pool2d(x, 2)[:, 0].numpy(), CONTEXT)
     # labels: majority over each 2x2 block (mode), ties broken to the higher label
     y = torch.from_numpy(lab).permute(2, 0, 1)
     onehot = F.one_hot(y, NUM_CLASSES).permute(0, 3, 1, 2).float()
     y2 = F.avg_pool2d(onehot, 2).argmax(1)
-    return x.numpy(), y2.numpy()
+    return x, y2.numpy()
 
 
 class Block(nn.Sequential):
@@ -115,7 +124,7 @@ def predict_volume(model, img):
     out = []
     with torch.no_grad():
         for i in range(0, len(xs), 16):
-            lg = model(torch.from_numpy(xs[i:i + 16])[:, None])
+            lg = model(torch.from_numpy(xs[i:i + 16]))
             lg = F.interpolate(lg, scale_factor=2, mode="bilinear", align_corners=False)
             out.append(lg.argmax(1))
     lab = torch.cat(out).permute(1, 2, 0).numpy()
@@ -160,7 +169,13 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="a few steps on two volumes; checks loss falls and export loads")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--base", type=int, default=16)
+    ap.add_argument("--context", type=int, default=0,
+                    help="2.5D: neighbouring sagittal slices on each side as extra input channels")
+    ap.add_argument("--steps", type=int, default=0,
+                    help="train for this many steps (learning-rate schedule over steps) instead of a time budget")
     args = ap.parse_args()
+    global CONTEXT
+    CONTEXT = args.context
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
@@ -183,11 +198,13 @@ def main():
     print(f"train slices {len(X)} ({int(fg.sum())} with vertebrae); load {time.time() - t0:.0f}s", flush=True)
     val = [load(f) for f in val_f]
 
-    model = UNet(base=args.base)
+    model = UNet(base=args.base, cin=2 * CONTEXT + 1)
     nparams = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     budget = 60 if args.smoke else args.minutes * 60
-    max_steps = 12 if args.smoke else 10 ** 9
+    max_steps = 12 if args.smoke else (args.steps or 10 ** 9)
+    if args.steps and not args.smoke:
+        budget = 10 ** 9  # step budget: the schedule follows steps, whatever the machine's load
     bs = 16
     step, best, best_state, history, losses = 0, -1.0, None, [], []
     t_train = time.time()
@@ -197,13 +214,14 @@ def main():
         model.train()
         # 75 % slices with vertebrae, 25 % any slice
         idx = torch.cat([fg_idx[torch.randint(len(fg_idx), (bs * 3 // 4,))], all_idx[torch.randint(len(X), (bs // 4,))]])
-        x, y = X[idx][:, None].clone(), Y[idx].clone()
+        x, y = X[idx].clone(), Y[idx].clone()
         # augmentation: intensity scale/shift, in-plane translation up to 8 px (16 mm)
         x = x * (1 + 0.1 * torch.randn(len(x), 1, 1, 1)) + 0.1 * torch.randn(len(x), 1, 1, 1)
         dy, dx = np.random.randint(-8, 9, 2)
         x = torch.roll(x, (int(dy), int(dx)), (2, 3))
         y = torch.roll(y, (int(dy), int(dx)), (1, 2))
-        lr = 2e-3 * 0.5 * (1 + np.cos(np.pi * min(1.0, (time.time() - t_train) / budget)))
+        progress = step / max_steps if args.steps and not args.smoke else (time.time() - t_train) / budget
+        lr = 2e-3 * 0.5 * (1 + np.cos(np.pi * min(1.0, progress)))
         for g in opt.param_groups:
             g["lr"] = lr
         logits = model(x)
@@ -230,7 +248,8 @@ def main():
 
     results = {"split_seed": 20261122, "train": [f.name for f in train_f], "validation": [f.name for f in val_f],
                "test": [f.name for f in test_f], "parameters": nparams, "steps": step,
-               "train_minutes": train_minutes, "history": history, "torch": torch.__version__}
+               "train_minutes": train_minutes, "history": history, "torch": torch.__version__,
+               "context_slices": CONTEXT, "input_channels": 2 * CONTEXT + 1}
     per_volume = {}
     for f in test_f:
         img, gt = load(f)
@@ -244,15 +263,16 @@ def main():
         results["test_min_volume_dice"] = float(np.min(allm))
         results["test_mean_dice_per_level"] = {l: float(np.mean([v["dice"][l] for v in per_volume.values()])) for l in LEVELS}
 
-    # export: input (N,1,H,W) float32 z-scored slice at 2 mm, output (N,6,H,W) logits; H, W multiples of 16
+    # export: input (N,2*context+1,H,W) float32 z-scored slice at 2 mm, output (N,6,H,W) logits; H, W multiples of 16
     model.eval()
     onnx_path = args.out / "model.onnx"
-    torch.onnx.export(model, torch.zeros(1, 1, 112, 112), onnx_path, input_names=["image"], output_names=["logits"],
+    cin = 2 * CONTEXT + 1
+    torch.onnx.export(model, torch.zeros(1, cin, 112, 112), onnx_path, input_names=["image"], output_names=["logits"],
                       dynamic_axes={"image": {0: "n", 2: "h", 3: "w"}, "logits": {0: "n", 2: "h", 3: "w"}},
                       opset_version=17, dynamo=False)
     import onnxruntime as ort
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    probe = torch.randn(2, 1, 112, 112)
+    probe = torch.randn(2, cin, 112, 112)
     diff = float(np.abs(sess.run(None, {"image": probe.numpy()})[0] - model(probe).detach().numpy()).max())
     results["onnx_max_abs_diff_vs_torch"] = diff
     (args.out / "metrics.json").write_text(json.dumps(results, indent=2))

@@ -12,6 +12,7 @@
 //! channels = ["water", "fat"]     # or ["any"], ["ct"], ["mr"], ["t1"], ...
 //! dimensions = "3d"               # "2d": one slice along z per run, NCHW; "3d": NCDHW
 //! spacing_mm = [3.0, 1.5, 1.5]    # (z, y, x); 0 = keep the source spacing on that axis
+//! context_slices = 0              # 2d only: neighbouring slices per side as extra channels (2.5D)
 //!
 //! [normalization]
 //! scheme = "zscore"               # "zscore" | "ct" | "percentile" | "none"
@@ -25,6 +26,7 @@
 //! [output]
 //! tensor = "logits"
 //! kind = "logits"                 # "logits" | "probabilities" | "labels"
+//! class_weights = [0.2, 1, 1]     # optional: decision weight per class (see OutputSection)
 //!
 //! [[labels]]
 //! value = 1
@@ -143,6 +145,13 @@ pub struct InputSection {
     /// Target spacing `(z, y, x)` in mm; `0` keeps the source spacing of that axis.
     /// For 2D models the `z` entry is ignored (slices are never resampled along z).
     pub spacing_mm: [f64; 3],
+    /// 2.5D input for `dimensions = "2d"`: the `n` neighbouring slices on each side of the
+    /// slice being segmented are fed as extra input channels, so the graph input has
+    /// `channels.len() · (2n + 1)` channels, ordered image channel first, then slice offset
+    /// `-n..=n` (channel `c·(2n+1) + j` holds slice `clamp(z - n + j)` of image channel `c`;
+    /// slices beyond the volume repeat the edge slice). Default 0 (plain 2D).
+    #[serde(default)]
+    pub context_slices: usize,
 }
 
 /// `[inference]`.
@@ -171,6 +180,15 @@ pub struct OutputSection {
     pub tensor: String,
     /// What it holds.
     pub kind: OutputKind,
+    /// Optional decision weight `w_k > 0` per class `k = 0..K` (class 0 = background): the label
+    /// is `argmax_k w_k·p_k` instead of `argmax_k p_k` (Bayes decision with unequal
+    /// misclassification costs; Duda, Hart & Stork, *Pattern Classification*, 2nd ed., §2.2).
+    /// For logits this adds `ln w_k` to class `k`'s logit, which commutes with the linear
+    /// resampling back to the source grid. Used to correct a model's systematic under- or
+    /// over-segmentation; the weights must be chosen on validation data, never on test data.
+    /// Only for `kind = "logits"` or `"probabilities"`; length must be `K` (highest label value + 1).
+    #[serde(default)]
+    pub class_weights: Option<Vec<f64>>,
 }
 
 /// A coded concept in the manifest (PS3.3 8.8).
@@ -275,6 +293,11 @@ impl Manifest {
         self.model.name.clone().unwrap_or_else(|| self.dir_name.clone())
     }
 
+    /// Channels of the graph input: `input.channels.len() · (2·context_slices + 1)`.
+    pub fn input_channels(&self) -> usize {
+        self.input.channels.len() * (2 * self.input.context_slices + 1)
+    }
+
     /// Number of classes `K` the network's class channels cover: highest label value + 1.
     pub fn num_classes(&self) -> usize {
         self.labels.iter().map(|l| l.value as usize).max().unwrap_or(0) + 1
@@ -348,6 +371,12 @@ impl Manifest {
                 return Err(self.invalid(&format!("input.spacing_mm[{i}]"), format!("{s} must be >= 0 (0 = keep source)")));
             }
         }
+        if self.input.context_slices > 0 && self.input.dimensions != Dimensions::TwoD {
+            return Err(self.invalid("input.context_slices", "only applies to dimensions = \"2d\""));
+        }
+        if self.input.context_slices > 16 {
+            return Err(self.invalid("input.context_slices", "at most 16 slices on each side"));
+        }
         let want = match self.input.dimensions {
             Dimensions::TwoD => 2,
             Dimensions::ThreeD => 3,
@@ -382,6 +411,21 @@ impl Manifest {
         }
         if self.labels.is_empty() {
             return Err(self.invalid("labels", "at least one [[labels]] entry is required"));
+        }
+        if let Some(w) = &self.output.class_weights {
+            if self.output.kind == OutputKind::Labels {
+                return Err(self.invalid("output.class_weights", "only applies to kind = \"logits\" or \"probabilities\""));
+            }
+            let k = self.labels.iter().map(|l| l.value as usize).max().unwrap_or(0) + 1;
+            if w.len() != k {
+                return Err(self.invalid(
+                    "output.class_weights",
+                    format!("needs one weight per class 0..={} ({k} entries), got {}", k - 1, w.len()),
+                ));
+            }
+            if let Some((i, v)) = w.iter().enumerate().find(|(_, v)| !(v.is_finite() && **v > 0.0)) {
+                return Err(self.invalid(&format!("output.class_weights[{i}]"), format!("{v} must be finite and > 0")));
+            }
         }
         let mut seen = std::collections::HashSet::new();
         for (i, l) in self.labels.iter().enumerate() {
@@ -475,5 +519,19 @@ mod tests {
         let bad = EXAMPLE_MANIFEST.replace("[normalization]", "[normalization]\nbogus = 1");
         let e = Manifest::parse(&bad, Path::new("m/model.toml")).unwrap_err().to_string();
         assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn class_weights_are_validated() {
+        let with = |w: &str| EXAMPLE_MANIFEST.replace("kind = \"logits\"", &format!("kind = \"logits\"\nclass_weights = {w}"));
+        let m = Manifest::parse(&with("[0.2, 1.0, 1.0]"), Path::new("m/model.toml")).unwrap();
+        assert_eq!(m.output.class_weights.as_deref(), Some(&[0.2, 1.0, 1.0][..]));
+        let e = Manifest::parse(&with("[0.2, 1.0]"), Path::new("m/model.toml")).unwrap_err().to_string();
+        assert!(e.contains("output.class_weights") && e.contains("3 entries"), "{e}");
+        let e = Manifest::parse(&with("[0.2, 0.0, 1.0]"), Path::new("m/model.toml")).unwrap_err().to_string();
+        assert!(e.contains("output.class_weights[1]"), "{e}");
+        let labels = with("[1.0, 1.0, 1.0]").replace("kind = \"logits\"", "kind = \"labels\"");
+        let e = Manifest::parse(&labels, Path::new("m/model.toml")).unwrap_err().to_string();
+        assert!(e.contains("output.class_weights") && e.contains("only applies"), "{e}");
     }
 }

@@ -157,11 +157,13 @@ impl OnnxModel {
                 input.name()
             )));
         }
-        if ishape[1] > 0 && ishape[1] as usize != m.input.channels.len() {
+        if ishape[1] > 0 && ishape[1] as usize != m.input_channels() {
             return Err(self.mismatch(format!(
-                "input.channels lists {} channel(s) {:?}, graph input `{}` has {} (shape {ishape:?})",
+                "input.channels lists {} channel(s) {:?} with context_slices = {} ({} graph channels), graph input `{}` has {} (shape {ishape:?})",
                 m.input.channels.len(),
                 m.input.channels,
+                m.input.context_slices,
+                m.input_channels(),
                 input.name(),
                 ishape[1]
             )));
@@ -244,7 +246,8 @@ impl OnnxModel {
     }
 
     /// Steps 2–3 of the module flow: normalised, resampled input `(C, z, y, x)` on the model
-    /// grid, and that grid's shape.
+    /// grid; with `input.context_slices = n` (2.5D) the shape is `(C·(2n+1), z, y, x)`, ordered
+    /// as [`manifest::InputSection::context_slices`] describes.
     pub fn preprocess(&self, channels: &[ChannelInput<'_>]) -> Array4<f32> {
         let v0 = channels[0].1;
         let (nz, ny, nx) = v0.shape();
@@ -260,7 +263,24 @@ impl OnnxModel {
             let r = if mshape == [nz, ny, nx] { d } else { resample::resample_linear(d.view(), mshape) };
             out.index_axis_mut(Axis(0), c).assign(&r);
         }
-        out
+        let n = self.manifest.input.context_slices;
+        if n == 0 || self.manifest.input.dimensions != Dimensions::TwoD {
+            return out;
+        }
+        // 2.5D: channel c·(2n+1) + j holds slice clamp(z - n + j) of image channel c
+        let (c_in, mz, my, mx) = out.dim();
+        let width = 2 * n + 1;
+        let mut wide = Array4::<f32>::zeros((c_in * width, mz, my, mx));
+        for c in 0..c_in {
+            for j in 0..width {
+                let mut dst = wide.index_axis_mut(Axis(0), c * width + j);
+                for z in 0..mz {
+                    let src = (z as isize - n as isize + j as isize).clamp(0, mz as isize - 1) as usize;
+                    dst.index_axis_mut(Axis(0), z).assign(&out.slice(ndarray::s![c, src, .., ..]));
+                }
+            }
+        }
+        wide
     }
 
     /// One `Session::run` on a raw input tensor (`shape` as the graph expects, e.g.
@@ -388,6 +408,28 @@ impl OnnxModel {
         )
     }
 
+    /// Apply the manifest's `output.class_weights` to class scores `(K, z, y, x)` in place:
+    /// `+ ln w_k` for logits, `· w_k` for probabilities (see
+    /// [`manifest::OutputSection::class_weights`]). No-op without weights or for label outputs.
+    pub fn apply_class_weights(&self, scores: &mut Array4<f32>) {
+        let Some(weights) = &self.manifest.output.class_weights else { return };
+        let kind = self.manifest.output.kind;
+        for (k, mut ch) in scores.outer_iter_mut().enumerate() {
+            let Some(&w) = weights.get(k) else { break };
+            match kind {
+                OutputKind::Logits => {
+                    let add = w.ln() as f32;
+                    ch.mapv_inplace(|v| v + add);
+                }
+                OutputKind::Probabilities => {
+                    let w = w as f32;
+                    ch.mapv_inplace(|v| v * w);
+                }
+                OutputKind::Labels => {}
+            }
+        }
+    }
+
     /// The whole analysis (module docs, steps 1–6): label map on the exact grid of the
     /// first channel's volume, shape `(nz, ny, nx)`, values from the manifest's `[[labels]]`.
     ///
@@ -398,7 +440,8 @@ impl OnnxModel {
         let started = Instant::now();
         self.check_channels(channels, modality)?;
         let input = self.preprocess(channels);
-        let scores = self.predict(input.view())?;
+        let mut scores = self.predict(input.view())?;
+        self.apply_class_weights(&mut scores);
         let (nz, ny, nx) = channels[0].1.shape();
         let valid: Vec<u8> = self.manifest.labels.iter().map(|l| l.value).collect();
         let mut labels = if scores.dim().1 == nz && scores.dim().2 == ny && scores.dim().3 == nx {
