@@ -19,7 +19,9 @@ use dicom_pixeldata::PixelDecoder;
 use ndarray::Array3;
 use serde_json::json;
 
-use myonode::encode::{encode_binary_seg, SegOptions};
+use myonode::encode::{
+    encode_binary_seg, encode_seg, SegOptions, SegmentationKind, LABEL_MAP_SEGMENTATION_STORAGE,
+};
 use myonode::pipeline::messages::{
     AlgorithmIdentification, Code, SegmentAlgorithmType, SegmentDescription, Segmentation,
     SeriesHeader, StudyJob,
@@ -341,14 +343,36 @@ fn frame_count(bytes: &[u8]) -> (InMemDicomObject, u32) {
 }
 
 fn synthetic_round_trip(reversed: bool, multi_frame: bool) {
+    synthetic_round_trip_of(SegmentationKind::Binary, reversed, multi_frame)
+}
+
+fn synthetic_round_trip_of(kind: SegmentationKind, reversed: bool, multi_frame: bool) {
     let labels = pattern();
     let case = synthetic(labels.clone(), reversed, multi_frame);
-    let enc = encode_binary_seg(&case.seg, &options()).expect("encode");
-    assert_eq!(enc.sop_class_uid, uids::SEGMENTATION_STORAGE);
-
+    let enc = encode_seg(&case.seg, &options(), kind).expect("encode");
     let (obj, frames) = frame_count(&enc.bytes);
-    // segment 1: slices 0, 1, 3; segment 2: slices 1, 2 → 5 frames
-    assert_eq!(frames, 5);
+    let labelmap = kind == SegmentationKind::Labelmap;
+    if labelmap {
+        assert_eq!(enc.sop_class_uid, LABEL_MAP_SEGMENTATION_STORAGE);
+        // one frame per plane holding any segment: slices 0, 1, 2, 3
+        assert_eq!(frames, 4);
+        assert_eq!(ds_str(&obj, tags::SEGMENTATION_TYPE), "LABELMAP");
+        // 4 frames · 13 · 11 bytes = 572 (even)
+        assert_eq!(obj.element(tags::PIXEL_DATA).unwrap().to_bytes().unwrap().len(), 572);
+        let numbers: Vec<u16> = obj
+            .element(tags::SEGMENT_SEQUENCE)
+            .unwrap()
+            .items()
+            .unwrap()
+            .iter()
+            .map(|i| i.element(tags::SEGMENT_NUMBER).unwrap().to_int().unwrap())
+            .collect();
+        assert_eq!(numbers, vec![0, 1, 2], "background segment 0, then 1..N");
+    } else {
+        assert_eq!(enc.sop_class_uid, uids::SEGMENTATION_STORAGE);
+        // segment 1: slices 0, 1, 3; segment 2: slices 1, 2 → 5 frames
+        assert_eq!(frames, 5);
+    }
     assert_eq!(
         obj.element(tags::SOP_INSTANCE_UID)
             .unwrap()
@@ -389,15 +413,10 @@ fn synthetic_round_trip(reversed: bool, multi_frame: bool) {
         if multi_frame { 1 } else { 5 },
         "distinct source instances"
     );
-    // ceil(5·13·11 / 8) = 90 bytes (even).
-    assert_eq!(
-        obj.element(tags::PIXEL_DATA)
-            .unwrap()
-            .to_bytes()
-            .unwrap()
-            .len(),
-        90
-    );
+    if !labelmap {
+        // ceil(5·13·11 / 8) = 90 bytes (even).
+        assert_eq!(obj.element(tags::PIXEL_DATA).unwrap().to_bytes().unwrap().len(), 90);
+    }
 
     let dir = tempfile::tempdir().unwrap();
     let name = match (reversed, multi_frame) {
@@ -405,6 +424,8 @@ fn synthetic_round_trip(reversed: bool, multi_frame: bool) {
         (true, false) => "synthetic-reversed",
         (_, true) => "synthetic-multiframe",
     };
+    let name = format!("{name}-{}", kind.segmentation_type().to_lowercase());
+    let name = name.as_str();
     let (seg, npy, geo) = write_case(dir.path(), name, &enc.bytes, &labels, Some(&case.geometry));
     let geo = geo.unwrap();
     let (ok, out) = run_checker(&seg, &npy, &["--geometry", geo.to_str().unwrap()]);
@@ -437,6 +458,29 @@ fn synthetic_descending_slice_order_round_trips() {
 #[test]
 fn synthetic_multi_frame_source_round_trips() {
     synthetic_round_trip(false, true);
+}
+
+#[test]
+fn labelmap_synthetic_oblique_odd_grid_round_trips() {
+    synthetic_round_trip_of(SegmentationKind::Labelmap, false, false);
+}
+
+#[test]
+fn labelmap_synthetic_descending_multi_frame_source_round_trips() {
+    synthetic_round_trip_of(SegmentationKind::Labelmap, true, true);
+}
+
+#[test]
+fn labelmap_empty_mask_keeps_every_plane_and_round_trips() {
+    let labels = Array3::<u8>::zeros((5, 13, 11));
+    let case = synthetic(labels.clone(), false, false);
+    let enc = encode_seg(&case.seg, &options(), SegmentationKind::Labelmap).expect("encode");
+    let (_, frames) = frame_count(&enc.bytes);
+    assert_eq!(frames, 5, "one frame per slice");
+    let dir = tempfile::tempdir().unwrap();
+    let (seg, npy, geo) = write_case(dir.path(), "empty-labelmap", &enc.bytes, &labels, Some(&case.geometry));
+    let (ok, out) = run_checker(&seg, &npy, &["--geometry", geo.unwrap().to_str().unwrap()]);
+    assert!(ok, "check_seg.py rejected the empty LABELMAP SEG:\n{out}");
 }
 
 #[test]
@@ -714,6 +758,10 @@ fn in_ellipsoid(
 }
 
 fn real_round_trip(series: &str, threshold: bool) {
+    real_round_trip_of(series, threshold, SegmentationKind::Binary)
+}
+
+fn real_round_trip_of(series: &str, threshold: bool, kind: SegmentationKind) {
     let Some(data) = data_dir() else { return };
     let dir = data.join("series").join(series);
     assert!(dir.is_dir(), "{} missing from the test data", dir.display());
@@ -763,9 +811,10 @@ fn real_round_trip(series: &str, threshold: bool) {
     );
 
     let seg = segmentation(volume, header, labels.clone());
-    let enc = encode_binary_seg(&seg, &options()).expect("encode");
+    let enc = encode_seg(&seg, &options(), kind).expect("encode");
     let tmp = tempfile::tempdir().unwrap();
-    let (seg_path, npy, _) = write_case(tmp.path(), series, &enc.bytes, &labels, None);
+    let name = format!("{series}-{}", kind.segmentation_type().to_lowercase());
+    let (seg_path, npy, _) = write_case(tmp.path(), &name, &enc.bytes, &labels, None);
     let (ok, out) = run_checker(&seg_path, &npy, &["--source-dir", dir.to_str().unwrap()]);
     println!("{out}");
     assert!(ok, "check_seg.py rejected the SEG of {series}:\n{out}");
@@ -774,6 +823,11 @@ fn real_round_trip(series: &str, threshold: bool) {
 #[test]
 fn real_mr_knee_threshold_mask_round_trips() {
     real_round_trip("mr-knee-dess-echo1", true);
+}
+
+#[test]
+fn labelmap_real_mr_knee_threshold_mask_round_trips() {
+    real_round_trip_of("mr-knee-dess-echo1", true, SegmentationKind::Labelmap);
 }
 
 #[test]

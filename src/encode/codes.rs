@@ -185,3 +185,12 @@ mod tests {
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// Segmentation (PS3.3 C.8.20)
+// ---------------------------------------------------------------------------
+
+/// Category and type of the LABELMAP background segment (SegmentNumber 0, pixel value 0).
+/// Source: pydicom concept dictionary (DCM 125040, in CIDs 7151, 7159, 7165, 7168, 7169,
+/// 7194, 7196, 12322); highdicom 0.28 writes the same triple for its LABELMAP background.
+pub const BACKGROUND: CodeConst = c("125040", "DCM", "Background");
