@@ -834,3 +834,87 @@ fn labelmap_real_mr_knee_threshold_mask_round_trips() {
 fn real_ct_abdomen_geometric_mask_round_trips() {
     real_round_trip("ct-abdomen-j2k", false);
 }
+
+/// TotalSegmentator's reference output for `ct-abdomen-j2k` (31 classes, values 1..117),
+/// put on the DICOM grid exactly by `integration/nifti_to_grid.py` (affine inversion, no
+/// interpolation), encoded with segment coding from
+/// [`myonode::encode::codes::TOTALSEGMENTATOR_CLASSES`], read back by check_seg.py
+/// (dciodvfy, own decoder, highdicom, dcmqi) and compared voxel for voxel.
+fn totalsegmentator_round_trip(kind: SegmentationKind) {
+    use myonode::encode::codes::{totalsegmentator_class, TOTALSEGMENTATOR_CATEGORY};
+    let Some(data) = data_dir() else { return };
+    let dir = data.join("series/ct-abdomen-j2k");
+    let nifti = data.join("labels/ct-abdomen-j2k.totalsegmentator.nii.gz");
+    assert!(dir.is_dir() && nifti.is_file(), "TotalSegmentator case missing from {}", data.display());
+    let tmp = tempfile::tempdir().unwrap();
+    let npy = tmp.path().join("grid.npy");
+    let names_json = tmp.path().join("names.json");
+    let out = Command::new(python())
+        .arg(crate_root().join("integration/nifti_to_grid.py"))
+        .arg(&nifti)
+        .arg("--source-dir")
+        .arg(&dir)
+        .arg("--out")
+        .arg(&npy)
+        .arg("--names")
+        .arg(&names_json)
+        .output()
+        .expect("failed to start nifti_to_grid.py");
+    assert!(out.status.success(), "nifti_to_grid.py failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let labels: Array3<u8> = ndarray_npy::read_npy(&npy).unwrap();
+    let names: std::collections::BTreeMap<String, String> =
+        serde_json::from_slice(&std::fs::read(&names_json).unwrap()).unwrap();
+    let (volume, header, _) = load_series(&dir, false);
+    assert_eq!(labels.shape(), &[volume.shape().0, volume.shape().1, volume.shape().2]);
+
+    let mut present: Vec<u8> = labels.iter().copied().filter(|&v| v != 0).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    present.sort_unstable();
+    assert_eq!(present.len(), 31, "TotalSegmentator classes in the reference output");
+    let segments: Vec<SegmentDescription> = present
+        .iter()
+        .map(|&v| {
+            let name = names.get(&v.to_string()).unwrap_or_else(|| panic!("label {v} has no name in the NIfTI"));
+            let class = totalsegmentator_class(name)
+                .unwrap_or_else(|| panic!("TotalSegmentator class `{name}` has no coding in codes.rs"));
+            SegmentDescription {
+                label_value: v,
+                label: name.clone(),
+                category: TOTALSEGMENTATOR_CATEGORY.code(),
+                property_type: class.property_type.code(),
+                type_modifier: class.type_modifier.map(|m| m.code()),
+                anatomic_region: None,
+                color_rgb: class.color_rgb,
+                algorithm_type: SegmentAlgorithmType::Automatic,
+            }
+        })
+        .collect();
+    let mut seg = segmentation(volume, header, labels.clone());
+    seg.segments = segments;
+    seg.algorithm = AlgorithmIdentification {
+        family: code("123110", "DCM", "Artificial Intelligence"),
+        name: "TotalSegmentator".into(),
+        version: "reference output".into(),
+    };
+    let enc = encode_seg(&seg, &options(), kind).expect("encode");
+    let name = format!("totalsegmentator-{}", kind.segmentation_type().to_lowercase());
+    let (seg_path, npy, _) = write_case(tmp.path(), &name, &enc.bytes, &labels, None);
+    let values = present.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(",");
+    let (ok, out) = run_checker(
+        &seg_path,
+        &npy,
+        &["--source-dir", dir.to_str().unwrap(), "--label-values", &values],
+    );
+    println!("{out}");
+    assert!(ok, "check_seg.py rejected the TotalSegmentator {name} SEG:\n{out}");
+}
+
+#[test]
+fn totalsegmentator_label_map_round_trips_as_binary_seg() {
+    totalsegmentator_round_trip(SegmentationKind::Binary);
+}
+
+#[test]
+fn totalsegmentator_label_map_round_trips_as_labelmap_seg() {
+    totalsegmentator_round_trip(SegmentationKind::Labelmap);
+}
