@@ -1,6 +1,10 @@
-//! Per-destination outputs (`[[destinations]] outputs`): the encode stage writes only
-//! what some destination wants, enqueues per destination, and each SR references the
-//! SEG that its destination receives.
+//! Delivery of results:
+//! * per-destination outputs (`[[destinations]] outputs`): the encode stage writes only
+//!   what some destination wants, enqueues per destination, and each SR references the
+//!   SEG that its destination receives;
+//! * bad peers (DCMTK `storescp` on loopback): a destination that does not accept the SEG
+//!   SOP classes, and one that refuses the association, get their objects dead-lettered
+//!   with the reason while another destination receives everything.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,6 +14,7 @@ use dicom_dictionary_std::{tags, uids};
 use dicom_object::InMemDicomObject;
 use ndarray::Array3;
 
+use myonode::config::DestinationConfig;
 use myonode::config::OutputKind::{self, SegBinary, SegLabelmap, Sr};
 use myonode::encode::stage::{
     encode_findings, EncodeContext, EncodeDestination, JOB_FILE, LABELMAP_SEG_FILE,
@@ -220,4 +225,173 @@ fn only_wanted_objects_are_encoded() {
     assert!(out.is_empty());
     assert!(job.join(SEG_FILE).is_file() && job.join(SR_FILE).is_file());
     assert!(!job.join(LABELMAP_SEG_FILE).exists());
+}
+
+// ---------------------------------------------------------------- bad peers
+
+/// A port nobody listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// DCMTK storescp (AE `PACS`) on a free loopback port, storing into a temporary directory.
+struct StoreScp {
+    child: std::process::Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl StoreScp {
+    fn start(extra: &[&str]) -> StoreScp {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = std::process::Command::new("storescp")
+            .env("TCP_NODELAY", "1")
+            .args(["-aet", "PACS", "-od"])
+            .arg(dir.path())
+            .args(extra)
+            .arg(port.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("DCMTK `storescp` not found in PATH (install dcmtk)");
+        let mut scp = StoreScp { child, port, dir };
+        // Ready when the port takes TCP connections (a refusing SCP answers no C-ECHO).
+        for _ in 0..400 {
+            if let Ok(Some(st)) = scp.child.try_wait() {
+                panic!("storescp {extra:?} exited at start: {st}");
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return scp;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        panic!("storescp did not start listening on {port}");
+    }
+
+    fn dest(&self, name: &str) -> DestinationConfig {
+        DestinationConfig {
+            name: name.into(),
+            ae_title: "PACS".into(),
+            host: "127.0.0.1".into(),
+            port: self.port,
+            max_attempts: 2,
+            retry_delay_seconds: 0.05,
+            outputs: vec![SegBinary, Sr],
+        }
+    }
+
+    /// SOP Instance UIDs of the objects storescp stored.
+    fn received(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .map(|p| {
+                let o = dicom_object::open_file(&p).unwrap();
+                o.element(tags::SOP_INSTANCE_UID).unwrap().to_str().unwrap().trim_end_matches('\0').to_string()
+            })
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for StoreScp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// DCMTK association negotiation profile accepting only Verification and Comprehensive 3D SR:
+/// a PACS that does not take segmentations.
+const NO_SEG_PROFILE: &str = "\
+[[TransferSyntaxes]]
+[Uncompressed]
+TransferSyntax1 = LocalEndianExplicit
+TransferSyntax2 = LittleEndianImplicit
+
+[[PresentationContexts]]
+[NoSeg]
+PresentationContext1 = VerificationSOPClass\\Uncompressed
+PresentationContext2 = 1.2.840.10008.5.1.4.1.1.88.34\\Uncompressed
+
+[[Profiles]]
+[Default]
+PresentationContexts = NoSeg
+";
+
+/// The dead letters of `dest` under `spool/failed/`: (file name, reason text).
+fn dead_letters(spool_root: &Path, dest: &str) -> Vec<(String, String)> {
+    let dir = spool_root.join("failed").join(dest);
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(&dir).into_iter().flatten() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().to_string();
+        if name.ends_with(".reason.txt") {
+            continue;
+        }
+        let reason = std::fs::read_to_string(dir.join(format!("{name}.reason.txt")))
+            .unwrap_or_else(|e| panic!("no reason file beside {}: {e}", p.display()));
+        v.push((name, reason));
+    }
+    v.sort();
+    v
+}
+
+#[test]
+fn rejected_sop_class_and_refused_association_are_dead_lettered_others_unaffected() {
+    let good = StoreScp::start(&[]);
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let cfg = cfg_dir.path().join("noseg.cfg");
+    std::fs::write(&cfg, NO_SEG_PROFILE).unwrap();
+    let noseg = StoreScp::start(&["-xf", cfg.to_str().unwrap(), "Default"]);
+    let refusing = StoreScp::start(&["--refuse"]);
+
+    let mut dests = vec![good.dest("good"), noseg.dest("noseg"), refusing.dest("refusing")];
+    dests[1].outputs = vec![SegBinary, SegLabelmap, Sr];
+    let spec: Vec<(&str, &[OutputKind])> = dests.iter().map(|d| (d.name.as_str(), d.outputs.as_slice())).collect();
+    let (tmp, _job, out) = run(&spec);
+    let spool_root = tmp.path().join("spool");
+    let spool = Arc::new(Spool::open(&spool_root, false).unwrap());
+    let (tx, rx) = crossbeam_channel::unbounded();
+    for o in &out {
+        tx.send(o.clone()).unwrap();
+    }
+    drop(tx);
+    let reports = myonode::send::run(rx, dests, "MYONODE".into(), spool.clone());
+    let counts: Vec<(&str, u64, u64)> = reports.iter().map(|r| (r.name.as_str(), r.delivered, r.failed)).collect();
+    assert_eq!(counts, [("good", 2, 0), ("noseg", 1, 2), ("refusing", 0, 2)]);
+
+    // The good destination got the SEG and the SR.
+    let mut want: Vec<String> = of(&out, "good").iter().map(|o| o.sop_instance_uid.clone()).collect();
+    want.sort();
+    assert_eq!(good.received(), want);
+    assert!(spool.pending_outbox("good").is_empty());
+
+    // The SEG-less PACS got the SR; both SEGs are dead letters naming their SOP class.
+    let sr_uid = of(&out, "noseg").iter().find(|o| o.sop_class_uid == COMPREHENSIVE_3D_SR).unwrap().sop_instance_uid.clone();
+    assert_eq!(noseg.received(), [sr_uid]);
+    let letters = dead_letters(&spool_root, "noseg");
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    for o in of(&out, "noseg").iter().filter(|o| o.sop_class_uid != COMPREHENSIVE_3D_SR) {
+        let (_, reason) = letters
+            .iter()
+            .find(|(n, _)| n.contains(&o.sop_instance_uid))
+            .unwrap_or_else(|| panic!("{} not dead-lettered: {letters:?}", o.sop_instance_uid));
+        assert!(reason.contains(&o.sop_class_uid), "reason does not name the SOP class: {reason}");
+        assert!(reason.contains("after 1 attempt(s)"), "a rejected SOP class is permanent, not retried: {reason}");
+    }
+
+    // The refusing PACS: both objects dead-lettered with the association rejection.
+    let letters = dead_letters(&spool_root, "refusing");
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    for (_, reason) in &letters {
+        assert!(reason.contains("association rejected"), "{reason}");
+        assert!(reason.contains("after 2 attempt(s)"), "a refused association is retried: {reason}");
+    }
+    assert!(refusing.received().is_empty());
+    for d in ["noseg", "refusing"] {
+        assert!(spool.pending_outbox(d).is_empty(), "{d}: outbox not empty");
+    }
 }
