@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepare a machine to build and test myonode. Idempotent and fast when done.
 #
-#   1. System tools (Debian/Ubuntu apt, needs root): dcmtk (storescp, storescu,
+#   1. System tools (Debian/Ubuntu apt, needs root): orthanc (the PACS of
+#      integration/test_orthanc.py), dcmtk (storescp, storescu,
 #      echoscu, dcmdump — the PACS and scanner in tests and the demo), cmake and
 #      pkg-config (native builds of codec crates), python3-venv. Skipped when the
 #      tools are already on PATH, so it also runs without root once set up.
