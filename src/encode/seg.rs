@@ -1,5 +1,7 @@
-//! BINARY DICOM Segmentation (Segmentation Storage, 1.2.840.10008.5.1.4.1.1.66.4)
-//! of a label map on the grid of its source volume.
+//! DICOM Segmentation of a label map on the grid of its source volume: BINARY
+//! (Segmentation Storage, 1.2.840.10008.5.1.4.1.1.66.4) or LABELMAP (Label Map
+//! Segmentation Storage, 1.2.840.10008.5.1.4.1.1.66.7, PS3.3 C.8.20 as amended by
+//! Supplement 243; see [`encode_labelmap_seg`] for how it differs).
 //!
 //! IOD: PS3.3 A.51 (Segmentation IOD). Modules written: Patient, General
 //! Study, Patient Study (when present in the source), General Series,
@@ -9,7 +11,7 @@
 //! Multi-frame Dimension (C.7.6.17), Common Instance Reference (C.12.2) and
 //! SOP Common (C.12.1).
 //!
-//! Frame layout (the convention of highdicom and dcmqi):
+//! BINARY frame layout (the convention of highdicom and dcmqi):
 //! * Frames are segment-major: all frames of segment 1, then segment 2, ...
 //! * Within a segment, frames follow the source planes in ascending position
 //!   along the slice normal `n = row_direction × column_direction`
