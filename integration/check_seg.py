@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Independent check of a BINARY DICOM-SEG written by myonode.
+"""Independent check of a BINARY or LABELMAP DICOM-SEG written by myonode.
 
 Usage:
     check_seg.py SEG_FILE --labels LABELS.npy (--source-dir DIR | --geometry GEOMETRY.json)
@@ -32,6 +32,17 @@ What is checked (any failure → exit status 1 with one "FAIL:" line per problem
    of its planes must land on a source slice position and hold exactly that
    slice's mask, and slices it does not cover must be empty. Skipped with a
    note when dcmqi is not installed, unless --require-dcmqi is given.
+
+LABELMAP objects (Label Map Segmentation Storage 1.2.840.10008.5.1.4.1.1.66.7,
+PS3.3 C.8.20 as amended by Sup 243) are recognised by SegmentationType and
+checked the same way, except: 8- or 16-bit unsigned frames (BitsStored =
+BitsAllocated, HighBit = BitsStored - 1), PixelPaddingValue 0, a background
+item with SegmentNumber 0 coded (125040, DCM, "Background"), real segments
+1..N, one frame per plane in ascending position with DimensionIndexValues =
+[rank] and no Segment Identification Sequence, pixel value = segment number.
+dcmqi (the PyPI build in the venv) reads LABELMAP into a single label volume
+``1.nii.gz`` whose voxel values are the segment numbers; step 4 then compares
+``value == segment number`` of that one volume instead of one volume per segment.
 
 Label map convention (identical to src/volume.rs in myonode): LABELS.npy has
 shape (slices, rows, columns) = [z][y][x]; axis 0 is ordered by ascending
@@ -68,6 +79,7 @@ import sys
 from pathlib import Path
 
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+LABELMAP_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.7"
 
 try:
     import numpy as np
@@ -205,6 +217,8 @@ def run_dciodvfy(seg_path: Path, exe: str | None, fails: Failures) -> None:
 def check_structure(ds, geom: dict, labels: np.ndarray, seg_to_label: dict[int, int],
                     tol: float, fails: Failures) -> np.ndarray | None:
     """Structural checks; returns the label map decoded by this script (or None)."""
+    if ds.get("SegmentationType") == "LABELMAP":
+        return check_labelmap_structure(ds, geom, labels, seg_to_label, tol, fails)
     fails.check(str(ds.SOPClassUID) == SEG_SOP_CLASS, f"SOPClassUID {ds.SOPClassUID} is not Segmentation Storage")
     fails.check(ds.Modality == "SEG", f"Modality {ds.Modality!r}")
     fails.check(ds.SegmentationType == "BINARY", f"SegmentationType {ds.SegmentationType!r}")
@@ -308,6 +322,127 @@ def check_structure(ds, geom: dict, labels: np.ndarray, seg_to_label: dict[int, 
     return decoded
 
 
+def check_common(ds, geom: dict, labels: np.ndarray, fails: Failures) -> tuple[int, int] | None:
+    """Checks shared by both types: grid, UIDs, attributes, orientation, instance references."""
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    if not fails.check((rows, cols) == (geom["rows"], geom["columns"]),
+                       f"Rows×Columns {rows}×{cols} != source {geom['rows']}×{geom['columns']}"):
+        return None
+    nz = len(geom["slices"])
+    if not fails.check(labels.shape == (nz, rows, cols),
+                       f"labels.npy shape {labels.shape} != (slices, rows, columns) {(nz, rows, cols)}"):
+        return None
+    fails.check(str(ds.StudyInstanceUID) == geom["study_instance_uid"], "StudyInstanceUID differs from source")
+    fails.check(str(ds.FrameOfReferenceUID) == geom["frame_of_reference_uid"], "FrameOfReferenceUID differs from source")
+    fails.check(str(ds.SeriesInstanceUID) != geom["series_instance_uid"], "SEG reuses the source SeriesInstanceUID")
+    for key, expected in geom.get("attributes", {}).items():
+        got = str(ds.get(key, "<absent>"))
+        fails.check(got == str(expected), f"{key} is {got!r}, expected {expected!r}")
+    sfg = ds.SharedFunctionalGroupsSequence[0]
+    iop = [float(v) for v in sfg.PlaneOrientationSequence[0].ImageOrientationPatient]
+    fails.check(np.allclose(iop, geom["image_orientation"], atol=1e-4),
+                f"ImageOrientationPatient {iop} != source {geom['image_orientation']}")
+    referenced = set()
+    for rs in ds.get("ReferencedSeriesSequence", []):
+        fails.check(str(rs.SeriesInstanceUID) == geom["series_instance_uid"],
+                    f"ReferencedSeriesSequence names series {rs.SeriesInstanceUID}")
+        for ri in rs.ReferencedInstanceSequence:
+            referenced.add(str(ri.ReferencedSOPInstanceUID))
+    expected_uids = {s["sop_instance_uid"] for s in geom["slices"]}
+    missing = expected_uids - referenced
+    fails.check(not missing, f"{len(missing)} source instances missing from ReferencedSeriesSequence")
+    fails.check(not (referenced - expected_uids), "ReferencedSeriesSequence lists instances not in the source")
+    return rows, cols
+
+
+def check_labelmap_structure(ds, geom: dict, labels: np.ndarray, seg_to_label: dict[int, int],
+                             tol: float, fails: Failures) -> np.ndarray | None:
+    """LABELMAP structure (Sup 243); returns the label map decoded by this script (or None)."""
+    fails.check(str(ds.SOPClassUID) == LABELMAP_SOP_CLASS,
+                f"SOPClassUID {ds.SOPClassUID} is not Label Map Segmentation Storage")
+    fails.check(ds.Modality == "SEG", f"Modality {ds.Modality!r}")
+    bits = int(ds.BitsAllocated)
+    fails.check(bits in (8, 16) and int(ds.BitsStored) == bits and int(ds.HighBit) == bits - 1
+                and int(ds.PixelRepresentation) == 0,
+                f"BitsAllocated/BitsStored/HighBit/PixelRepresentation {bits}/{ds.BitsStored}/{ds.HighBit}/"
+                f"{ds.PixelRepresentation} are not 8/8/7/0 or 16/16/15/0")
+    fails.check(ds.PhotometricInterpretation == "MONOCHROME2", f"PhotometricInterpretation {ds.PhotometricInterpretation}")
+    fails.check(int(ds.get("PixelPaddingValue", -1)) == 0, "PixelPaddingValue is not 0 (background)")
+    rc = check_common(ds, geom, labels, fails)
+    if rc is None:
+        return None
+    rows, cols = rc
+    nz = len(geom["slices"])
+    seg_numbers = [int(s.SegmentNumber) for s in ds.SegmentSequence]
+    if fails.check(seg_numbers and seg_numbers[0] == 0, f"first segment is {seg_numbers[:1]}, expected background 0"):
+        bg = ds.SegmentSequence[0]
+        for attr in ("SegmentedPropertyCategoryCodeSequence", "SegmentedPropertyTypeCodeSequence"):
+            c = bg[attr][0]
+            fails.check((c.CodeValue, c.CodingSchemeDesignator) == ("125040", "DCM"),
+                        f"background {attr} is ({c.CodeValue}, {c.CodingSchemeDesignator}), expected (125040, DCM)")
+    real = [n for n in seg_numbers if n != 0]
+    fails.check(real == list(range(1, len(real) + 1)), f"SegmentNumbers {real} are not 1..N")
+    fails.check(set(real) == set(seg_to_label), f"SEG segments {real} vs label values {seg_to_label}")
+    fails.check(len(ds.DimensionIndexSequence) == 1
+                and ds.DimensionIndexSequence[0].DimensionIndexPointer == 0x00200032,
+                "LABELMAP dimension index is not ImagePositionPatient alone")
+    n = normal_of(geom["image_orientation"])
+
+    nframes = int(ds.NumberOfFrames)
+    dtype = np.uint8 if bits == 8 else np.dtype("<u2")
+    nbytes = nframes * rows * cols * (bits // 8)
+    fails.check(len(ds.PixelData) == nbytes + nbytes % 2,
+                f"Pixel Data length {len(ds.PixelData)} != {nbytes + nbytes % 2} for {nframes} frames of {rows}×{cols}")
+    if len(ds.PixelData) < nbytes:
+        return None
+    frames = np.frombuffer(ds.PixelData[:nbytes], dtype=dtype).reshape(nframes, rows, cols)
+    unknown = set(np.unique(frames).tolist()) - set(seg_numbers)
+    fails.check(not unknown, f"pixel values {sorted(unknown)} are no segment number")
+
+    index_of = {(s["sop_instance_uid"], s["frame_number"]): z for z, s in enumerate(geom["slices"])}
+    pfg = ds.PerFrameFunctionalGroupsSequence
+    fails.check(len(pfg) == nframes, f"{len(pfg)} per-frame items for NumberOfFrames {nframes}")
+    planes = []
+    for i, fg in enumerate(pfg):
+        fails.check("SegmentIdentificationSequence" not in fg, f"frame {i + 1}: LABELMAP frame has a Segment Identification Sequence")
+        src = fg.DerivationImageSequence[0].SourceImageSequence
+        if not fails.check(len(src) == 1, f"frame {i + 1}: {len(src)} source images"):
+            return None
+        ref = src[0]
+        fn = int(ref.ReferencedFrameNumber) if "ReferencedFrameNumber" in ref else None
+        key = (str(ref.ReferencedSOPInstanceUID), fn)
+        if not fails.check(key in index_of, f"frame {i + 1}: references unknown source {key}"):
+            return None
+        z = index_of[key]
+        ipp = [float(v) for v in fg.PlanePositionSequence[0].ImagePositionPatient]
+        exp = geom["slices"][z]["position"]
+        fails.check(max(abs(a - b) for a, b in zip(ipp, exp)) <= tol,
+                    f"frame {i + 1}: ImagePositionPatient {ipp} != source slice {z} position {exp}")
+        raw = fg.FrameContentSequence[0].DimensionIndexValues
+        div = [int(v) for v in (raw if isinstance(raw, (list, tuple, pydicom.multival.MultiValue)) else [raw])]
+        planes.append((z, div))
+    zs = [z for z, _ in planes]
+    fails.check(len(set(zs)) == len(zs), "a source plane has more than one LABELMAP frame")
+    ordered = sorted(set(zs), key=lambda z: float(np.dot(geom["slices"][z]["position"], n)))
+    rank = {z: r + 1 for r, z in enumerate(ordered)}
+    fails.check(zs == ordered, "frames are not in ascending plane position")
+    all_empty = not frames.any()
+    for i, (z, div) in enumerate(planes):
+        fails.check(div == [rank[z]], f"frame {i + 1}: DimensionIndexValues {div} != {[rank[z]]}")
+        if not all_empty:
+            fails.check(bool(frames[i].any()), f"frame {i + 1} (slice {z}) is empty but stored")
+    if all_empty:
+        fails.check(nframes == nz, f"empty segmentation has {nframes} frames, expected every slice = {nz}")
+    lut = np.full(65536, -1, dtype=np.int32)
+    lut[0] = 0
+    for s, v in seg_to_label.items():
+        lut[s] = v
+    decoded = np.zeros((nz, rows, cols), dtype=np.int32)
+    for i, (z, _) in enumerate(planes):
+        decoded[z] = lut[frames[i].astype(np.int64)]
+    return decoded
+
+
 def check_with_highdicom(path: Path, geom: dict, seg_to_label: dict[int, int], fails: Failures) -> np.ndarray | None:
     seg = hd.seg.segread(str(path))
     slices = geom["slices"]
@@ -345,7 +480,7 @@ def find_tool(name: str, explicit_dir: str | None) -> str | None:
 
 
 def check_with_dcmqi(path: Path, geom: dict, labels: np.ndarray, seg_to_label: dict[int, int],
-                     tol: float, exe: str, fails: Failures) -> None:
+                     tol: float, exe: str, fails: Failures, labelmap: bool = False) -> None:
     import tempfile
     import nibabel as nib
 
@@ -360,7 +495,8 @@ def check_with_dcmqi(path: Path, geom: dict, labels: np.ndarray, seg_to_label: d
         # NIfTI affines are RAS and stored as float32: allow for that.
         ptol = max(tol, 1e-3 * max(1.0, float(np.abs(positions).max())) / 100.0)
         for s, value in seg_to_label.items():
-            f = Path(out) / f"{s}.nii.gz"
+            # LABELMAP: dcmqi writes one label volume (1.nii.gz) holding segment numbers.
+            f = Path(out) / ("1.nii.gz" if labelmap else f"{s}.nii.gz")
             if not f.exists():
                 f = Path(out) / f"{s}.nii"
             if not fails.check(f.exists(), f"dcmqi wrote no volume for segment {s}"):
@@ -381,7 +517,7 @@ def check_with_dcmqi(path: Path, geom: dict, labels: np.ndarray, seg_to_label: d
                                    f"dcmqi segment {s}: plane {k} at {pos.tolist()} matches no source slice"):
                     continue
                 covered.add(z)
-                got = data[:, :, k].T != 0
+                got = (data[:, :, k].T == s) if labelmap else (data[:, :, k].T != 0)
                 want = labels[z] == value
                 if not np.array_equal(got, want):
                     fails.add(f"dcmqi segment {s}: plane {k} (source slice {z}) differs from labels.npy "
@@ -425,7 +561,8 @@ def main(argv: list[str] | None = None) -> int:
     geom = geometry_from_sources(args.source_dir) if args.source_dir else geometry_from_json(args.geometry)
 
     ds = pydicom.dcmread(args.seg)
-    nseg = len(ds.SegmentSequence)
+    is_labelmap = ds.get("SegmentationType") == "LABELMAP"
+    nseg = sum(1 for s in ds.SegmentSequence if int(s.SegmentNumber) != 0)
     if args.label_values:
         values = [int(v) for v in args.label_values.split(",")]
     else:
@@ -452,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print("check_seg: note: dcmqi not installed, geometry check through dcmqi skipped")
     else:
-        check_with_dcmqi(args.seg, geom, labels, seg_to_label, args.tol_mm, dcmqi, fails)
+        check_with_dcmqi(args.seg, geom, labels, seg_to_label, args.tol_mm, dcmqi, fails, is_labelmap)
 
     if fails.items:
         print(f"check_seg: {len(fails.items)} problem(s) in {args.seg}", file=sys.stderr)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepare a machine to build and test myonode. Idempotent and fast when done.
 #
-#   1. System tools (Debian/Ubuntu apt, needs root): dcmtk (storescp, storescu,
+#   1. System tools (Debian/Ubuntu apt, needs root): orthanc (the PACS of
+#      integration/test_orthanc.py), dcmtk (storescp, storescu,
 #      echoscu, dcmdump — the PACS and scanner in tests and the demo), cmake and
 #      pkg-config (native builds of codec crates), python3-venv. Skipped when the
 #      tools are already on PATH, so it also runs without root once set up.
@@ -42,6 +43,8 @@ fi
 command -v ip >/dev/null 2>&1 || missing_pkgs+=(iproute2)
 # A C toolchain for crates with native parts (cc crate).
 command -v cc >/dev/null 2>&1 || missing_pkgs+=(build-essential)
+# Orthanc: the PACS of integration/test_orthanc.py (the test starts its own instance).
+command -v Orthanc >/dev/null 2>&1 || missing_pkgs+=(orthanc)
 
 if ((${#missing_pkgs[@]})); then
     log "installing system packages: ${missing_pkgs[*]}"
@@ -58,8 +61,14 @@ if ((${#missing_pkgs[@]})); then
     fi
     "${sudo_cmd[@]}" apt-get update -q </dev/null
     "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends "${missing_pkgs[@]}" </dev/null
+    # The package enables a system Orthanc service (ports 4242/8042 on all interfaces) on
+    # systemd hosts; the tests do not use it.
+    if [[ " ${missing_pkgs[*]} " == *" orthanc "* ]] && command -v systemctl >/dev/null 2>&1 \
+        && systemctl is-enabled --quiet orthanc 2>/dev/null; then
+        "${sudo_cmd[@]}" systemctl disable --now orthanc || log "could not disable the orthanc service"
+    fi
 else
-    log "system tools present (dcmtk, cmake, pkg-config, python venv): apt skipped"
+    log "system tools present (dcmtk, orthanc, cmake, pkg-config, python venv): apt skipped"
 fi
 
 # ---------------------------------------------------------------- 2. venv

@@ -167,6 +167,52 @@ pub struct DestinationConfig {
     /// First retry delay in seconds; doubles after each failure.
     #[serde(default = "default_retry_delay")]
     pub retry_delay_seconds: f64,
+    /// Which result objects this destination receives (default `["seg-binary", "sr"]`).
+    #[serde(default = "default_outputs")]
+    pub outputs: Vec<OutputKind>,
+}
+
+/// One kind of result object a destination can receive (`[[destinations]] outputs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String")]
+pub enum OutputKind {
+    /// `seg-binary`: BINARY DICOM-SEG, Segmentation Storage 1.2.840.10008.5.1.4.1.1.66.4 (PS3.3 A.51).
+    #[serde(rename = "seg-binary")]
+    SegBinary,
+    /// `seg-labelmap`: LABELMAP DICOM-SEG, Label Map Segmentation Storage
+    /// 1.2.840.10008.5.1.4.1.1.66.7 (PS3.3 A.51 as amended by Sup 243).
+    #[serde(rename = "seg-labelmap")]
+    SegLabelmap,
+    /// `sr`: TID 1500 measurement report, Comprehensive 3D SR (PS3.16 TID 1500).
+    #[serde(rename = "sr")]
+    Sr,
+}
+
+impl OutputKind {
+    /// The name used in the configuration file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputKind::SegBinary => "seg-binary",
+            OutputKind::SegLabelmap => "seg-labelmap",
+            OutputKind::Sr => "sr",
+        }
+    }
+}
+
+impl TryFrom<String> for OutputKind {
+    type Error = String;
+
+    /// Parse a configuration name; the error lists the accepted names.
+    fn try_from(v: String) -> Result<Self, Self::Error> {
+        [OutputKind::SegBinary, OutputKind::SegLabelmap, OutputKind::Sr]
+            .into_iter()
+            .find(|k| k.as_str() == v)
+            .ok_or_else(|| format!("unknown output \"{v}\"; expected one of \"seg-binary\", \"seg-labelmap\", \"sr\""))
+    }
+}
+
+fn default_outputs() -> Vec<OutputKind> {
+    vec![OutputKind::SegBinary, OutputKind::Sr]
 }
 
 fn default_max_attempts() -> u32 {
@@ -287,6 +333,13 @@ impl Config {
             }
             if d.max_attempts == 0 {
                 return bad(&key("max_attempts"), "must be at least 1");
+            }
+            if d.outputs.is_empty() {
+                return bad(&key("outputs"), "must name at least one of \"seg-binary\", \"seg-labelmap\", \"sr\"");
+            }
+            let mut seen_outputs = std::collections::HashSet::new();
+            if let Some(dup) = d.outputs.iter().find(|o| !seen_outputs.insert(**o)) {
+                return bad(&key("outputs"), format!("lists \"{}\" more than once", dup.as_str()));
             }
         }
         Ok(())
@@ -423,5 +476,37 @@ mod tests {
         std::fs::write(&p, "[node]\nae_title = \"THIS_TITLE_IS_MUCH_TOO_LONG\"\n").unwrap();
         let e = Config::load(Some(&p)).unwrap_err().to_string();
         assert!(e.contains("node.ae_title"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod destination_outputs_tests {
+    use super::*;
+
+    fn load(toml: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, toml).unwrap();
+        Config::load(Some(&p))
+    }
+
+    const DEST: &str = "[[destinations]]\nname = \"a\"\nae_title = \"A\"\nhost = \"127.0.0.1\"\nport = 104\n";
+
+    #[test]
+    fn outputs_default_to_binary_seg_and_sr() {
+        let c = load(DEST).unwrap();
+        assert_eq!(c.destinations[0].outputs, vec![OutputKind::SegBinary, OutputKind::Sr]);
+    }
+
+    #[test]
+    fn outputs_are_parsed_and_validated() {
+        let c = load(&format!("{DEST}outputs = [\"seg-labelmap\"]\n")).unwrap();
+        assert_eq!(c.destinations[0].outputs, vec![OutputKind::SegLabelmap]);
+        let e = load(&format!("{DEST}outputs = []\n")).unwrap_err().to_string();
+        assert!(e.contains("destinations[0].outputs"), "{e}");
+        let e = load(&format!("{DEST}outputs = [\"sr\", \"sr\"]\n")).unwrap_err().to_string();
+        assert!(e.contains("destinations[0].outputs") && e.contains("more than once"), "{e}");
+        let e = load(&format!("{DEST}outputs = [\"seg-fractional\"]\n")).unwrap_err().to_string();
+        assert!(e.contains("seg-fractional") && e.contains("seg-labelmap"), "{e}");
     }
 }

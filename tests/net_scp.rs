@@ -13,7 +13,7 @@ use std::sync::Arc;
 use dicom_dictionary_std::tags;
 use dicom_object::mem::InMemElement;
 use dicom_object::DefaultDicomObject;
-use myonode::config::{DestinationConfig, ReceiveConfig};
+use myonode::config::{DestinationConfig, OutputKind, ReceiveConfig};
 use myonode::dimse::status;
 use myonode::pipeline::messages::InstanceStored;
 use myonode::receive::{serve, ReceiveContext};
@@ -72,6 +72,7 @@ impl Scp {
             port: self.port,
             max_attempts: 1,
             retry_delay_seconds: 0.1,
+            outputs: vec![OutputKind::SegBinary, OutputKind::Sr],
         }
     }
 

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
 use dicom_dictionary_std::tags;
-use myonode::config::DestinationConfig;
+use myonode::config::{DestinationConfig, OutputKind};
 use myonode::dimse::status;
 use myonode::pipeline::messages::Outbound;
 use myonode::send::{c_echo, c_store, run, SendError};
@@ -73,6 +73,7 @@ impl StoreScp {
             port: self.port,
             max_attempts: 3,
             retry_delay_seconds: 0.1,
+            outputs: vec![OutputKind::SegBinary, OutputKind::Sr],
         }
     }
 
@@ -201,6 +202,7 @@ fn send_stage_retries_then_dead_letters() {
         port: free_port(),
         max_attempts: 2,
         retry_delay_seconds: 0.1,
+        outputs: vec![OutputKind::SegBinary, OutputKind::Sr],
     };
     let (tx, rx) = crossbeam_channel::unbounded();
     let o = outbound(&spool, "nowhere", &src);

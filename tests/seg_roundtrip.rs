@@ -19,7 +19,9 @@ use dicom_pixeldata::PixelDecoder;
 use ndarray::Array3;
 use serde_json::json;
 
-use myonode::encode::{encode_binary_seg, SegOptions};
+use myonode::encode::{
+    encode_binary_seg, encode_seg, SegOptions, SegmentationKind, LABEL_MAP_SEGMENTATION_STORAGE,
+};
 use myonode::pipeline::messages::{
     AlgorithmIdentification, Code, SegmentAlgorithmType, SegmentDescription, Segmentation,
     SeriesHeader, StudyJob,
@@ -341,14 +343,36 @@ fn frame_count(bytes: &[u8]) -> (InMemDicomObject, u32) {
 }
 
 fn synthetic_round_trip(reversed: bool, multi_frame: bool) {
+    synthetic_round_trip_of(SegmentationKind::Binary, reversed, multi_frame)
+}
+
+fn synthetic_round_trip_of(kind: SegmentationKind, reversed: bool, multi_frame: bool) {
     let labels = pattern();
     let case = synthetic(labels.clone(), reversed, multi_frame);
-    let enc = encode_binary_seg(&case.seg, &options()).expect("encode");
-    assert_eq!(enc.sop_class_uid, uids::SEGMENTATION_STORAGE);
-
+    let enc = encode_seg(&case.seg, &options(), kind).expect("encode");
     let (obj, frames) = frame_count(&enc.bytes);
-    // segment 1: slices 0, 1, 3; segment 2: slices 1, 2 → 5 frames
-    assert_eq!(frames, 5);
+    let labelmap = kind == SegmentationKind::Labelmap;
+    if labelmap {
+        assert_eq!(enc.sop_class_uid, LABEL_MAP_SEGMENTATION_STORAGE);
+        // one frame per plane holding any segment: slices 0, 1, 2, 3
+        assert_eq!(frames, 4);
+        assert_eq!(ds_str(&obj, tags::SEGMENTATION_TYPE), "LABELMAP");
+        // 4 frames · 13 · 11 bytes = 572 (even)
+        assert_eq!(obj.element(tags::PIXEL_DATA).unwrap().to_bytes().unwrap().len(), 572);
+        let numbers: Vec<u16> = obj
+            .element(tags::SEGMENT_SEQUENCE)
+            .unwrap()
+            .items()
+            .unwrap()
+            .iter()
+            .map(|i| i.element(tags::SEGMENT_NUMBER).unwrap().to_int().unwrap())
+            .collect();
+        assert_eq!(numbers, vec![0, 1, 2], "background segment 0, then 1..N");
+    } else {
+        assert_eq!(enc.sop_class_uid, uids::SEGMENTATION_STORAGE);
+        // segment 1: slices 0, 1, 3; segment 2: slices 1, 2 → 5 frames
+        assert_eq!(frames, 5);
+    }
     assert_eq!(
         obj.element(tags::SOP_INSTANCE_UID)
             .unwrap()
@@ -389,15 +413,10 @@ fn synthetic_round_trip(reversed: bool, multi_frame: bool) {
         if multi_frame { 1 } else { 5 },
         "distinct source instances"
     );
-    // ceil(5·13·11 / 8) = 90 bytes (even).
-    assert_eq!(
-        obj.element(tags::PIXEL_DATA)
-            .unwrap()
-            .to_bytes()
-            .unwrap()
-            .len(),
-        90
-    );
+    if !labelmap {
+        // ceil(5·13·11 / 8) = 90 bytes (even).
+        assert_eq!(obj.element(tags::PIXEL_DATA).unwrap().to_bytes().unwrap().len(), 90);
+    }
 
     let dir = tempfile::tempdir().unwrap();
     let name = match (reversed, multi_frame) {
@@ -405,6 +424,8 @@ fn synthetic_round_trip(reversed: bool, multi_frame: bool) {
         (true, false) => "synthetic-reversed",
         (_, true) => "synthetic-multiframe",
     };
+    let name = format!("{name}-{}", kind.segmentation_type().to_lowercase());
+    let name = name.as_str();
     let (seg, npy, geo) = write_case(dir.path(), name, &enc.bytes, &labels, Some(&case.geometry));
     let geo = geo.unwrap();
     let (ok, out) = run_checker(&seg, &npy, &["--geometry", geo.to_str().unwrap()]);
@@ -437,6 +458,29 @@ fn synthetic_descending_slice_order_round_trips() {
 #[test]
 fn synthetic_multi_frame_source_round_trips() {
     synthetic_round_trip(false, true);
+}
+
+#[test]
+fn labelmap_synthetic_oblique_odd_grid_round_trips() {
+    synthetic_round_trip_of(SegmentationKind::Labelmap, false, false);
+}
+
+#[test]
+fn labelmap_synthetic_descending_multi_frame_source_round_trips() {
+    synthetic_round_trip_of(SegmentationKind::Labelmap, true, true);
+}
+
+#[test]
+fn labelmap_empty_mask_keeps_every_plane_and_round_trips() {
+    let labels = Array3::<u8>::zeros((5, 13, 11));
+    let case = synthetic(labels.clone(), false, false);
+    let enc = encode_seg(&case.seg, &options(), SegmentationKind::Labelmap).expect("encode");
+    let (_, frames) = frame_count(&enc.bytes);
+    assert_eq!(frames, 5, "one frame per slice");
+    let dir = tempfile::tempdir().unwrap();
+    let (seg, npy, geo) = write_case(dir.path(), "empty-labelmap", &enc.bytes, &labels, Some(&case.geometry));
+    let (ok, out) = run_checker(&seg, &npy, &["--geometry", geo.unwrap().to_str().unwrap()]);
+    assert!(ok, "check_seg.py rejected the empty LABELMAP SEG:\n{out}");
 }
 
 #[test]
@@ -714,6 +758,10 @@ fn in_ellipsoid(
 }
 
 fn real_round_trip(series: &str, threshold: bool) {
+    real_round_trip_of(series, threshold, SegmentationKind::Binary)
+}
+
+fn real_round_trip_of(series: &str, threshold: bool, kind: SegmentationKind) {
     let Some(data) = data_dir() else { return };
     let dir = data.join("series").join(series);
     assert!(dir.is_dir(), "{} missing from the test data", dir.display());
@@ -763,9 +811,10 @@ fn real_round_trip(series: &str, threshold: bool) {
     );
 
     let seg = segmentation(volume, header, labels.clone());
-    let enc = encode_binary_seg(&seg, &options()).expect("encode");
+    let enc = encode_seg(&seg, &options(), kind).expect("encode");
     let tmp = tempfile::tempdir().unwrap();
-    let (seg_path, npy, _) = write_case(tmp.path(), series, &enc.bytes, &labels, None);
+    let name = format!("{series}-{}", kind.segmentation_type().to_lowercase());
+    let (seg_path, npy, _) = write_case(tmp.path(), &name, &enc.bytes, &labels, None);
     let (ok, out) = run_checker(&seg_path, &npy, &["--source-dir", dir.to_str().unwrap()]);
     println!("{out}");
     assert!(ok, "check_seg.py rejected the SEG of {series}:\n{out}");
@@ -777,6 +826,95 @@ fn real_mr_knee_threshold_mask_round_trips() {
 }
 
 #[test]
+fn labelmap_real_mr_knee_threshold_mask_round_trips() {
+    real_round_trip_of("mr-knee-dess-echo1", true, SegmentationKind::Labelmap);
+}
+
+#[test]
 fn real_ct_abdomen_geometric_mask_round_trips() {
     real_round_trip("ct-abdomen-j2k", false);
+}
+
+/// TotalSegmentator's reference output for `ct-abdomen-j2k` (31 classes, values 1..117),
+/// put on the DICOM grid exactly by `integration/nifti_to_grid.py` (affine inversion, no
+/// interpolation), encoded with segment coding from
+/// [`myonode::encode::codes::TOTALSEGMENTATOR_CLASSES`], read back by check_seg.py
+/// (dciodvfy, own decoder, highdicom, dcmqi) and compared voxel for voxel.
+fn totalsegmentator_round_trip(kind: SegmentationKind) {
+    use myonode::encode::codes::{totalsegmentator_class, TOTALSEGMENTATOR_CATEGORY};
+    let Some(data) = data_dir() else { return };
+    let dir = data.join("series/ct-abdomen-j2k");
+    let nifti = data.join("labels/ct-abdomen-j2k.totalsegmentator.nii.gz");
+    assert!(dir.is_dir() && nifti.is_file(), "TotalSegmentator case missing from {}", data.display());
+    let tmp = tempfile::tempdir().unwrap();
+    let npy = tmp.path().join("grid.npy");
+    let names_json = tmp.path().join("names.json");
+    let out = Command::new(python())
+        .arg(crate_root().join("integration/nifti_to_grid.py"))
+        .arg(&nifti)
+        .arg("--source-dir")
+        .arg(&dir)
+        .arg("--out")
+        .arg(&npy)
+        .arg("--names")
+        .arg(&names_json)
+        .output()
+        .expect("failed to start nifti_to_grid.py");
+    assert!(out.status.success(), "nifti_to_grid.py failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let labels: Array3<u8> = ndarray_npy::read_npy(&npy).unwrap();
+    let names: std::collections::BTreeMap<String, String> =
+        serde_json::from_slice(&std::fs::read(&names_json).unwrap()).unwrap();
+    let (volume, header, _) = load_series(&dir, false);
+    assert_eq!(labels.shape(), &[volume.shape().0, volume.shape().1, volume.shape().2]);
+
+    let mut present: Vec<u8> = labels.iter().copied().filter(|&v| v != 0).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    present.sort_unstable();
+    assert_eq!(present.len(), 31, "TotalSegmentator classes in the reference output");
+    let segments: Vec<SegmentDescription> = present
+        .iter()
+        .map(|&v| {
+            let name = names.get(&v.to_string()).unwrap_or_else(|| panic!("label {v} has no name in the NIfTI"));
+            let class = totalsegmentator_class(name)
+                .unwrap_or_else(|| panic!("TotalSegmentator class `{name}` has no coding in codes.rs"));
+            SegmentDescription {
+                label_value: v,
+                label: name.clone(),
+                category: TOTALSEGMENTATOR_CATEGORY.code(),
+                property_type: class.property_type.code(),
+                type_modifier: class.type_modifier.map(|m| m.code()),
+                anatomic_region: None,
+                color_rgb: class.color_rgb,
+                algorithm_type: SegmentAlgorithmType::Automatic,
+            }
+        })
+        .collect();
+    let mut seg = segmentation(volume, header, labels.clone());
+    seg.segments = segments;
+    seg.algorithm = AlgorithmIdentification {
+        family: code("123110", "DCM", "Artificial Intelligence"),
+        name: "TotalSegmentator".into(),
+        version: "reference output".into(),
+    };
+    let enc = encode_seg(&seg, &options(), kind).expect("encode");
+    let name = format!("totalsegmentator-{}", kind.segmentation_type().to_lowercase());
+    let (seg_path, npy, _) = write_case(tmp.path(), &name, &enc.bytes, &labels, None);
+    let values = present.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(",");
+    let (ok, out) = run_checker(
+        &seg_path,
+        &npy,
+        &["--source-dir", dir.to_str().unwrap(), "--label-values", &values],
+    );
+    println!("{out}");
+    assert!(ok, "check_seg.py rejected the TotalSegmentator {name} SEG:\n{out}");
+}
+
+#[test]
+fn totalsegmentator_label_map_round_trips_as_binary_seg() {
+    totalsegmentator_round_trip(SegmentationKind::Binary);
+}
+
+#[test]
+fn totalsegmentator_label_map_round_trips_as_labelmap_seg() {
+    totalsegmentator_round_trip(SegmentationKind::Labelmap);
 }

@@ -527,6 +527,23 @@ fn roundtrip_through_dciodvfy_dsrdump_and_highdicom() {
     );
 }
 
+/// A report that references a LABELMAP SEG (Label Map Segmentation Storage, Sup 243): same
+/// segment numbers, the referenced SOP class is the LABELMAP one; dsrdump and highdicom
+/// accept it, and dciodvfy reports nothing but its known limitation (it does not count
+/// LABELMAP as a segmentation for ReferencedSegmentNumber; see check_sr.py).
+#[test]
+fn report_referencing_a_labelmap_seg_round_trips() {
+    let f = findings("CT");
+    let mut seg = seg_ref();
+    seg.sop_class_uid = myonode::encode::LABEL_MAP_SEGMENTATION_STORAGE.into();
+    let enc = encode_tid1500(&f, &seg, &opts()).unwrap();
+    let (ok, stdout, stderr) = run_check_sr(&enc.bytes, &expectation(&f, &seg));
+    println!("{stdout}");
+    assert!(ok, "check_sr.py failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("dciodvfy: no errors"), "{stdout}");
+    assert!(stdout.contains("check_sr: OK (2 measurement groups)"), "{stdout}");
+}
+
 #[test]
 fn check_sr_rejects_a_wrong_segment_number_and_value() {
     let f = findings("CT");

@@ -185,3 +185,86 @@ mod tests {
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// Segmentation (PS3.3 C.8.20)
+// ---------------------------------------------------------------------------
+
+/// Category and type of the LABELMAP background segment (SegmentNumber 0, pixel value 0).
+/// Source: pydicom concept dictionary (DCM 125040, in CIDs 7151, 7159, 7165, 7168, 7169,
+/// 7194, 7196, 12322); highdicom 0.28 writes the same triple for its LABELMAP background.
+pub const BACKGROUND: CodeConst = c("125040", "DCM", "Background");
+
+// ---------------------------------------------------------------------------
+// TotalSegmentator classes (segment coding for label maps made by TotalSegmentator)
+// ---------------------------------------------------------------------------
+
+/// Segment coding of one TotalSegmentator class.
+///
+/// Source of every row: TotalSegmentator's own mapping
+/// `totalsegmentator/resources/totalsegmentator_snomed_mapping.csv`
+/// (github.com/wasserth/TotalSegmentator, Apache-2.0; columns Structure,
+/// SegmentedPropertyType…, SegmentedPropertyTypeModifier…, DicomRGBColor), taken verbatim
+/// for the classes listed. Each type code was also looked up in pydicom 3.0.2's concept
+/// dictionary: [`TotalSegmentatorClass::in_dicom_dictionary`] says whether it is there.
+/// The category is not taken from that file: it uses (123037004, SCT, "Body structure"), a
+/// code in no DICOM context group, so every row gets CID 7150 "Segmentation Property
+/// Categories" (91723000, SCT, "Anatomical Structure") = [`ANATOMICAL_STRUCTURE`] instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TotalSegmentatorClass {
+    /// TotalSegmentator class name (the `Structure` column; label names in its NIfTI outputs).
+    pub name: &'static str,
+    /// SegmentedPropertyTypeCodeSequence (0062,000F).
+    pub property_type: CodeConst,
+    /// SegmentedPropertyTypeModifierCodeSequence (0062,0011): laterality, if any.
+    pub type_modifier: Option<CodeConst>,
+    /// Display colour, sRGB (the `DicomRGBColor` column).
+    pub color_rgb: [u8; 3],
+    /// `true` if the type code is in pydicom 3.0.2's SCT concept dictionary (DICOM PS3.16);
+    /// `false`: only TotalSegmentator's mapping vouches for it.
+    pub in_dicom_dictionary: bool,
+}
+
+/// Category of every [`TOTALSEGMENTATOR_CLASSES`] row (see [`TotalSegmentatorClass`]).
+pub const TOTALSEGMENTATOR_CATEGORY: CodeConst = ANATOMICAL_STRUCTURE;
+
+/// The TotalSegmentator classes this node can code (those of the `total` task found in the
+/// project's test data; extend from the file cited on [`TotalSegmentatorClass`]).
+pub const TOTALSEGMENTATOR_CLASSES: &[TotalSegmentatorClass] = &[
+    TotalSegmentatorClass { name: "spleen", property_type: c("78961009", "SCT", "Spleen"), type_modifier: None, color_rgb: [50, 170, 60], in_dicom_dictionary: true },
+    TotalSegmentatorClass { name: "liver", property_type: c("10200004", "SCT", "Liver"), type_modifier: None, color_rgb: [40, 140, 40], in_dicom_dictionary: true },
+    TotalSegmentatorClass { name: "stomach", property_type: c("69695003", "SCT", "Stomach"), type_modifier: None, color_rgb: [180, 70, 160], in_dicom_dictionary: true },
+    TotalSegmentatorClass { name: "pancreas", property_type: c("15776009", "SCT", "Pancreas"), type_modifier: None, color_rgb: [60, 150, 80], in_dicom_dictionary: true },
+    TotalSegmentatorClass { name: "adrenal_gland_right", property_type: c("23451007", "SCT", "Adrenal gland"), type_modifier: Some(RIGHT), color_rgb: [178, 128, 26], in_dicom_dictionary: true },
+    TotalSegmentatorClass { name: "colon", property_type: c("71854001", "SCT", "Colon"), type_modifier: None, color_rgb: [150, 40, 170], in_dicom_dictionary: true },
+    TotalSegmentatorClass { name: "vertebrae_T12", property_type: c("23215003", "SCT", "T12 vertebra"), type_modifier: None, color_rgb: [69, 44, 9], in_dicom_dictionary: true },
+    TotalSegmentatorClass { name: "vertebrae_T11", property_type: c("12989004", "SCT", "T11 vertebra"), type_modifier: None, color_rgb: [32, 7, 228], in_dicom_dictionary: true },
+    TotalSegmentatorClass { name: "aorta", property_type: c("15825003", "SCT", "Aorta"), type_modifier: None, color_rgb: [216, 108, 54], in_dicom_dictionary: true },
+    TotalSegmentatorClass { name: "inferior_vena_cava", property_type: c("64131007", "SCT", "Inferior vena cava"), type_modifier: None, color_rgb: [0, 70, 200], in_dicom_dictionary: true },
+    TotalSegmentatorClass { name: "portal_vein_and_splenic_vein", property_type: c("110765007", "SCT", "Portal vein and splenic vein"), type_modifier: None, color_rgb: [0, 90, 220], in_dicom_dictionary: false },
+    TotalSegmentatorClass { name: "humerus_left", property_type: c("85050009", "SCT", "Humerus"), type_modifier: Some(LEFT), color_rgb: [71, 62, 248], in_dicom_dictionary: true },
+    TotalSegmentatorClass { name: "humerus_right", property_type: c("85050009", "SCT", "Humerus"), type_modifier: Some(RIGHT), color_rgb: [115, 46, 184], in_dicom_dictionary: true },
+    TotalSegmentatorClass { name: "spinal_cord", property_type: c("2748008", "SCT", "Spinal cord"), type_modifier: None, color_rgb: [255, 215, 0], in_dicom_dictionary: true },
+    TotalSegmentatorClass { name: "autochthon_left", property_type: c("244849004", "SCT", "Deep muscle of back"), type_modifier: Some(LEFT), color_rgb: [241, 126, 57], in_dicom_dictionary: false },
+    TotalSegmentatorClass { name: "autochthon_right", property_type: c("244849004", "SCT", "Deep muscle of back"), type_modifier: Some(RIGHT), color_rgb: [178, 94, 42], in_dicom_dictionary: false },
+    TotalSegmentatorClass { name: "rib_left_6", property_type: c("59558009", "SCT", "Sixth rib"), type_modifier: Some(LEFT), color_rgb: [121, 216, 54], in_dicom_dictionary: false },
+    TotalSegmentatorClass { name: "rib_left_7", property_type: c("24915002", "SCT", "Seventh rib"), type_modifier: Some(LEFT), color_rgb: [149, 54, 216], in_dicom_dictionary: false },
+    TotalSegmentatorClass { name: "rib_left_8", property_type: c("5953002", "SCT", "Eighth rib"), type_modifier: Some(LEFT), color_rgb: [216, 81, 54], in_dicom_dictionary: false },
+    TotalSegmentatorClass { name: "rib_left_9", property_type: c("22565002", "SCT", "Ninth rib"), type_modifier: Some(LEFT), color_rgb: [216, 54, 167], in_dicom_dictionary: false },
+    TotalSegmentatorClass { name: "rib_left_10", property_type: c("77644006", "SCT", "Tenth rib"), type_modifier: Some(LEFT), color_rgb: [54, 146, 216], in_dicom_dictionary: false },
+    TotalSegmentatorClass { name: "rib_left_11", property_type: c("58830002", "SCT", "Eleventh rib"), type_modifier: Some(LEFT), color_rgb: [158, 253, 91], in_dicom_dictionary: false },
+    TotalSegmentatorClass { name: "rib_left_12", property_type: c("43993008", "SCT", "Twelfth rib"), type_modifier: Some(LEFT), color_rgb: [216, 54, 86], in_dicom_dictionary: false },
+    TotalSegmentatorClass { name: "rib_right_6", property_type: c("59558009", "SCT", "Sixth rib"), type_modifier: Some(RIGHT), color_rgb: [216, 54, 189], in_dicom_dictionary: false },
+    TotalSegmentatorClass { name: "rib_right_7", property_type: c("24915002", "SCT", "Seventh rib"), type_modifier: Some(RIGHT), color_rgb: [216, 54, 132], in_dicom_dictionary: false },
+    TotalSegmentatorClass { name: "rib_right_8", property_type: c("5953002", "SCT", "Eighth rib"), type_modifier: Some(RIGHT), color_rgb: [216, 203, 54], in_dicom_dictionary: false },
+    TotalSegmentatorClass { name: "rib_right_9", property_type: c("22565002", "SCT", "Ninth rib"), type_modifier: Some(RIGHT), color_rgb: [216, 197, 54], in_dicom_dictionary: false },
+    TotalSegmentatorClass { name: "rib_right_10", property_type: c("77644006", "SCT", "Tenth rib"), type_modifier: Some(RIGHT), color_rgb: [216, 159, 54], in_dicom_dictionary: false },
+    TotalSegmentatorClass { name: "rib_right_11", property_type: c("58830002", "SCT", "Eleventh rib"), type_modifier: Some(RIGHT), color_rgb: [54, 135, 216], in_dicom_dictionary: false },
+    TotalSegmentatorClass { name: "rib_right_12", property_type: c("43993008", "SCT", "Twelfth rib"), type_modifier: Some(RIGHT), color_rgb: [181, 216, 54], in_dicom_dictionary: false },
+    TotalSegmentatorClass { name: "costal_cartilages", property_type: c("50016007", "SCT", "Costal cartilage"), type_modifier: None, color_rgb: [250, 220, 190], in_dicom_dictionary: true },
+];
+
+/// The coding of TotalSegmentator class `name`, if this node knows it.
+pub fn totalsegmentator_class(name: &str) -> Option<&'static TotalSegmentatorClass> {
+    TOTALSEGMENTATOR_CLASSES.iter().find(|c| c.name == name)
+}

@@ -3,6 +3,7 @@
 //!
 //! * [`seg`] — BINARY DICOM-SEG (Segmentation Storage, PS3.3 A.51) on the
 //!   exact source grid, bit-packed, empty frames omitted: [`encode_binary_seg`].
+//! * LABELMAP DICOM-SEG (Label Map Segmentation Storage, Sup 243): [`encode_labelmap_seg`].
 //! * [`sr`] — TID 1500 measurement report (Comprehensive 3D SR) referencing the SEG's segments.
 //! * [`codes`] — the coded concepts used, each with its source.
 //! * [`packing`] — Bits Allocated = 1 pixel packing (PS3.5 8.1.1).
@@ -16,7 +17,10 @@ pub mod seg;
 pub mod sr;
 pub mod stage;
 
-pub use seg::{encode_binary_seg, plan_frames, EncodedObject, FramePlan, SegOptions};
+pub use seg::{
+    encode_binary_seg, encode_labelmap_seg, encode_seg, plan_frames, EncodedObject, FramePlan,
+    SegOptions, SegmentationKind, LABEL_MAP_SEGMENTATION_STORAGE,
+};
 
 use dicom_core::Tag;
 

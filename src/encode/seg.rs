@@ -1,5 +1,7 @@
-//! BINARY DICOM Segmentation (Segmentation Storage, 1.2.840.10008.5.1.4.1.1.66.4)
-//! of a label map on the grid of its source volume.
+//! DICOM Segmentation of a label map on the grid of its source volume: BINARY
+//! (Segmentation Storage, 1.2.840.10008.5.1.4.1.1.66.4) or LABELMAP (Label Map
+//! Segmentation Storage, 1.2.840.10008.5.1.4.1.1.66.7, PS3.3 C.8.20 as amended by
+//! Supplement 243; see [`encode_labelmap_seg`] for how it differs).
 //!
 //! IOD: PS3.3 A.51 (Segmentation IOD). Modules written: Patient, General
 //! Study, Patient Study (when present in the source), General Series,
@@ -9,7 +11,7 @@
 //! Multi-frame Dimension (C.7.6.17), Common Instance Reference (C.12.2) and
 //! SOP Common (C.12.1).
 //!
-//! Frame layout (the convention of highdicom and dcmqi):
+//! BINARY frame layout (the convention of highdicom and dcmqi):
 //! * Frames are segment-major: all frames of segment 1, then segment 2, ...
 //! * Within a segment, frames follow the source planes in ascending position
 //!   along the slice normal `n = row_direction × column_direction`
@@ -237,6 +239,81 @@ pub fn encode_binary_seg(
     seg: &Segmentation,
     opts: &SegOptions,
 ) -> Result<EncodedObject, EncodeError> {
+    encode_seg(seg, opts, SegmentationKind::Binary)
+}
+
+/// Encode a LABELMAP DICOM-SEG (Label Map Segmentation Storage
+/// 1.2.840.10008.5.1.4.1.1.66.7, PS3.3 A.51 / C.8.20 as amended by
+/// Supplement 243) of `seg.labels` on the grid of `seg.job.volume`.
+///
+/// Same modules, geometry, derivation and source references as
+/// [`encode_binary_seg`]; the differences (Sup 243):
+/// * One frame per source plane (not per segment × plane); planes in
+///   ascending position along the slice normal; planes without any segment
+///   are omitted unless the whole map is empty (then all planes are kept).
+/// * Pixel value = SegmentNumber. Segments are numbered 1..N in ascending
+///   `label_value` exactly as in the BINARY SEG, so a TID 1500 report's
+///   Referenced Segment numbers are valid for either encoding. Pixel value 0
+///   is background: it is described by a Segment Sequence item with
+///   SegmentNumber 0 and category and type (125040, DCM, "Background"), and
+///   PixelPaddingValue (0028,0120) = 0 marks it as background.
+/// * Bits Allocated = Bits Stored = 8 (16 when N > 255), High Bit = Bits
+///   Stored − 1, unsigned, MONOCHROME2 with Presentation LUT Shape IDENTITY;
+///   frames concatenated row-major (x fastest), 16-bit samples little endian,
+///   total padded to even length.
+/// * No Segment Identification Sequence per frame; the only dimension index
+///   is ImagePositionPatient (0020,0032) in the Plane Position Sequence.
+///
+/// # Errors
+/// As [`encode_binary_seg`].
+pub fn encode_labelmap_seg(
+    seg: &Segmentation,
+    opts: &SegOptions,
+) -> Result<EncodedObject, EncodeError> {
+    encode_seg(seg, opts, SegmentationKind::Labelmap)
+}
+
+/// Which Segmentation Type (0062,0001) to encode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegmentationKind {
+    /// BINARY: Segmentation Storage (1.2.840.10008.5.1.4.1.1.66.4), 1 bit per pixel,
+    /// one frame per (segment, plane).
+    Binary,
+    /// LABELMAP: Label Map Segmentation Storage (1.2.840.10008.5.1.4.1.1.66.7),
+    /// 8/16-bit segment numbers, one frame per plane (PS3.3 C.8.20, Sup 243).
+    Labelmap,
+}
+
+impl SegmentationKind {
+    /// SOPClassUID (0008,0016) of this kind.
+    pub fn sop_class_uid(self) -> &'static str {
+        match self {
+            SegmentationKind::Binary => uids::SEGMENTATION_STORAGE,
+            SegmentationKind::Labelmap => LABEL_MAP_SEGMENTATION_STORAGE,
+        }
+    }
+
+    /// Segmentation Type (0062,0001) defined term.
+    pub fn segmentation_type(self) -> &'static str {
+        match self {
+            SegmentationKind::Binary => "BINARY",
+            SegmentationKind::Labelmap => "LABELMAP",
+        }
+    }
+}
+
+/// Label Map Segmentation Storage SOP Class UID (PS3.4 B.5, Sup 243).
+pub const LABEL_MAP_SEGMENTATION_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.66.7";
+
+/// Encode either kind of SEG; see [`encode_binary_seg`] and [`encode_labelmap_seg`].
+///
+/// # Errors
+/// As [`encode_binary_seg`].
+pub fn encode_seg(
+    seg: &Segmentation,
+    opts: &SegOptions,
+    kind: SegmentationKind,
+) -> Result<EncodedObject, EncodeError> {
     let volume: &Volume = &seg.job.volume;
     let labels: &Array3<u8> = &seg.labels;
     let (nz, ny, nx) = volume.shape();
@@ -328,22 +405,73 @@ pub fn encode_binary_seg(
     }
 
     let label_values: Vec<u8> = segments.iter().map(|s| s.label_value).collect();
-    let frames = plan_frames(labels, &label_values, &offsets)?;
+    let mut frames = plan_frames(labels, &label_values, &offsets)?;
+    // LABELMAP: one frame per kept plane (the planes of the BINARY plan, whose
+    // ranks already count exactly those planes), pixel value = segment number.
+    let bits_allocated: u16 = match kind {
+        SegmentationKind::Binary => 1,
+        SegmentationKind::Labelmap if segments.len() > u8::MAX as usize => 16,
+        SegmentationKind::Labelmap => 8,
+    };
+    if kind == SegmentationKind::Labelmap {
+        let mut planes: Vec<FramePlan> = Vec::new();
+        let mut seen_planes = BTreeSet::new();
+        for f in &frames {
+            if seen_planes.insert(f.slice) {
+                planes.push(FramePlan {
+                    segment_number: 0,
+                    label_value: 0,
+                    slice: f.slice,
+                    position_index: f.position_index,
+                });
+            }
+        }
+        planes.sort_by_key(|f| f.position_index);
+        frames = planes;
+    }
 
     // Pixel data.
     let frame_pixels = (ny * nx) as u64;
-    let total_bytes = (frames.len() as u64 * frame_pixels).div_ceil(8);
+    let total_bytes = (frames.len() as u64 * frame_pixels * u64::from(bits_allocated)).div_ceil(8);
     if total_bytes + 1 >= u32::MAX as u64 {
         return Err(EncodeError::PixelDataTooLarge { bytes: total_bytes });
     }
-    let mut packer = BitPacker::with_capacity((frames.len() as u64 * frame_pixels) as usize);
-    for f in &frames {
-        let plane = labels.index_axis(Axis(0), f.slice);
-        for &v in plane.iter() {
-            packer.push(v == f.label_value);
+    let pixel_data = match kind {
+        SegmentationKind::Binary => {
+            let mut packer =
+                BitPacker::with_capacity((frames.len() as u64 * frame_pixels) as usize);
+            for f in &frames {
+                let plane = labels.index_axis(Axis(0), f.slice);
+                for &v in plane.iter() {
+                    packer.push(v == f.label_value);
+                }
+            }
+            packer.finish()
         }
-    }
-    let pixel_data = packer.finish();
+        SegmentationKind::Labelmap => {
+            // label value → segment number (1-based rank of the value); 0 stays 0.
+            let mut lut = [0u16; 256];
+            for (i, &v) in label_values.iter().enumerate() {
+                lut[v as usize] = (i + 1) as u16;
+            }
+            let mut out = Vec::with_capacity(total_bytes as usize + 1);
+            for f in &frames {
+                let plane = labels.index_axis(Axis(0), f.slice);
+                for &v in plane.iter() {
+                    let n = lut[v as usize];
+                    if bits_allocated == 8 {
+                        out.push(n as u8);
+                    } else {
+                        out.extend_from_slice(&n.to_le_bytes());
+                    }
+                }
+            }
+            if out.len() % 2 == 1 {
+                out.push(0);
+            }
+            out
+        }
+    };
 
     // Identifiers and times.
     let sop_instance_uid = new_uid();
@@ -357,12 +485,7 @@ pub fn encode_binary_seg(
     let src = &header.dataset;
 
     // SOP Common (C.12.1).
-    put_str(
-        &mut obj,
-        tags::SOP_CLASS_UID,
-        VR::UI,
-        uids::SEGMENTATION_STORAGE,
-    );
+    put_str(&mut obj, tags::SOP_CLASS_UID, VR::UI, kind.sop_class_uid());
     put_str(&mut obj, tags::SOP_INSTANCE_UID, VR::UI, &sop_instance_uid);
     put_str(&mut obj, tags::INSTANCE_CREATION_DATE, VR::DA, &date);
     put_str(&mut obj, tags::INSTANCE_CREATION_TIME, VR::TM, &time);
@@ -481,22 +604,34 @@ pub fn encode_binary_seg(
     );
     put_u16(&mut obj, tags::ROWS, &[ny as u16]);
     put_u16(&mut obj, tags::COLUMNS, &[nx as u16]);
-    put_u16(&mut obj, tags::BITS_ALLOCATED, &[1]);
-    put_u16(&mut obj, tags::BITS_STORED, &[1]);
-    put_u16(&mut obj, tags::HIGH_BIT, &[0]);
+    put_u16(&mut obj, tags::BITS_ALLOCATED, &[bits_allocated]);
+    put_u16(&mut obj, tags::BITS_STORED, &[bits_allocated]);
+    put_u16(&mut obj, tags::HIGH_BIT, &[bits_allocated - 1]);
     put_u16(&mut obj, tags::PIXEL_REPRESENTATION, &[0]);
+    if kind == SegmentationKind::Labelmap {
+        // Background is pixel value 0 (Sup 243: indicated by Pixel Padding Value).
+        put_u16(&mut obj, tags::PIXEL_PADDING_VALUE, &[0]);
+        put_str(&mut obj, tags::PRESENTATION_LUT_SHAPE, VR::CS, "IDENTITY");
+    }
     put_str(&mut obj, tags::LOSSY_IMAGE_COMPRESSION, VR::CS, "00");
-    put_str(&mut obj, tags::SEGMENTATION_TYPE, VR::CS, "BINARY");
-    put_str(&mut obj, tags::SEGMENTS_OVERLAP, VR::CS, "NO");
-    put_seq(
+    put_str(
         &mut obj,
-        tags::SEGMENT_SEQUENCE,
+        tags::SEGMENTATION_TYPE,
+        VR::CS,
+        kind.segmentation_type(),
+    );
+    put_str(&mut obj, tags::SEGMENTS_OVERLAP, VR::CS, "NO");
+    let mut segment_items: Vec<InMemDicomObject> = Vec::with_capacity(segments.len() + 1);
+    if kind == SegmentationKind::Labelmap {
+        segment_items.push(background_segment_item(segments[0], &seg.algorithm));
+    }
+    segment_items.extend(
         segments
             .iter()
             .enumerate()
-            .map(|(i, s)| segment_item((i + 1) as u16, s, &seg.algorithm))
-            .collect(),
+            .map(|(i, s)| segment_item((i + 1) as u16, s, &seg.algorithm)),
     );
+    put_seq(&mut obj, tags::SEGMENT_SEQUENCE, segment_items);
 
     // Multi-frame Dimension (C.7.6.17).
     put_seq(
@@ -511,24 +646,22 @@ pub fn encode_binary_seg(
             )
         })],
     );
-    put_seq(
-        &mut obj,
-        tags::DIMENSION_INDEX_SEQUENCE,
-        vec![
-            dimension_index_item(
-                &dimension_organization_uid,
-                tags::REFERENCED_SEGMENT_NUMBER,
-                tags::SEGMENT_IDENTIFICATION_SEQUENCE,
-                "Segment Number",
-            ),
-            dimension_index_item(
-                &dimension_organization_uid,
-                tags::IMAGE_POSITION_PATIENT,
-                tags::PLANE_POSITION_SEQUENCE,
-                "Image Position Patient",
-            ),
-        ],
-    );
+    let mut dimension_items = Vec::with_capacity(2);
+    if kind == SegmentationKind::Binary {
+        dimension_items.push(dimension_index_item(
+            &dimension_organization_uid,
+            tags::REFERENCED_SEGMENT_NUMBER,
+            tags::SEGMENT_IDENTIFICATION_SEQUENCE,
+            "Segment Number",
+        ));
+    }
+    dimension_items.push(dimension_index_item(
+        &dimension_organization_uid,
+        tags::IMAGE_POSITION_PATIENT,
+        tags::PLANE_POSITION_SEQUENCE,
+        "Image Position Patient",
+    ));
+    put_seq(&mut obj, tags::DIMENSION_INDEX_SEQUENCE, dimension_items);
 
     // Multi-frame Functional Groups (C.7.6.16).
     put_str(
@@ -577,7 +710,7 @@ pub fn encode_binary_seg(
         vec![shared],
     );
     let per_frame: Vec<InMemDicomObject> =
-        frames.iter().map(|f| per_frame_item(f, volume)).collect();
+        frames.iter().map(|f| per_frame_item(f, volume, kind)).collect();
     put_seq(
         &mut obj,
         tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE,
@@ -638,7 +771,7 @@ pub fn encode_binary_seg(
 
     Ok(EncodedObject {
         bytes,
-        sop_class_uid: uids::SEGMENTATION_STORAGE.to_string(),
+        sop_class_uid: kind.sop_class_uid().to_string(),
         sop_instance_uid,
         series_instance_uid,
     })
@@ -677,7 +810,9 @@ const COPIED_OPTIONAL: &[Tag] = &[
 ];
 
 /// One item of the Per-frame Functional Groups Sequence.
-fn per_frame_item(f: &FramePlan, volume: &Volume) -> InMemDicomObject {
+/// For [`SegmentationKind::Labelmap`] the frame has no Segment Identification
+/// Sequence and one Dimension Index Value (the plane rank).
+fn per_frame_item(f: &FramePlan, volume: &Volume, kind: SegmentationKind) -> InMemDicomObject {
     let source = &volume.slices[f.slice];
     item(|o| {
         put_seq(
@@ -726,10 +861,14 @@ fn per_frame_item(f: &FramePlan, volume: &Volume) -> InMemDicomObject {
             o,
             tags::FRAME_CONTENT_SEQUENCE,
             vec![item(|fc| {
+                let values = match kind {
+                    SegmentationKind::Binary => vec![u32::from(f.segment_number), f.position_index],
+                    SegmentationKind::Labelmap => vec![f.position_index],
+                };
                 fc.put(DataElement::new(
                     tags::DIMENSION_INDEX_VALUES,
                     VR::UL,
-                    PrimitiveValue::U32(vec![u32::from(f.segment_number), f.position_index].into()),
+                    PrimitiveValue::U32(values.into()),
                 ));
             })],
         );
@@ -741,14 +880,35 @@ fn per_frame_item(f: &FramePlan, volume: &Volume) -> InMemDicomObject {
                 put_strs(pp, tags::IMAGE_POSITION_PATIENT, VR::DS, &ipp);
             })],
         );
-        put_seq(
-            o,
-            tags::SEGMENT_IDENTIFICATION_SEQUENCE,
-            vec![item(|si| {
-                put_u16(si, tags::REFERENCED_SEGMENT_NUMBER, &[f.segment_number])
-            })],
-        );
+        if kind == SegmentationKind::Binary {
+            put_seq(
+                o,
+                tags::SEGMENT_IDENTIFICATION_SEQUENCE,
+                vec![item(|si| {
+                    put_u16(si, tags::REFERENCED_SEGMENT_NUMBER, &[f.segment_number])
+                })],
+            );
+        }
     })
+}
+
+/// The LABELMAP background item of the Segment Sequence: SegmentNumber 0,
+/// category and type [`BACKGROUND`](super::codes::BACKGROUND), displayed black; the
+/// algorithm type and identification are those of the first real segment (`first`).
+fn background_segment_item(
+    first: &SegmentDescription,
+    algorithm: &AlgorithmIdentification,
+) -> InMemDicomObject {
+    let background = SegmentDescription {
+        label: "Background".into(),
+        category: super::codes::BACKGROUND.code(),
+        property_type: super::codes::BACKGROUND.code(),
+        type_modifier: None,
+        anatomic_region: None,
+        color_rgb: [0, 0, 0],
+        ..first.clone()
+    };
+    segment_item(0, &background, algorithm)
 }
 
 /// One item of the Segment Sequence (PS3.3 C.8.20.2, Segment Description macro).

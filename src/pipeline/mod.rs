@@ -79,7 +79,7 @@ impl Pipeline {
         let destinations: Vec<_> = if mode == Mode::Serve { cfg.destinations.clone() } else { vec![] };
         let ctx = EncodeContext {
             spool: spool.clone(),
-            destinations: destinations.iter().map(|d| d.name.clone()).collect(),
+            destinations: destinations.iter().map(Into::into).collect(),
             ae_title: cfg.node.ae_title.clone(),
             institution_name: cfg.node.institution_name.clone(),
         };

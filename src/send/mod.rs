@@ -73,12 +73,41 @@ pub enum SendError {
         /// The parser's or writer's message.
         message: String,
     },
+    /// The destination accepted the association but none of the presentation contexts proposed
+    /// for the object's SOP class (PS3.8 9.3.3.2 result "abstract-syntax-not-supported" or
+    /// similar): it does not take this kind of object. Permanent: retrying cannot help.
+    #[error("destination {destination} ({address}) accepts no presentation context for SOP class {sop_class_uid} (it does not store this kind of object)")]
+    SopClassNotAccepted {
+        /// Destination name.
+        destination: String,
+        /// `host:port`.
+        address: String,
+        /// The object's SOP Class UID.
+        sop_class_uid: String,
+    },
     /// DIMSE exchange failed (transport, timeout, protocol).
     #[error("DIMSE: {0}")]
     Dimse(#[from] crate::dimse::DimseError),
     /// The peer ended the association or sent an incomplete response.
     #[error("{0}")]
     UnexpectedEnd(String),
+}
+
+impl SendError {
+    /// `true` when trying again later cannot succeed without a change of the object or of the
+    /// destination's configuration (unreadable file, not Part 10, SOP class or transfer syntax
+    /// not accepted, re-encoding impossible). The send queue dead-letters such objects at
+    /// once instead of retrying; network, association and DIMSE errors stay retryable.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            SendError::ReadFile { .. }
+                | SendError::NotPart10 { .. }
+                | SendError::SopClassNotAccepted { .. }
+                | SendError::TransferSyntaxNotAccepted { .. }
+                | SendError::Transcode { .. }
+        )
+    }
 }
 
 /// The send stage: one queue (thread) per destination; objects leave the outbox only after

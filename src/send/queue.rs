@@ -117,8 +117,10 @@ fn attempt(
         return None;
     }
     let attempts = previous_attempts + 1;
-    let reason = match c_store(dest, calling_ae, &path) {
-        Ok(status) if StatusKind::of(status).is_completed() => {
+    let outcome = c_store(dest, calling_ae, &path);
+    let reason = match &outcome {
+        Ok(status) if StatusKind::of(*status).is_completed() => {
+            let status = *status;
             if status != 0 {
                 warn!(destination = %dest.name, path = %path.display(), status = format!("{status:04X}H"), meaning = describe(status), "delivered with warning");
             } else {
@@ -130,18 +132,30 @@ fn attempt(
             }
             return None;
         }
-        Ok(status) => format!("C-STORE-RSP status {status:04X}H ({})", describe(status)),
+        Ok(status) => format!("C-STORE-RSP status {status:04X}H ({})", describe(*status)),
         Err(e) => e.to_string(),
     };
-    if attempts < dest.max_attempts {
+    // Permanent failures are not retried: a rejected SOP class / transfer syntax, an unreadable
+    // object, or the DIMSE status "Refused: SOP Class not supported" (0122H, PS3.4 B.2.3).
+    let permanent = match &outcome {
+        Ok(status) => *status == crate::dimse::status::REFUSED_SOP_CLASS_NOT_SUPPORTED,
+        Err(e) => e.is_permanent(),
+    };
+    if attempts < dest.max_attempts && !permanent {
         report.retries += 1;
         warn!(destination = %dest.name, path = %path.display(), attempt = attempts, max_attempts = dest.max_attempts,
             retry_in_s = backoff(dest.retry_delay_seconds, attempts).as_secs_f64(), reason = %reason, "delivery failed; will retry");
         return Some((path, attempts));
     }
     let full = format!(
-        "delivery to {} ({}@{}:{}) failed after {} attempt(s); last error: {}",
-        dest.name, dest.ae_title, dest.host, dest.port, attempts, reason
+        "delivery to {} ({}@{}:{}) failed after {} attempt(s){}; last error: {}",
+        dest.name,
+        dest.ae_title,
+        dest.host,
+        dest.port,
+        attempts,
+        if permanent { " (permanent failure, not retried)" } else { "" },
+        reason
     );
     error!(destination = %dest.name, path = %path.display(), reason = %full, "dead-lettering");
     match spool.mark_failed(&dest.name, &path, &full) {

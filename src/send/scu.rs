@@ -141,7 +141,8 @@ fn request_response(
 /// # Errors
 /// [`SendError::ReadFile`] / [`SendError::NotPart10`] for the file;
 /// [`SendError::Association`] when the destination cannot be reached or rejects the
-/// association (or accepts no proposed context); [`SendError::TransferSyntaxNotAccepted`]
+/// association; [`SendError::SopClassNotAccepted`] when it accepts no context for the
+/// object's SOP class; [`SendError::TransferSyntaxNotAccepted`]
 /// when only a transfer syntax the data cannot be converted to was accepted;
 /// [`SendError::Dimse`] / [`SendError::UnexpectedEnd`] when the exchange fails.
 pub fn c_store(dest: &crate::config::DestinationConfig, calling_ae: &str, file: &Path) -> Result<u16, SendError> {
@@ -162,7 +163,14 @@ pub fn c_store(dest: &crate::config::DestinationConfig, calling_ae: &str, file: 
             .with_presentation_context(sop_class.clone(), vec![ts.clone()])
             .with_presentation_context(sop_class.clone(), vec![EXPLICIT_LE.to_string(), IMPLICIT_LE.to_string()]);
     }
-    let mut assoc = establish(options, &dest.host, dest.port)?;
+    let mut assoc = match establish(options, &dest.host, dest.port) {
+        Err(SendError::Association { address, source })
+            if matches!(*source, dicom_ul::association::Error::NoAcceptedPresentationContexts { .. }) =>
+        {
+            return Err(SendError::SopClassNotAccepted { destination: dest.name.clone(), address, sop_class_uid: sop_class });
+        }
+        other => other?,
+    };
     let accepted: Vec<(u8, String)> =
         assoc.presentation_contexts().iter().map(|pc| (pc.id, pc.transfer_syntax.clone())).collect();
     let (pc_id, dataset): (u8, std::borrow::Cow<'_, [u8]>) =
