@@ -121,6 +121,17 @@ pub struct SegmentConfig {
     /// Intra-op threads of each worker's ONNX Runtime session; 0 = ONNX Runtime's default (one per core).
     #[serde(default)]
     pub intra_op_threads: usize,
+    /// `tissue-composition-ct`: also label CT whose BodyPartExamined is not a limb (trunk or
+    /// missing), where organs share the skeletal-muscle HU range. Off by default.
+    #[serde(default)]
+    pub tissue_ct_allow_trunk: bool,
+    /// `tissue-composition-ct`: lower bound of bone, HU (inclusive); must be above 150 HU.
+    #[serde(default = "default_tissue_ct_bone_threshold_hu")]
+    pub tissue_ct_bone_threshold_hu: f32,
+}
+
+fn default_tissue_ct_bone_threshold_hu() -> f32 {
+    crate::segment::tissue_ct::DEFAULT_BONE_THRESHOLD_HU
 }
 
 fn default_models_dir() -> PathBuf {

@@ -95,6 +95,55 @@ pub fn otsu_threshold(data: ArrayView3<'_, f32>) -> Option<OtsuThreshold> {
     Some(OtsuThreshold { threshold, low, high })
 }
 
+/// Two-threshold (three-class) Otsu over the finite values of `data`: `(t1, t2)` with
+/// `t1 < t2` maximising the between-class variance `Σ w_k μ_k²` of the classes
+/// `v ≤ t1`, `t1 < v ≤ t2`, `v > t2` (P.-S. Liao, T.-S. Chen, P.-C. Chung, "A fast algorithm for
+/// multilevel thresholding", J. Inf. Sci. Eng. 17:713–727, 2001; Otsu 1979 for the criterion).
+///
+/// Same histogram as [`otsu_threshold`]: [`OTSU_BINS`] bins over the robust
+/// [`ROBUST_PERCENTILES`] range, out-of-range values counted in the end bins; thresholds are
+/// upper bin edges. Used for images with three intensity classes such as background, muscle and
+/// fat on fat-bright (T1-weighted-like) MR.
+///
+/// Returns `None` when `data` has no finite values or all finite values are equal.
+pub fn otsu_two_thresholds(data: ArrayView3<'_, f32>) -> Option<(f32, f32)> {
+    let range = otsu_threshold(data)?; // validates the data and gives the robust range
+    let (low, high) = (range.low, range.high);
+    let hist = histogram(data, low, high, OTSU_BINS);
+    // prefix sums of counts and first moments
+    let mut p = vec![0f64; OTSU_BINS + 1];
+    let mut m = vec![0f64; OTSU_BINS + 1];
+    for (i, &c) in hist.iter().enumerate() {
+        p[i + 1] = p[i] + c as f64;
+        m[i + 1] = m[i] + i as f64 * c as f64;
+    }
+    let term = |a: usize, b: usize| {
+        // bins a..b (exclusive end)
+        let w = p[b] - p[a];
+        if w > 0.0 {
+            let mu = (m[b] - m[a]) / w;
+            Some(w * mu * mu)
+        } else {
+            None
+        }
+    };
+    let (mut best, mut best_pair) = (-1.0f64, None);
+    for i in 1..OTSU_BINS - 1 {
+        let Some(c0) = term(0, i) else { continue };
+        for j in i + 1..OTSU_BINS {
+            let (Some(c1), Some(c2)) = (term(i, j), term(j, OTSU_BINS)) else { continue };
+            let v = c0 + c1 + c2;
+            if v > best {
+                best = v;
+                best_pair = Some((i, j));
+            }
+        }
+    }
+    let (i, j) = best_pair?;
+    let width = (high as f64 - low as f64) / OTSU_BINS as f64;
+    Some(((low as f64 + i as f64 * width) as f32, (low as f64 + j as f64 * width) as f32))
+}
+
 /// Histogram of the finite values of `data` with `bins` equal bins over `[lo, hi]`;
 /// values outside are counted in the first / last bin.
 fn histogram(data: ArrayView3<'_, f32>, lo: f32, hi: f32, bins: usize) -> Vec<u64> {
@@ -143,6 +192,40 @@ pub fn keep_largest_component(mask: &mut Array3<bool>) -> usize {
         }
     }
     best_size
+}
+
+/// Keep every 6-connected component of `mask` whose size is at least `min_fraction` (0–1) of
+/// the largest component's, in place; smaller ones are cleared. Returns the voxels kept.
+///
+/// Used where a field of view legitimately holds several body parts of similar size (both
+/// thighs or calves in one axial slab, which do not touch), while specks, markers and thin
+/// objects far smaller than a limb are dropped. `min_fraction = 1.0` keeps all components
+/// tied for the largest size.
+///
+/// # Panics
+/// Never for masks of at most [`MAX_VOXELS`] voxels; callers must check larger volumes.
+pub fn keep_large_components(mask: &mut Array3<bool>, min_fraction: f64) -> usize {
+    let (nz, ny, nx) = mask.dim();
+    assert!(nz * ny * nx <= MAX_VOXELS, "mask too large for u32 indices");
+    let mut state: Vec<u8> = mask.iter().map(|&b| b as u8).collect(); // 0 bg, 1 fg, 2 visited
+    let mut stack: Vec<u32> = Vec::new();
+    let mut components: Vec<(usize, usize)> = Vec::new(); // (seed, size)
+    for seed in 0..state.len() {
+        if state[seed] == 1 {
+            components.push((seed, flood_6(&mut state, (nz, ny, nx), seed, 1, 2, &mut stack)));
+        }
+    }
+    let largest = components.iter().map(|c| c.1).max().unwrap_or(0);
+    let mut kept = 0;
+    for &(seed, size) in &components {
+        if size as f64 >= min_fraction * largest as f64 {
+            kept += flood_6(&mut state, (nz, ny, nx), seed, 2, 3, &mut stack);
+        }
+    }
+    for (m, &s) in mask.iter_mut().zip(state.iter()) {
+        *m = s == 3;
+    }
+    kept
 }
 
 /// Largest number of voxels the flood fills can index (flat `u32` indices).
@@ -252,6 +335,44 @@ pub fn fill_holes_per_slice(mask: &mut Array3<bool>) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_thresholds_separate_three_classes() {
+        // background 0 (60 %), muscle ≈ 100 (25 %), fat ≈ 300 (15 %)
+        let data = Array3::from_shape_fn((1, 20, 100), |(_, y, x)| {
+            let i = y * 100 + x;
+            let jitter = (i % 7) as f32;
+            if i < 1200 {
+                jitter
+            } else if i < 1700 {
+                100.0 + jitter
+            } else {
+                300.0 + jitter
+            }
+        });
+        let (t1, t2) = otsu_two_thresholds(data.view()).unwrap();
+        assert!(t1 > 6.0 && t1 <= 100.0, "{t1}");
+        assert!(t2 > 106.0 && t2 <= 300.0, "{t2}");
+        assert!(otsu_two_thresholds(Array3::<f32>::zeros((1, 2, 2)).view()).is_none());
+    }
+
+    #[test]
+    fn keep_large_components_keeps_both_legs_and_drops_specks() {
+        let mut m = Array3::<bool>::from_elem((1, 10, 30), false);
+        for y in 1..9 {
+            for x in 1..9 {
+                m[[0, y, x]] = true; // 64 voxels
+            }
+            for x in 12..19 {
+                m[[0, y, x]] = true; // 56 voxels
+            }
+        }
+        m[[0, 5, 25]] = true; // speck
+        assert_eq!(keep_large_components(&mut m, 0.25), 120);
+        assert!(!m[[0, 5, 25]] && m[[0, 4, 4]] && m[[0, 4, 15]]);
+        assert_eq!(keep_large_components(&mut m, 1.0), 64);
+        assert!(!m[[0, 4, 15]]);
+    }
 
     #[test]
     fn otsu_separates_two_levels() {
