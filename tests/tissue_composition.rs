@@ -309,6 +309,7 @@ fn single_fat_bright_image_uses_the_intensity_model_marked_lower_confidence() {
     assert_eq!(notes["model"], "intensity");
     assert_eq!(notes["confidence"], "lower");
     assert_eq!(notes["note"], "no Dixon: intensity model");
+    assert_eq!(notes["intensity_contrast"], "fat_bright");
     let m = measure(&seg);
     let muscle_cm2 = 2.0 * PI * LEG_R_MUSCLE.powi(2) / 100.0;
     let fat_cm2 = 2.0 * PI * (LEG_R_FAT.powi(2) - LEG_R_MUSCLE.powi(2)) / 100.0;
@@ -317,4 +318,32 @@ fn single_fat_bright_image_uses_the_intensity_model_marked_lower_confidence() {
     assert!(rel(muscle.area_at_centroid_slice_cm2, muscle_cm2) < 0.01, "{}", muscle.area_at_centroid_slice_cm2);
     assert!(rel(fat.area_at_centroid_slice_cm2, fat_cm2) < 0.01, "{}", fat.area_at_centroid_slice_cm2);
     assert_eq!(muscle.fat_fraction_percent, None);
+}
+
+#[test]
+fn lone_water_image_is_fat_dark_by_image_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let (w, f) = mr_legs();
+    // water-like: muscle bright, fat intermediate (residual signal), background noise floor
+    let water = ndarray::Zip::indexed(&w.data).and(&f.data).map_collect(|(z, y, x), &w, &f| {
+        if w + f > 0.0 {
+            300.0 - 180.0 * (f / (w + f)) + 5.0 * noise(z, y, x)
+        } else {
+            3.0 + 2.0 * noise(z, y, x)
+        }
+    });
+    let mut j = job("MR", Some("THIGH"), volume(water, w.spacing, w.origin), dir.path(), vec![]);
+    let mut ds = (*j.header.dataset).clone();
+    ds.put(DataElement::new(tags::IMAGE_TYPE, VR::CS, PrimitiveValue::Strs(["DERIVED", "PRIMARY", "DIXON", "WATER"].into_iter().map(String::from).collect())));
+    j.header.dataset = Arc::new(ds);
+    let seg = segment_job(&mut TissueMr::new(), j).unwrap();
+    let notes: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join(MODEL_FILE)).unwrap()).unwrap();
+    assert_eq!(notes["intensity_contrast"], "fat_dark");
+    let m = measure(&seg);
+    let muscle_cm2 = 2.0 * PI * LEG_R_MUSCLE.powi(2) / 100.0;
+    let fat_cm2 = 2.0 * PI * (LEG_R_FAT.powi(2) - LEG_R_MUSCLE.powi(2)) / 100.0;
+    let muscle = by_label(&m, MUSCLE_LABEL);
+    let fat = by_label(&m, ADIPOSE_LABEL);
+    assert!(rel(muscle.area_at_centroid_slice_cm2, muscle_cm2) < 0.01, "{}", muscle.area_at_centroid_slice_cm2);
+    assert!(rel(fat.area_at_centroid_slice_cm2, fat_cm2) < 0.01, "{}", fat.area_at_centroid_slice_cm2);
 }

@@ -14,13 +14,15 @@
 //!    the job directory as `fat_fraction.npy` (float32, shape `(nz, ny, nx)`); the measure stage
 //!    reports mean FF per segment (see [`crate::measure`] for the low-FF magnitude bias caveat).
 //!
-//! **Without Dixon** (a single T1-weighted-like image, fat bright): a two-class intensity model,
+//! **Without Dixon** (a single image): an intensity model,
 //! **lower confidence**. A three-class Otsu ([`morphology::otsu_two_thresholds`]) splits the
 //! image into background/noise, intermediate (muscle) and bright (fat) intensities; body =
 //! above the first threshold, components of at least [`LIMB_COMPONENT_FRACTION`] of the
 //! largest (both legs), holes filled per slice; inside it, voxels above the second threshold
 //! are adipose, voxels between the two are muscle, darker ones (cortical bone, tendons, air)
-//! stay unlabelled. Bias-field inhomogeneity, flow artefacts and
+//! stay unlabelled. The contrast is taken from ImageType (0008,0008): an image whose ImageType
+//! contains `WATER` (a Dixon water image alone) is fat-dark and the classes swap (bright =
+//! muscle, intermediate = residual fat signal), see [`IntensityContrast`]. Bias-field inhomogeneity, flow artefacts and
 //! T2-weighted contrasts (fluid bright) break this model. The lower confidence is recorded as:
 //! AlgorithmName `myonode dixon-composition-mr (no Dixon: intensity model)` in the SEG's
 //! Segmentation Algorithm Identification, a warning in the job log, and
@@ -52,6 +54,37 @@ pub const FF_MAP_FILE: &str = "fat_fraction.npy";
 /// File (in the job directory) recording which model labelled the job.
 pub const MODEL_FILE: &str = "tissue_composition.json";
 
+/// Contrast of a single (non-Dixon) MR image for the intensity model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IntensityContrast {
+    /// Fat brighter than muscle (T1-weighted, in-phase, fat image): the brightest class is fat.
+    #[default]
+    FatBright,
+    /// Fat darker than muscle (Dixon water image, fat-suppressed): the brightest class is muscle,
+    /// the intermediate class (residual fat signal) is fat.
+    FatDark,
+}
+
+impl IntensityContrast {
+    /// Contrast of a job's primary image from ImageType (0008,0008): `WATER` among its values
+    /// (the Dixon water image) → [`IntensityContrast::FatDark`], anything else → `FatBright`.
+    pub fn of_job(job: &StudyJob) -> Self {
+        let water = job
+            .header
+            .dataset
+            .element(dicom_dictionary_std::tags::IMAGE_TYPE)
+            .ok()
+            .and_then(|e| e.to_multi_str().ok().map(|v| v.iter().any(|s| s.trim().eq_ignore_ascii_case("WATER"))))
+            .unwrap_or(false);
+        if water {
+            IntensityContrast::FatDark
+        } else {
+            IntensityContrast::FatBright
+        }
+    }
+}
+
 /// Which model the last job was labelled with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -71,6 +104,8 @@ pub struct TissueMr {
     /// Thresholds of the last job: (body/noise threshold, muscle/fat threshold), image units;
     /// the second is `None` for Dixon (FF 0.5 is used).
     pub last_thresholds: Option<(f32, Option<f32>)>,
+    /// Contrast assumed by the intensity model for the last job (`None` for Dixon).
+    pub last_contrast: Option<IntensityContrast>,
 }
 
 impl TissueMr {
@@ -126,16 +161,23 @@ impl TissueMr {
             }
         });
         self.last_model = Some(TissueModel::Dixon);
+        self.last_contrast = None;
         self.last_thresholds = Some((t, None));
         Ok((labels, ff))
     }
 
-    /// Two-class intensity model for a single fat-bright image (values in image units).
+    /// Intensity model for a single image (values in image units): three-class Otsu into
+    /// background, intermediate and bright; with [`IntensityContrast::FatBright`] bright = fat and
+    /// intermediate = muscle, with [`IntensityContrast::FatDark`] the other way round.
     ///
     /// # Errors
     /// [`SegmentError::EmptyVolume`] when the volume or the body has no intensity variation;
     /// [`SegmentError::VolumeTooLarge`].
-    pub fn classify_intensity(&mut self, volume: &Volume) -> Result<Array3<u8>, SegmentError> {
+    pub fn classify_intensity(
+        &mut self,
+        volume: &Volume,
+        contrast: IntensityContrast,
+    ) -> Result<Array3<u8>, SegmentError> {
         let shape = volume.shape();
         if volume.data.len() > MAX_VOXELS {
             return Err(SegmentError::VolumeTooLarge {
@@ -151,9 +193,10 @@ impl TissueMr {
         morphology::keep_large_components(&mut body, LIMB_COMPONENT_FRACTION);
         morphology::fill_holes_per_slice(&mut body);
         let labels = Zip::from(&volume.data).and(&body).map_collect(|&v, &inside| {
+            let bright = v > t_fat;
             if !inside || !(v > t_body) {
                 0
-            } else if v > t_fat {
+            } else if bright == (contrast == IntensityContrast::FatBright) {
                 ADIPOSE_LABEL
             } else {
                 MUSCLE_LABEL
@@ -181,6 +224,7 @@ impl TissueMr {
             "body_threshold": t_body,
             "fat_threshold": t_fat,
             "fat_dominant_ff": FAT_DOMINANT_FF,
+            "intensity_contrast": self.last_contrast,
         });
         if let Err(e) = std::fs::write(dir.join(MODEL_FILE), serde_json::to_vec_pretty(&json).expect("serializes")) {
             tracing::warn!(error = %e, file = MODEL_FILE, "could not write tissue model notes");
@@ -216,7 +260,7 @@ impl Analysis for TissueMr {
 
     /// Single-image path (intensity model, lower confidence).
     fn run(&mut self, volume: &Volume) -> Result<Array3<u8>, SegmentError> {
-        self.classify_intensity(volume)
+        self.classify_intensity(volume, IntensityContrast::FatBright)
     }
 
     /// Dixon path when the job has water and fat channels, otherwise the intensity model on the
@@ -240,10 +284,13 @@ impl Analysis for TissueMr {
                 Ok(labels)
             }
             _ => {
-                let labels = self.classify_intensity(&job.volume)?;
+                let contrast = IntensityContrast::of_job(job);
+                let labels = self.classify_intensity(&job.volume, contrast)?;
+                self.last_contrast = Some(contrast);
                 tracing::warn!(
                     job = %job.job_id,
                     model = "intensity",
+                    contrast = ?contrast,
                     "no Dixon: intensity model (two classes, fat bright; lower confidence)"
                 );
                 self.write_notes(&job.job_dir, None);
