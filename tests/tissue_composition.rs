@@ -92,9 +92,11 @@ const H: f64 = 0.4; // in-plane spacing, mm
 const R_BONE: f64 = 14.0;
 const R_MUSCLE: f64 = 45.0;
 const R_FAT: f64 = 60.0;
+const R_SKIN: f64 = 62.5;
 
 /// Limb phantom: concentric cylinders along z (bone 1000 HU r < 14 mm, muscle 45 HU to 45 mm,
-/// fat −100 HU to 60 mm) in air (−1000 HU), ±10 HU noise, 8 slices of 5 mm, 0.4 mm pixels.
+/// fat −100 HU to 60 mm, skin 40 HU to 62.5 mm) in air (−1000 HU), ±10 HU noise, 8 slices of
+/// 5 mm, 0.4 mm pixels. The skin lies in the muscle HU range and must not count as muscle.
 fn ct_limb() -> Volume {
     let n = 340; // 136 mm field of view
     let c = (n as f64 - 1.0) / 2.0;
@@ -106,6 +108,8 @@ fn ct_limb() -> Volume {
             45.0
         } else if r < R_FAT {
             -100.0
+        } else if r < R_SKIN {
+            40.0
         } else {
             -1000.0
         };

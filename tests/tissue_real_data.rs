@@ -24,7 +24,7 @@ use myonode::segment::tissue_ct::{TissueCt, ADIPOSE_LABEL, MUSCLE_LABEL};
 /// Depth of the body-wall shell, mm.
 const SHELL_MM: f64 = 30.0;
 /// Measured muscle Dice in the body-wall shell, minus 0.02.
-const MUSCLE_SHELL_DICE_FLOOR: f64 = 0.61; // measured 0.633
+const MUSCLE_SHELL_DICE_FLOOR: f64 = 0.64; // measured 0.660
 /// Measured adipose Dice over the whole volume, minus 0.02.
 const ADIPOSE_DICE_FLOOR: f64 = 0.85; // measured 0.877
 

@@ -5,7 +5,10 @@
 //! 1. Body mask ([`BodyMask::mask_keeping`]: Otsu threshold, connected components of at least
 //!    [`LIMB_COMPONENT_FRACTION`] of the largest one — both legs —, holes filled per slice).
 //! 2. Inside the body, per voxel value `v` (HU):
-//!    * skeletal muscle: [`MUSCLE_HU`] = −29 ≤ v ≤ 150;
+//!    * skeletal muscle: [`MUSCLE_HU`] = −29 ≤ v ≤ 150, except within [`DEFAULT_SKIN_MM`] of the
+//!      body surface (in-plane Euclidean distance, [`morphology::distance_to_background_per_slice`]):
+//!      skin (≈ 1–3 mm, soft-tissue attenuation) is not muscle — the Alberta protocol excludes
+//!      it by hand;
 //!    * adipose tissue:  [`ADIPOSE_HU`] = −190 ≤ v ≤ −30;
 //!    * bone: v ≥ the configured `bone_threshold_hu` (default [`DEFAULT_BONE_THRESHOLD_HU`]);
 //!      it must lie above the muscle range. Voxels between 150 HU and the bone threshold
@@ -37,6 +40,7 @@ use dicom_dictionary_std::tags;
 use ndarray::{Array3, Zip};
 
 use super::body_mask::BodyMask;
+use super::morphology;
 use super::{Analysis, SegmentError};
 use crate::encode::codes;
 use crate::pipeline::messages::{
@@ -61,6 +65,9 @@ pub const ADIPOSE_HU: (f32, f32) = (-190.0, -30.0);
 /// small objects are dropped). A table or positioning aid of a quarter of a limb's size survives:
 /// inspect the overlays when a scan has one.
 pub const LIMB_COMPONENT_FRACTION: f64 = 0.25;
+/// Depth below the body surface (mm) treated as skin: soft-tissue-range voxels there are not
+/// labelled muscle. Thigh and calf skin is about 1–3 mm thick.
+pub const DEFAULT_SKIN_MM: f32 = 3.0;
 /// Default lower bound of bone, HU (cancellous bone is ≳ 200 HU; cortical bone ≳ 700 HU).
 pub const DEFAULT_BONE_THRESHOLD_HU: f32 = 200.0;
 /// BodyPartExamined (0018,0015) values (compared case-insensitively, spaces and underscores
@@ -102,6 +109,8 @@ pub struct TissueCt {
     pub bone_threshold_hu: f32,
     /// Label trunk (and unknown-region) CT as well; off by default (see the module docs).
     pub allow_trunk: bool,
+    /// Skin depth (mm) excluded from the muscle class; [`DEFAULT_SKIN_MM`].
+    pub skin_mm: f32,
 }
 
 impl TissueCt {
@@ -121,7 +130,7 @@ impl TissueCt {
                 ),
             });
         }
-        Ok(TissueCt { bone_threshold_hu, allow_trunk })
+        Ok(TissueCt { bone_threshold_hu, allow_trunk, skin_mm: DEFAULT_SKIN_MM })
     }
 
     /// Label map of `volume` (HU), shape `(nz, ny, nx)`, without the scope check.
@@ -131,11 +140,17 @@ impl TissueCt {
     pub fn classify(&self, volume: &Volume) -> Result<Array3<u8>, SegmentError> {
         let body = BodyMask::new().mask_keeping(volume, LIMB_COMPONENT_FRACTION).map_err(|e| rename(e, NAME))?;
         let bone = self.bone_threshold_hu;
-        Ok(Zip::from(&volume.data).and(&body).map_collect(|&v, &inside| {
+        let depth = morphology::distance_to_background_per_slice(&body, (volume.spacing[1], volume.spacing[2]));
+        let skin = self.skin_mm;
+        Ok(Zip::from(&volume.data).and(&body).and(&depth).map_collect(|&v, &inside, &d| {
             if !inside || !v.is_finite() {
                 0
             } else if (MUSCLE_HU.0..=MUSCLE_HU.1).contains(&v) {
-                MUSCLE_LABEL
+                if d <= skin {
+                    0
+                } else {
+                    MUSCLE_LABEL
+                }
             } else if (ADIPOSE_HU.0..=ADIPOSE_HU.1).contains(&v) {
                 ADIPOSE_LABEL
             } else if v >= bone {
@@ -181,7 +196,7 @@ impl TissueCt {
 
 impl Default for TissueCt {
     fn default() -> Self {
-        TissueCt { bone_threshold_hu: DEFAULT_BONE_THRESHOLD_HU, allow_trunk: false }
+        TissueCt { bone_threshold_hu: DEFAULT_BONE_THRESHOLD_HU, allow_trunk: false, skin_mm: DEFAULT_SKIN_MM }
     }
 }
 
