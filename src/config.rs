@@ -236,6 +236,9 @@ impl Config {
         if !(self.receive.association_timeout_seconds > 0.0) {
             return bad("receive.association_timeout_seconds", "must be > 0");
         }
+        if let Err(e) = crate::segment::tissue_ct::TissueCt::new(self.segment.tissue_ct_bone_threshold_hu, false) {
+            return bad("segment.tissue_ct_bone_threshold_hu", e.to_string());
+        }
         if self.spool.dir.as_os_str().is_empty() {
             return bad("spool.dir", "must not be empty");
         }
