@@ -1,8 +1,9 @@
 //! SR round trip of the tissue-composition measurements: a Dixon MR phantom (two legs,
-//! water/fat channels) is labelled by `dixon-composition-mr`, measured (measurements.json),
-//! encoded as TID 1500 and read back by `integration/check_sr.py` (dciodvfy, dsrdump,
-//! pydicom/highdicom): every volume and fat fraction in the SR equals the JSON number
-//! (to DS precision), with concept Fat fraction (129100, DCM), unit `%` (UCUM), derivation Mean.
+//! water/fat channels) labelled by `dixon-composition-mr`, and a CT limb phantom labelled by
+//! `tissue-composition-ct`, are measured (measurements.json), encoded as TID 1500 and read back
+//! by `integration/check_sr.py` (dciodvfy, dsrdump, pydicom/highdicom): every volume, mean
+//! attenuation and fat fraction in the SR equals the JSON number (to DS precision); FF with
+//! concept Fat fraction (129100, DCM), unit `%` (UCUM), derivation Mean.
 //!
 //! Needs Python with pydicom + highdicom (`MYONODE_PYTHON`, default `<crate>/.venv/bin/python`),
 //! dciodvfy and dsrdump; fails with a clear message when they are missing.
@@ -20,8 +21,9 @@ use serde_json::json;
 use myonode::encode::codes;
 use myonode::encode::sr::{encode_tid1500, SegReference, SrOptions};
 use myonode::measure::measure_job;
-use myonode::pipeline::messages::{Channel, ChannelKind, Code, SegmentMeasurements, SeriesHeader, StudyJob};
+use myonode::pipeline::messages::{Channel, ChannelKind, Code, Findings, SegmentMeasurements, SeriesHeader, StudyJob};
 use myonode::segment::segment_job;
+use myonode::segment::tissue_ct::TissueCt;
 use myonode::segment::tissue_mr::TissueMr;
 use myonode::uid::new_uid;
 use myonode::volume::{SliceRef, Volume};
@@ -88,17 +90,10 @@ fn dixon_job(dir: &std::path::Path) -> StudyJob {
     }
 }
 
-#[test]
-fn fat_fraction_and_volume_read_back_from_the_sr_equal_the_json() {
-    let dir = tempfile::tempdir().unwrap();
-    let seg = segment_job(&mut TissueMr::new(), dixon_job(dir.path())).unwrap();
-    let findings = measure_job(seg);
-    // the numbers researchers get
-    let json_numbers: Vec<SegmentMeasurements> =
-        serde_json::from_slice(&std::fs::read(dir.path().join("measurements.json")).unwrap()).unwrap();
-    assert_eq!(json_numbers.len(), 2);
-    assert!(json_numbers.iter().all(|m| m.fat_fraction_percent.is_some()));
-
+/// Encode `findings` as TID 1500 and check with `integration/check_sr.py` that every group's
+/// measurements equal `json_numbers` (read from measurements.json): volume (cm³), mean
+/// attenuation (HU, CT only) and fat fraction (%, when present), in that order.
+fn check_sr_against_json(findings: &Findings, json_numbers: &[SegmentMeasurements], patient_name: &str) {
     let seg_ref = SegReference { sop_class_uid: SEG_STORAGE.into(), sop_instance_uid: new_uid(), series_instance_uid: new_uid() };
     let opts = SrOptions {
         series_number: 1003,
@@ -108,15 +103,32 @@ fn fat_fraction_and_volume_read_back_from_the_sr_equal_the_json() {
         device_observer_uid: new_uid(),
         device_observer_name: "MYONODE".into(),
     };
-    let enc = encode_tid1500(&findings, &seg_ref, &opts).unwrap();
+    let enc = encode_tid1500(findings, &seg_ref, &opts).unwrap();
+    let header = &findings.segmentation.job.header;
     let segments = &findings.segmentation.segments;
     let expect = json!({
-        "study_instance_uid": findings.segmentation.job.header.study_instance_uid,
-        "source_series_instance_uid": findings.segmentation.job.header.series_instance_uid,
-        "patient_name": "Phantom^Dixon",
-        "procedure_reported": code_json(&codes::MRI_UNSPECIFIED_BODY_REGION.code()),
+        "study_instance_uid": header.study_instance_uid,
+        "source_series_instance_uid": header.series_instance_uid,
+        "patient_name": patient_name,
+        "procedure_reported": code_json(&codes::procedure_reported_for_modality(&header.modality).code()),
         "segments": json_numbers.iter().map(|m| {
             let d = segments.iter().find(|s| s.label_value == m.label_value).unwrap();
+            let mut measurements = vec![json!({
+                "concept": code_json(&codes::VOLUME.code()),
+                "unit": code_json(&codes::UNIT_CUBIC_CENTIMETER.code()),
+                "value": m.volume_ml, "derivation": null})];
+            if let Some(hu) = m.mean_attenuation_hu {
+                measurements.push(json!({
+                    "concept": code_json(&codes::ATTENUATION_COEFFICIENT.code()),
+                    "unit": code_json(&codes::UNIT_HOUNSFIELD.code()),
+                    "value": hu, "derivation": code_json(&codes::MEAN.code())}));
+            }
+            if let Some(ff) = m.fat_fraction_percent {
+                measurements.push(json!({
+                    "concept": {"value": "129100", "scheme": "DCM"},
+                    "unit": {"value": "%", "scheme": "UCUM"},
+                    "value": ff, "derivation": code_json(&codes::MEAN.code())}));
+            }
             json!({
                 "label": d.label,
                 "segment_number": m.label_value,
@@ -125,15 +137,7 @@ fn fat_fraction_and_volume_read_back_from_the_sr_equal_the_json() {
                 "finding": code_json(&d.property_type),
                 "finding_site": null,
                 "laterality": null,
-                "measurements": [
-                    {"concept": code_json(&codes::VOLUME.code()),
-                     "unit": code_json(&codes::UNIT_CUBIC_CENTIMETER.code()),
-                     "value": m.volume_ml, "derivation": null},
-                    {"concept": {"value": "129100", "scheme": "DCM"},
-                     "unit": {"value": "%", "scheme": "UCUM"},
-                     "value": m.fat_fraction_percent.unwrap(),
-                     "derivation": code_json(&codes::MEAN.code())},
-                ],
+                "measurements": measurements,
             })
         }).collect::<Vec<_>>(),
     });
@@ -141,6 +145,7 @@ fn fat_fraction_and_volume_read_back_from_the_sr_equal_the_json() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let python = std::env::var_os("MYONODE_PYTHON").map(PathBuf::from).unwrap_or_else(|| root.join(".venv/bin/python"));
     assert!(python.exists(), "Python {} not found: set MYONODE_PYTHON (pydicom + highdicom)", python.display());
+    let dir = tempfile::tempdir().unwrap();
     let sr_path = dir.path().join("sr.dcm");
     std::fs::write(&sr_path, &enc.bytes).unwrap();
     let expect_path = dir.path().join("EXPECT.json");
@@ -155,8 +160,52 @@ fn fat_fraction_and_volume_read_back_from_the_sr_equal_the_json() {
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_ne!(out.status.code(), Some(2), "check_sr.py could not run:\n{stdout}\n{stderr}");
     assert!(out.status.success(), "check_sr.py failed:\n{stdout}\n{stderr}");
+}
+
+fn read_json(dir: &std::path::Path) -> Vec<SegmentMeasurements> {
+    serde_json::from_slice(&std::fs::read(dir.join("measurements.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn fat_fraction_and_volume_read_back_from_the_sr_equal_the_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = segment_job(&mut TissueMr::new(), dixon_job(dir.path())).unwrap();
+    let findings = measure_job(seg);
+    let json_numbers = read_json(dir.path());
+    assert_eq!(json_numbers.len(), 2);
+    assert!(json_numbers.iter().all(|m| m.fat_fraction_percent.is_some()));
+    check_sr_against_json(&findings, &json_numbers, "Phantom^Dixon");
     // the phantom's truth, as a sanity check of the numbers that went through
     let muscle = &json_numbers[0];
     assert!((muscle.left.fat_fraction_percent.unwrap() - 20.0).abs() < 0.01);
     assert!((muscle.right.fat_fraction_percent.unwrap() - 6.0).abs() < 0.01);
+}
+
+#[test]
+fn ct_tissue_volume_and_attenuation_read_back_from_the_sr_equal_the_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut job = dixon_job(dir.path());
+    // a CT limb: bone 900 HU core, muscle 50 HU, fat −90 HU ring, air −1000 HU (same geometry)
+    let ff = job.channel(ChannelKind::Fat).unwrap().volume.data.clone();
+    let w = job.channel(ChannelKind::Water).unwrap().volume.data.clone();
+    let hu = ndarray::Zip::indexed(&w).and(&ff).map_collect(|(_, y, x), &w, &f| {
+        let centre = [(55.0, 60.0), (165.0, 60.0)].iter().any(|&(cx, cy): &(f64, f64)| {
+            ((x as f64 - cx).powi(2) + (y as f64 - cy).powi(2)).sqrt() < 6.0
+        });
+        if w + f <= 0.0 { -1000.0 } else if centre { 900.0 } else if f / (w + f) > 0.5 { -90.0 } else { 50.0 }
+    });
+    let mut volume = (*job.volume).clone();
+    volume.data = hu;
+    job.volume = Arc::new(volume);
+    job.channels.clear();
+    let mut ds = (*job.header.dataset).clone();
+    ds.put(DataElement::new(tags::MODALITY, VR::CS, PrimitiveValue::from("CT")));
+    job.header.dataset = Arc::new(ds);
+    job.header.modality = "CT".into();
+    let seg = segment_job(&mut TissueCt::default(), job).unwrap();
+    let findings = measure_job(seg);
+    let json_numbers = read_json(dir.path());
+    assert_eq!(json_numbers.len(), 3);
+    assert!(json_numbers.iter().all(|m| m.mean_attenuation_hu.is_some() && m.fat_fraction_percent.is_none()));
+    check_sr_against_json(&findings, &json_numbers, "Phantom^Dixon");
 }
