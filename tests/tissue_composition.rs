@@ -38,9 +38,17 @@ fn volume(data: Array3<f32>, spacing: [f64; 3], origin: [f64; 3]) -> Volume {
 
 fn header(modality: &str, body_part: Option<&str>) -> SeriesHeader {
     let mut ds = InMemDicomObject::new_empty();
-    ds.put(DataElement::new(tags::MODALITY, VR::CS, PrimitiveValue::from(modality)));
+    ds.put(DataElement::new(
+        tags::MODALITY,
+        VR::CS,
+        PrimitiveValue::from(modality),
+    ));
     if let Some(bp) = body_part {
-        ds.put(DataElement::new(tags::BODY_PART_EXAMINED, VR::CS, PrimitiveValue::from(bp)));
+        ds.put(DataElement::new(
+            tags::BODY_PART_EXAMINED,
+            VR::CS,
+            PrimitiveValue::from(bp),
+        ));
     }
     SeriesHeader {
         study_instance_uid: "1.2.3".into(),
@@ -51,7 +59,13 @@ fn header(modality: &str, body_part: Option<&str>) -> SeriesHeader {
     }
 }
 
-fn job(modality: &str, body_part: Option<&str>, vol: Volume, dir: &Path, channels: Vec<(ChannelKind, Volume)>) -> StudyJob {
+fn job(
+    modality: &str,
+    body_part: Option<&str>,
+    vol: Volume,
+    dir: &Path,
+    channels: Vec<(ChannelKind, Volume)>,
+) -> StudyJob {
     let h = header(modality, body_part);
     StudyJob {
         job_id: "phantom".into(),
@@ -61,14 +75,19 @@ fn job(modality: &str, body_part: Option<&str>, vol: Volume, dir: &Path, channel
         job_dir: dir.to_path_buf(),
         channels: channels
             .into_iter()
-            .map(|(kind, v)| Channel { kind, header: h.clone(), volume: Arc::new(v) })
+            .map(|(kind, v)| Channel {
+                kind,
+                header: h.clone(),
+                volume: Arc::new(v),
+            })
             .collect(),
     }
 }
 
 /// Deterministic zero-mean pseudo-noise in [-1, 1] for voxel (z, y, x).
 fn noise(z: usize, y: usize, x: usize) -> f32 {
-    let mut h = (z as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (y as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
+    let mut h = (z as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (y as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
         ^ (x as u64).wrapping_mul(0x1656_67B1_9E37_79F9);
     h ^= h >> 29;
     h = h.wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -125,9 +144,18 @@ fn builtin_analyses_are_registered() {
         let a = create_analysis(name).unwrap();
         assert_eq!(a.name(), name);
         let segs = a.segments();
-        assert_eq!(segs[0].property_type.value, "127954009", "skeletal muscle, SCT");
-        assert_eq!(segs[1].property_type.value, "55603005", "adipose tissue, SCT");
-        assert!(segs.iter().all(|s| s.category.value == "85756007"), "category Tissue");
+        assert_eq!(
+            segs[0].property_type.value, "127954009",
+            "skeletal muscle, SCT"
+        );
+        assert_eq!(
+            segs[1].property_type.value, "55603005",
+            "adipose tissue, SCT"
+        );
+        assert!(
+            segs.iter().all(|s| s.category.value == "85756007"),
+            "category Tissue"
+        );
     }
 }
 
@@ -146,10 +174,24 @@ fn ct_limb_phantom_areas_and_volumes_within_one_percent() {
         (BONE_LABEL, area(0.0, R_BONE), 1000.0),
     ] {
         let s = by_label(&m, label);
-        assert!(rel(s.area_at_centroid_slice_cm2, expected_cm2) < 0.01, "{}: {} vs {expected_cm2}", s.label, s.area_at_centroid_slice_cm2);
-        assert!(rel(s.volume_ml, expected_cm2 * length_cm) < 0.01, "{}: {} mL", s.label, s.volume_ml);
+        assert!(
+            rel(s.area_at_centroid_slice_cm2, expected_cm2) < 0.01,
+            "{}: {} vs {expected_cm2}",
+            s.label,
+            s.area_at_centroid_slice_cm2
+        );
+        assert!(
+            rel(s.volume_ml, expected_cm2 * length_cm) < 0.01,
+            "{}: {} mL",
+            s.label,
+            s.volume_ml
+        );
         let mean = s.mean_attenuation_hu.unwrap();
-        assert!((mean - hu).abs() < 1.0, "{}: mean {mean} HU, expected {hu}", s.label);
+        assert!(
+            (mean - hu).abs() < 1.0,
+            "{}: mean {mean} HU, expected {hu}",
+            s.label
+        );
         assert_eq!(s.fat_fraction_percent, None, "no Dixon channels, no FF");
     }
 }
@@ -159,22 +201,45 @@ fn ct_scope_trunk_and_unknown_regions_are_refused_unless_configured() {
     let dir = tempfile::tempdir().unwrap();
     let small = || {
         let v = ct_limb();
-        volume(v.data.slice(ndarray::s![0..2, .., ..]).to_owned(), v.spacing, v.origin)
+        volume(
+            v.data.slice(ndarray::s![0..2, .., ..]).to_owned(),
+            v.spacing,
+            v.origin,
+        )
     };
     for bp in [Some("ABDOMEN"), Some("CHEST"), Some("PELVIS"), None] {
-        let err = segment_job(&mut TissueCt::default(), job("CT", bp, small(), dir.path(), vec![])).unwrap_err();
-        assert!(matches!(err, SegmentError::OutOfScope { .. }), "{bp:?}: {err}");
+        let err = segment_job(
+            &mut TissueCt::default(),
+            job("CT", bp, small(), dir.path(), vec![]),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, SegmentError::OutOfScope { .. }),
+            "{bp:?}: {err}"
+        );
         assert!(err.to_string().contains("tissue_ct_allow_trunk"), "{err}");
     }
     // limb spellings are accepted
     for bp in ["LEG", "lower limb", "Lower_Leg", "CALF"] {
-        segment_job(&mut TissueCt::default(), job("CT", Some(bp), small(), dir.path(), vec![])).unwrap();
+        segment_job(
+            &mut TissueCt::default(),
+            job("CT", Some(bp), small(), dir.path(), vec![]),
+        )
+        .unwrap();
     }
     // trunk allowed by configuration
     let mut allow = TissueCt::new(200.0, true).unwrap();
-    segment_job(&mut allow, job("CT", Some("ABDOMEN"), small(), dir.path(), vec![])).unwrap();
+    segment_job(
+        &mut allow,
+        job("CT", Some("ABDOMEN"), small(), dir.path(), vec![]),
+    )
+    .unwrap();
     // MR is refused even when the trunk is allowed
-    let err = segment_job(&mut allow, job("MR", Some("THIGH"), small(), dir.path(), vec![])).unwrap_err();
+    let err = segment_job(
+        &mut allow,
+        job("MR", Some("THIGH"), small(), dir.path(), vec![]),
+    )
+    .unwrap_err();
     assert!(matches!(err, SegmentError::OutOfScope { .. }), "{err}");
     // a bone threshold overlapping the muscle range is a configuration error
     assert!(TissueCt::new(150.0, false).is_err());
@@ -222,7 +287,10 @@ fn mr_legs() -> (Volume, Volume) {
         Some(ff) => (s * ff) as f32 * (1.0 + 0.03 * noise(z + 100, y, x)),
         None => 0.0,
     });
-    (volume(w, [6.0, MR_H, MR_H], [0.0; 3]), volume(f, [6.0, MR_H, MR_H], [0.0; 3]))
+    (
+        volume(w, [6.0, MR_H, MR_H], [0.0; 3]),
+        volume(f, [6.0, MR_H, MR_H], [0.0; 3]),
+    )
 }
 
 #[test]
@@ -230,7 +298,13 @@ fn dixon_phantom_areas_within_one_percent_and_ff_within_half_a_point() {
     let dir = tempfile::tempdir().unwrap();
     let (w, f) = mr_legs();
     let inphase = volume(&w.data + &f.data, w.spacing, w.origin);
-    let j = job("MR", Some("THIGH"), inphase, dir.path(), vec![(ChannelKind::Water, w), (ChannelKind::Fat, f)]);
+    let j = job(
+        "MR",
+        Some("THIGH"),
+        inphase,
+        dir.path(),
+        vec![(ChannelKind::Water, w), (ChannelKind::Fat, f)],
+    );
     let mut a = TissueMr::new();
     let seg = segment_job(&mut a, j).unwrap();
     assert_eq!(seg.algorithm.name, "myonode dixon-composition-mr");
@@ -239,14 +313,26 @@ fn dixon_phantom_areas_within_one_percent_and_ff_within_half_a_point() {
     let fat = by_label(&m, ADIPOSE_LABEL);
     let muscle_cm2 = 2.0 * PI * LEG_R_MUSCLE.powi(2) / 100.0;
     let fat_cm2 = 2.0 * PI * (LEG_R_FAT.powi(2) - LEG_R_MUSCLE.powi(2)) / 100.0;
-    assert!(rel(muscle.area_at_centroid_slice_cm2, muscle_cm2) < 0.01, "{}", muscle.area_at_centroid_slice_cm2);
-    assert!(rel(fat.area_at_centroid_slice_cm2, fat_cm2) < 0.01, "{}", fat.area_at_centroid_slice_cm2);
+    assert!(
+        rel(muscle.area_at_centroid_slice_cm2, muscle_cm2) < 0.01,
+        "{}",
+        muscle.area_at_centroid_slice_cm2
+    );
+    assert!(
+        rel(fat.area_at_centroid_slice_cm2, fat_cm2) < 0.01,
+        "{}",
+        fat.area_at_centroid_slice_cm2
+    );
     assert!(rel(muscle.volume_ml, muscle_cm2 * 2.4) < 0.01);
     // per side: left leg (x = 165 mm) and right leg (x = 55 mm) are split at the midline
     assert!(rel(muscle.left.volume_ml, muscle.right.volume_ml) < 0.01);
     let pp = |got: Option<f64>, truth: f64| {
         let got = got.expect("FF present");
-        assert!((got - 100.0 * truth).abs() < 0.5, "FF {got:.3} % vs {:.3} %", 100.0 * truth);
+        assert!(
+            (got - 100.0 * truth).abs() < 0.5,
+            "FF {got:.3} % vs {:.3} %",
+            100.0 * truth
+        );
     };
     pp(muscle.left.fat_fraction_percent, FF_LEFT);
     pp(muscle.right.fat_fraction_percent, FF_RIGHT);
@@ -254,22 +340,39 @@ fn dixon_phantom_areas_within_one_percent_and_ff_within_half_a_point() {
     pp(fat.fat_fraction_percent, FF_FAT);
     // the FF map and the model notes land in the job directory
     assert!(dir.path().join("fat_fraction.npy").is_file());
-    let notes: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join(MODEL_FILE)).unwrap()).unwrap();
+    let notes: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join(MODEL_FILE)).unwrap()).unwrap();
     assert_eq!(notes["model"], "dixon");
     // JSON and CSV carry the fat fraction
     write_measurements(dir.path(), &m).unwrap();
-    let back: Vec<SegmentMeasurements> = serde_json::from_slice(&std::fs::read(dir.path().join("measurements.json")).unwrap()).unwrap();
+    let back: Vec<SegmentMeasurements> =
+        serde_json::from_slice(&std::fs::read(dir.path().join("measurements.json")).unwrap())
+            .unwrap();
     assert_eq!(back.len(), m.len());
     for (b, s) in back.iter().zip(&m) {
         assert_eq!(b.voxel_count, s.voxel_count);
         let close = |a: Option<f64>, b: Option<f64>| (a.unwrap() - b.unwrap()).abs() < 1e-9;
         assert!(close(b.fat_fraction_percent, s.fat_fraction_percent));
-        assert!(close(b.left.fat_fraction_percent, s.left.fat_fraction_percent));
-        assert!(close(b.right.fat_fraction_percent, s.right.fat_fraction_percent));
+        assert!(close(
+            b.left.fat_fraction_percent,
+            s.left.fat_fraction_percent
+        ));
+        assert!(close(
+            b.right.fat_fraction_percent,
+            s.right.fat_fraction_percent
+        ));
     }
     let csv = std::fs::read_to_string(dir.path().join("measurements.csv")).unwrap();
-    assert!(csv.lines().next().unwrap().ends_with("fat_fraction_percent,left_fat_fraction_percent,right_fat_fraction_percent"));
-    assert!(csv.lines().nth(1).unwrap().contains(&format!("{:.4}", muscle.fat_fraction_percent.unwrap())));
+    assert!(csv
+        .lines()
+        .next()
+        .unwrap()
+        .ends_with("fat_fraction_percent,left_fat_fraction_percent,right_fat_fraction_percent"));
+    assert!(csv
+        .lines()
+        .nth(1)
+        .unwrap()
+        .contains(&format!("{:.4}", muscle.fat_fraction_percent.unwrap())));
 }
 
 #[test]
@@ -279,7 +382,13 @@ fn ff_guard_leaves_out_voxels_without_signal() {
     let w = Array3::from_shape_vec((1, 1, 4), vec![80.0, 60.0, 0.0, 0.0]).unwrap();
     let f = Array3::from_shape_vec((1, 1, 4), vec![20.0, 40.0, 0.0, 0.0]).unwrap();
     let v = |d: Array3<f32>| volume(d, [1.0; 3], [0.0; 3]);
-    let j = job("MR", None, v(&w + &f), dir.path(), vec![(ChannelKind::Water, v(w)), (ChannelKind::Fat, v(f))]);
+    let j = job(
+        "MR",
+        None,
+        v(&w + &f),
+        dir.path(),
+        vec![(ChannelKind::Water, v(w)), (ChannelKind::Fat, v(f))],
+    );
     let seg = myonode::pipeline::messages::Segmentation {
         job: j,
         labels: Arc::new(Array3::from_elem((1, 1, 4), 1u8)),
@@ -298,18 +407,31 @@ fn single_fat_bright_image_uses_the_intensity_model_marked_lower_confidence() {
     let dir = tempfile::tempdir().unwrap();
     let (w, f) = mr_legs();
     // T1-like: fat bright (≈ 3× muscle), background noise floor
-    let t1 = ndarray::Zip::indexed(&w.data).and(&f.data).map_collect(|(z, y, x), &w, &f| {
-        if w + f > 0.0 {
-            300.0 * (f / (w + f)) + 100.0 + 5.0 * noise(z, y, x)
-        } else {
-            3.0 + 2.0 * noise(z, y, x)
-        }
-    });
-    let j = job("MR", Some("THIGH"), volume(t1, w.spacing, w.origin), dir.path(), vec![]);
+    let t1 = ndarray::Zip::indexed(&w.data)
+        .and(&f.data)
+        .map_collect(|(z, y, x), &w, &f| {
+            if w + f > 0.0 {
+                300.0 * (f / (w + f)) + 100.0 + 5.0 * noise(z, y, x)
+            } else {
+                3.0 + 2.0 * noise(z, y, x)
+            }
+        });
+    let j = job(
+        "MR",
+        Some("THIGH"),
+        volume(t1, w.spacing, w.origin),
+        dir.path(),
+        vec![],
+    );
     let mut a = TissueMr::new();
     let seg = segment_job(&mut a, j).unwrap();
-    assert!(seg.algorithm.name.contains("no Dixon: intensity model"), "{}", seg.algorithm.name);
-    let notes: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join(MODEL_FILE)).unwrap()).unwrap();
+    assert!(
+        seg.algorithm.name.contains("no Dixon: intensity model"),
+        "{}",
+        seg.algorithm.name
+    );
+    let notes: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join(MODEL_FILE)).unwrap()).unwrap();
     assert_eq!(notes["model"], "intensity");
     assert_eq!(notes["confidence"], "lower");
     assert_eq!(notes["note"], "no Dixon: intensity model");
@@ -319,8 +441,16 @@ fn single_fat_bright_image_uses_the_intensity_model_marked_lower_confidence() {
     let fat_cm2 = 2.0 * PI * (LEG_R_FAT.powi(2) - LEG_R_MUSCLE.powi(2)) / 100.0;
     let muscle = by_label(&m, MUSCLE_LABEL);
     let fat = by_label(&m, ADIPOSE_LABEL);
-    assert!(rel(muscle.area_at_centroid_slice_cm2, muscle_cm2) < 0.01, "{}", muscle.area_at_centroid_slice_cm2);
-    assert!(rel(fat.area_at_centroid_slice_cm2, fat_cm2) < 0.01, "{}", fat.area_at_centroid_slice_cm2);
+    assert!(
+        rel(muscle.area_at_centroid_slice_cm2, muscle_cm2) < 0.01,
+        "{}",
+        muscle.area_at_centroid_slice_cm2
+    );
+    assert!(
+        rel(fat.area_at_centroid_slice_cm2, fat_cm2) < 0.01,
+        "{}",
+        fat.area_at_centroid_slice_cm2
+    );
     assert_eq!(muscle.fat_fraction_percent, None);
 }
 
@@ -329,25 +459,51 @@ fn lone_water_image_is_fat_dark_by_image_type() {
     let dir = tempfile::tempdir().unwrap();
     let (w, f) = mr_legs();
     // water-like: muscle bright, fat intermediate (residual signal), background noise floor
-    let water = ndarray::Zip::indexed(&w.data).and(&f.data).map_collect(|(z, y, x), &w, &f| {
-        if w + f > 0.0 {
-            300.0 - 180.0 * (f / (w + f)) + 5.0 * noise(z, y, x)
-        } else {
-            3.0 + 2.0 * noise(z, y, x)
-        }
-    });
-    let mut j = job("MR", Some("THIGH"), volume(water, w.spacing, w.origin), dir.path(), vec![]);
+    let water = ndarray::Zip::indexed(&w.data)
+        .and(&f.data)
+        .map_collect(|(z, y, x), &w, &f| {
+            if w + f > 0.0 {
+                300.0 - 180.0 * (f / (w + f)) + 5.0 * noise(z, y, x)
+            } else {
+                3.0 + 2.0 * noise(z, y, x)
+            }
+        });
+    let mut j = job(
+        "MR",
+        Some("THIGH"),
+        volume(water, w.spacing, w.origin),
+        dir.path(),
+        vec![],
+    );
     let mut ds = (*j.header.dataset).clone();
-    ds.put(DataElement::new(tags::IMAGE_TYPE, VR::CS, PrimitiveValue::Strs(["DERIVED", "PRIMARY", "DIXON", "WATER"].into_iter().map(String::from).collect())));
+    ds.put(DataElement::new(
+        tags::IMAGE_TYPE,
+        VR::CS,
+        PrimitiveValue::Strs(
+            ["DERIVED", "PRIMARY", "DIXON", "WATER"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+        ),
+    ));
     j.header.dataset = Arc::new(ds);
     let seg = segment_job(&mut TissueMr::new(), j).unwrap();
-    let notes: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join(MODEL_FILE)).unwrap()).unwrap();
+    let notes: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join(MODEL_FILE)).unwrap()).unwrap();
     assert_eq!(notes["intensity_contrast"], "fat_dark");
     let m = measure(&seg);
     let muscle_cm2 = 2.0 * PI * LEG_R_MUSCLE.powi(2) / 100.0;
     let fat_cm2 = 2.0 * PI * (LEG_R_FAT.powi(2) - LEG_R_MUSCLE.powi(2)) / 100.0;
     let muscle = by_label(&m, MUSCLE_LABEL);
     let fat = by_label(&m, ADIPOSE_LABEL);
-    assert!(rel(muscle.area_at_centroid_slice_cm2, muscle_cm2) < 0.01, "{}", muscle.area_at_centroid_slice_cm2);
-    assert!(rel(fat.area_at_centroid_slice_cm2, fat_cm2) < 0.01, "{}", fat.area_at_centroid_slice_cm2);
+    assert!(
+        rel(muscle.area_at_centroid_slice_cm2, muscle_cm2) < 0.01,
+        "{}",
+        muscle.area_at_centroid_slice_cm2
+    );
+    assert!(
+        rel(fat.area_at_centroid_slice_cm2, fat_cm2) < 0.01,
+        "{}",
+        fat.area_at_centroid_slice_cm2
+    );
 }

@@ -21,7 +21,9 @@ use serde_json::json;
 use myonode::encode::codes;
 use myonode::encode::sr::{encode_tid1500, SegReference, SrOptions};
 use myonode::measure::measure_job;
-use myonode::pipeline::messages::{Channel, ChannelKind, Code, Findings, SegmentMeasurements, SeriesHeader, StudyJob};
+use myonode::pipeline::messages::{
+    Channel, ChannelKind, Code, Findings, SegmentMeasurements, SeriesHeader, StudyJob,
+};
 use myonode::segment::segment_job;
 use myonode::segment::tissue_ct::TissueCt;
 use myonode::segment::tissue_mr::TissueMr;
@@ -39,15 +41,25 @@ fn code_json(c: &Code) -> serde_json::Value {
 fn dixon_job(dir: &std::path::Path) -> StudyJob {
     let (nz, ny, nx) = (3, 120, 220);
     let ff_at = |y: usize, x: usize| -> Option<f32> {
-        [(55.0, 0.06f32), (165.0, 0.20f32)].iter().find_map(|&(cx, ffm)| {
-            let r = ((x as f64 - cx).powi(2) + (y as f64 - 60.0).powi(2)).sqrt();
-            (r < 40.0).then_some(if r < 30.0 { ffm } else { 0.90 })
-        })
+        [(55.0, 0.06f32), (165.0, 0.20f32)]
+            .iter()
+            .find_map(|&(cx, ffm)| {
+                let r = ((x as f64 - cx).powi(2) + (y as f64 - 60.0).powi(2)).sqrt();
+                (r < 40.0).then_some(if r < 30.0 { ffm } else { 0.90 })
+            })
     };
-    let w = Array3::from_shape_fn((nz, ny, nx), |(_, y, x)| ff_at(y, x).map_or(0.0, |ff| 800.0 * (1.0 - ff)));
-    let f = Array3::from_shape_fn((nz, ny, nx), |(_, y, x)| ff_at(y, x).map_or(0.0, |ff| 800.0 * ff));
+    let w = Array3::from_shape_fn((nz, ny, nx), |(_, y, x)| {
+        ff_at(y, x).map_or(0.0, |ff| 800.0 * (1.0 - ff))
+    });
+    let f = Array3::from_shape_fn((nz, ny, nx), |(_, y, x)| {
+        ff_at(y, x).map_or(0.0, |ff| 800.0 * ff)
+    });
     let slices: Vec<SliceRef> = (0..nz)
-        .map(|_| SliceRef { sop_class_uid: MR_IMAGE_STORAGE.into(), sop_instance_uid: new_uid(), frame_number: None })
+        .map(|_| SliceRef {
+            sop_class_uid: MR_IMAGE_STORAGE.into(),
+            sop_instance_uid: new_uid(),
+            frame_number: None,
+        })
         .collect();
     let vol = |data: Array3<f32>| Volume {
         data,
@@ -79,7 +91,11 @@ fn dixon_job(dir: &std::path::Path) -> StudyJob {
         modality: "MR".into(),
         dataset: Arc::new(ds),
     };
-    let channel = |kind, data| Channel { kind, header: header.clone(), volume: Arc::new(vol(data)) };
+    let channel = |kind, data| Channel {
+        kind,
+        header: header.clone(),
+        volume: Arc::new(vol(data)),
+    };
     StudyJob {
         job_id: "dixon-sr".into(),
         version: 1,
@@ -93,8 +109,16 @@ fn dixon_job(dir: &std::path::Path) -> StudyJob {
 /// Encode `findings` as TID 1500 and check with `integration/check_sr.py` that every group's
 /// measurements equal `json_numbers` (read from measurements.json): volume (cm³), mean
 /// attenuation (HU, CT only) and fat fraction (%, when present), in that order.
-fn check_sr_against_json(findings: &Findings, json_numbers: &[SegmentMeasurements], patient_name: &str) {
-    let seg_ref = SegReference { sop_class_uid: SEG_STORAGE.into(), sop_instance_uid: new_uid(), series_instance_uid: new_uid() };
+fn check_sr_against_json(
+    findings: &Findings,
+    json_numbers: &[SegmentMeasurements],
+    patient_name: &str,
+) {
+    let seg_ref = SegReference {
+        sop_class_uid: SEG_STORAGE.into(),
+        sop_instance_uid: new_uid(),
+        series_instance_uid: new_uid(),
+    };
     let opts = SrOptions {
         series_number: 1003,
         manufacturer: "myonode".into(),
@@ -143,8 +167,14 @@ fn check_sr_against_json(findings: &Findings, json_numbers: &[SegmentMeasurement
     });
 
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let python = std::env::var_os("MYONODE_PYTHON").map(PathBuf::from).unwrap_or_else(|| root.join(".venv/bin/python"));
-    assert!(python.exists(), "Python {} not found: set MYONODE_PYTHON (pydicom + highdicom)", python.display());
+    let python = std::env::var_os("MYONODE_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join(".venv/bin/python"));
+    assert!(
+        python.exists(),
+        "Python {} not found: set MYONODE_PYTHON (pydicom + highdicom)",
+        python.display()
+    );
     let dir = tempfile::tempdir().unwrap();
     let sr_path = dir.path().join("sr.dcm");
     std::fs::write(&sr_path, &enc.bytes).unwrap();
@@ -157,9 +187,19 @@ fn check_sr_against_json(findings: &Findings, json_numbers: &[SegmentMeasurement
         .arg(&expect_path)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert_ne!(out.status.code(), Some(2), "check_sr.py could not run:\n{stdout}\n{stderr}");
-    assert!(out.status.success(), "check_sr.py failed:\n{stdout}\n{stderr}");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_ne!(
+        out.status.code(),
+        Some(2),
+        "check_sr.py could not run:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        out.status.success(),
+        "check_sr.py failed:\n{stdout}\n{stderr}"
+    );
 }
 
 fn read_json(dir: &std::path::Path) -> Vec<SegmentMeasurements> {
@@ -173,7 +213,9 @@ fn fat_fraction_and_volume_read_back_from_the_sr_equal_the_json() {
     let findings = measure_job(seg);
     let json_numbers = read_json(dir.path());
     assert_eq!(json_numbers.len(), 2);
-    assert!(json_numbers.iter().all(|m| m.fat_fraction_percent.is_some()));
+    assert!(json_numbers
+        .iter()
+        .all(|m| m.fat_fraction_percent.is_some()));
     check_sr_against_json(&findings, &json_numbers, "Phantom^Dixon");
     // the phantom's truth, as a sanity check of the numbers that went through
     let muscle = &json_numbers[0];
@@ -188,24 +230,42 @@ fn ct_tissue_volume_and_attenuation_read_back_from_the_sr_equal_the_json() {
     // a CT limb: bone 900 HU core, muscle 50 HU, fat −90 HU ring, air −1000 HU (same geometry)
     let ff = job.channel(ChannelKind::Fat).unwrap().volume.data.clone();
     let w = job.channel(ChannelKind::Water).unwrap().volume.data.clone();
-    let hu = ndarray::Zip::indexed(&w).and(&ff).map_collect(|(_, y, x), &w, &f| {
-        let centre = [(55.0, 60.0), (165.0, 60.0)].iter().any(|&(cx, cy): &(f64, f64)| {
-            ((x as f64 - cx).powi(2) + (y as f64 - cy).powi(2)).sqrt() < 6.0
+    let hu = ndarray::Zip::indexed(&w)
+        .and(&ff)
+        .map_collect(|(_, y, x), &w, &f| {
+            let centre = [(55.0, 60.0), (165.0, 60.0)]
+                .iter()
+                .any(|&(cx, cy): &(f64, f64)| {
+                    ((x as f64 - cx).powi(2) + (y as f64 - cy).powi(2)).sqrt() < 6.0
+                });
+            if w + f <= 0.0 {
+                -1000.0
+            } else if centre {
+                900.0
+            } else if f / (w + f) > 0.5 {
+                -90.0
+            } else {
+                50.0
+            }
         });
-        if w + f <= 0.0 { -1000.0 } else if centre { 900.0 } else if f / (w + f) > 0.5 { -90.0 } else { 50.0 }
-    });
     let mut volume = (*job.volume).clone();
     volume.data = hu;
     job.volume = Arc::new(volume);
     job.channels.clear();
     let mut ds = (*job.header.dataset).clone();
-    ds.put(DataElement::new(tags::MODALITY, VR::CS, PrimitiveValue::from("CT")));
+    ds.put(DataElement::new(
+        tags::MODALITY,
+        VR::CS,
+        PrimitiveValue::from("CT"),
+    ));
     job.header.dataset = Arc::new(ds);
     job.header.modality = "CT".into();
     let seg = segment_job(&mut TissueCt::default(), job).unwrap();
     let findings = measure_job(seg);
     let json_numbers = read_json(dir.path());
     assert_eq!(json_numbers.len(), 3);
-    assert!(json_numbers.iter().all(|m| m.mean_attenuation_hu.is_some() && m.fat_fraction_percent.is_none()));
+    assert!(json_numbers
+        .iter()
+        .all(|m| m.mean_attenuation_hu.is_some() && m.fat_fraction_percent.is_none()));
     check_sr_against_json(&findings, &json_numbers, "Phantom^Dixon");
 }

@@ -74,8 +74,22 @@ pub const DEFAULT_BONE_THRESHOLD_HU: f32 = 200.0;
 /// ignored) accepted as limbs, where the HU ranges label skeletal muscle; defined terms of
 /// PS3.16 Annex L plus common vendor spellings.
 pub const LIMB_BODY_PARTS: &[&str] = &[
-    "LEG", "THIGH", "KNEE", "CALF", "LOWERLEG", "LOWERLIMB", "LOWEREXTREMITY", "EXTREMITY",
-    "ANKLE", "FOOT", "ARM", "UPPERARM", "FOREARM", "ELBOW", "UPPERLIMB", "UPPEREXTREMITY",
+    "LEG",
+    "THIGH",
+    "KNEE",
+    "CALF",
+    "LOWERLEG",
+    "LOWERLIMB",
+    "LOWEREXTREMITY",
+    "EXTREMITY",
+    "ANKLE",
+    "FOOT",
+    "ARM",
+    "UPPERARM",
+    "FOREARM",
+    "ELBOW",
+    "UPPERLIMB",
+    "UPPEREXTREMITY",
 ];
 
 /// The three tissue segments shared by `tissue-composition-ct` and `dixon-composition-mr`
@@ -93,8 +107,18 @@ pub fn tissue_segments(with_bone: bool) -> Vec<SegmentDescription> {
         algorithm_type: SegmentAlgorithmType::Automatic,
     };
     let mut v = vec![
-        seg(MUSCLE_LABEL, "Skeletal muscle", codes::SKELETAL_MUSCLE, [192, 104, 88]),
-        seg(ADIPOSE_LABEL, "Adipose tissue", codes::ADIPOSE_TISSUE, [230, 220, 70]),
+        seg(
+            MUSCLE_LABEL,
+            "Skeletal muscle",
+            codes::SKELETAL_MUSCLE,
+            [192, 104, 88],
+        ),
+        seg(
+            ADIPOSE_LABEL,
+            "Adipose tissue",
+            codes::ADIPOSE_TISSUE,
+            [230, 220, 70],
+        ),
     ];
     if with_bone {
         v.push(seg(BONE_LABEL, "Bone", codes::BONE_TISSUE, [241, 214, 145]));
@@ -130,7 +154,11 @@ impl TissueCt {
                 ),
             });
         }
-        Ok(TissueCt { bone_threshold_hu, allow_trunk, skin_mm: DEFAULT_SKIN_MM })
+        Ok(TissueCt {
+            bone_threshold_hu,
+            allow_trunk,
+            skin_mm: DEFAULT_SKIN_MM,
+        })
     }
 
     /// Label map of `volume` (HU), shape `(nz, ny, nx)`, without the scope check.
@@ -138,27 +166,35 @@ impl TissueCt {
     /// # Errors
     /// Those of [`BodyMask::mask`] (empty/constant or too large volume).
     pub fn classify(&self, volume: &Volume) -> Result<Array3<u8>, SegmentError> {
-        let body = BodyMask::new().mask_keeping(volume, LIMB_COMPONENT_FRACTION).map_err(|e| rename(e, NAME))?;
+        let body = BodyMask::new()
+            .mask_keeping(volume, LIMB_COMPONENT_FRACTION)
+            .map_err(|e| rename(e, NAME))?;
         let bone = self.bone_threshold_hu;
-        let depth = morphology::distance_to_background_per_slice(&body, (volume.spacing[1], volume.spacing[2]));
+        let depth = morphology::distance_to_background_per_slice(
+            &body,
+            (volume.spacing[1], volume.spacing[2]),
+        );
         let skin = self.skin_mm;
-        Ok(Zip::from(&volume.data).and(&body).and(&depth).map_collect(|&v, &inside, &d| {
-            if !inside || !v.is_finite() {
-                0
-            } else if (MUSCLE_HU.0..=MUSCLE_HU.1).contains(&v) {
-                if d <= skin {
+        Ok(Zip::from(&volume.data)
+            .and(&body)
+            .and(&depth)
+            .map_collect(|&v, &inside, &d| {
+                if !inside || !v.is_finite() {
                     0
+                } else if (MUSCLE_HU.0..=MUSCLE_HU.1).contains(&v) {
+                    if d <= skin {
+                        0
+                    } else {
+                        MUSCLE_LABEL
+                    }
+                } else if (ADIPOSE_HU.0..=ADIPOSE_HU.1).contains(&v) {
+                    ADIPOSE_LABEL
+                } else if v >= bone {
+                    BONE_LABEL
                 } else {
-                    MUSCLE_LABEL
+                    0
                 }
-            } else if (ADIPOSE_HU.0..=ADIPOSE_HU.1).contains(&v) {
-                ADIPOSE_LABEL
-            } else if v >= bone {
-                BONE_LABEL
-            } else {
-                0
-            }
-        }))
+            }))
     }
 
     /// Check that the job is CT of a limb (or that trunk/unknown regions are allowed).
@@ -178,8 +214,11 @@ impl TissueCt {
             return Ok(());
         }
         let part = body_part_examined(job);
-        let normalised: String =
-            part.chars().filter(|c| !c.is_whitespace() && *c != '_').collect::<String>().to_uppercase();
+        let normalised: String = part
+            .chars()
+            .filter(|c| !c.is_whitespace() && *c != '_')
+            .collect::<String>()
+            .to_uppercase();
         if LIMB_BODY_PARTS.contains(&normalised.as_str()) {
             return Ok(());
         }
@@ -196,7 +235,11 @@ impl TissueCt {
 
 impl Default for TissueCt {
     fn default() -> Self {
-        TissueCt { bone_threshold_hu: DEFAULT_BONE_THRESHOLD_HU, allow_trunk: false, skin_mm: DEFAULT_SKIN_MM }
+        TissueCt {
+            bone_threshold_hu: DEFAULT_BONE_THRESHOLD_HU,
+            allow_trunk: false,
+            skin_mm: DEFAULT_SKIN_MM,
+        }
     }
 }
 
@@ -214,10 +257,18 @@ pub fn body_part_examined(job: &StudyJob) -> String {
 /// Re-attribute a body-mask error to the analysis that used it.
 pub(crate) fn rename(e: SegmentError, name: &str) -> SegmentError {
     match e {
-        SegmentError::EmptyVolume { shape, .. } => SegmentError::EmptyVolume { analysis: name.into(), shape },
-        SegmentError::VolumeTooLarge { shape, voxels, max, .. } => {
-            SegmentError::VolumeTooLarge { analysis: name.into(), shape, voxels, max }
-        }
+        SegmentError::EmptyVolume { shape, .. } => SegmentError::EmptyVolume {
+            analysis: name.into(),
+            shape,
+        },
+        SegmentError::VolumeTooLarge {
+            shape, voxels, max, ..
+        } => SegmentError::VolumeTooLarge {
+            analysis: name.into(),
+            shape,
+            voxels,
+            max,
+        },
         other => other,
     }
 }

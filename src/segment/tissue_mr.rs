@@ -42,7 +42,9 @@ use super::morphology::{self, MAX_VOXELS};
 use super::tissue_ct::{tissue_segments, ADIPOSE_LABEL, LIMB_COMPONENT_FRACTION, MUSCLE_LABEL};
 use super::{Analysis, SegmentError};
 use crate::encode::codes;
-use crate::pipeline::messages::{AlgorithmIdentification, ChannelKind, SegmentDescription, StudyJob};
+use crate::pipeline::messages::{
+    AlgorithmIdentification, ChannelKind, SegmentDescription, StudyJob,
+};
 use crate::volume::Volume;
 
 /// Name of this analysis in config (`segment.analysis = "dixon-composition-mr"`).
@@ -75,7 +77,11 @@ impl IntensityContrast {
             .dataset
             .element(dicom_dictionary_std::tags::IMAGE_TYPE)
             .ok()
-            .and_then(|e| e.to_multi_str().ok().map(|v| v.iter().any(|s| s.trim().eq_ignore_ascii_case("WATER"))))
+            .and_then(|e| {
+                e.to_multi_str()
+                    .ok()
+                    .map(|v| v.iter().any(|s| s.trim().eq_ignore_ascii_case("WATER")))
+            })
             .unwrap_or(false);
         if water {
             IntensityContrast::FatDark
@@ -130,15 +136,27 @@ impl TissueMr {
             (s[0], s[1], s[2])
         };
         if w.shape() != f.shape() {
-            return Err(SegmentError::ShapeMismatch { analysis: NAME.into(), expected: dim(w), found: dim(f) });
+            return Err(SegmentError::ShapeMismatch {
+                analysis: NAME.into(),
+                expected: dim(w),
+                found: dim(f),
+            });
         }
         let shape = dim(w);
         if w.len() > MAX_VOXELS {
-            return Err(SegmentError::VolumeTooLarge { analysis: NAME.into(), shape, voxels: w.len(), max: MAX_VOXELS });
+            return Err(SegmentError::VolumeTooLarge {
+                analysis: NAME.into(),
+                shape,
+                voxels: w.len(),
+                max: MAX_VOXELS,
+            });
         }
         let s = w + f;
-        let otsu = morphology::otsu_threshold(s.view())
-            .ok_or_else(|| SegmentError::EmptyVolume { analysis: NAME.into(), shape })?;
+        let otsu =
+            morphology::otsu_threshold(s.view()).ok_or_else(|| SegmentError::EmptyVolume {
+                analysis: NAME.into(),
+                shape,
+            })?;
         let t = otsu.threshold;
         let mut body = s.mapv(|v| v > t);
         morphology::keep_large_components(&mut body, LIMB_COMPONENT_FRACTION);
@@ -151,15 +169,18 @@ impl TissueMr {
                 f32::NAN
             }
         });
-        let labels = Zip::from(&body).and(&s).and(&ff).map_collect(|&inside, &s, &ff| {
-            if !inside || !(s > t) || !ff.is_finite() {
-                0
-            } else if ff < FAT_DOMINANT_FF {
-                MUSCLE_LABEL
-            } else {
-                ADIPOSE_LABEL
-            }
-        });
+        let labels = Zip::from(&body)
+            .and(&s)
+            .and(&ff)
+            .map_collect(|&inside, &s, &ff| {
+                if !inside || !(s > t) || !ff.is_finite() {
+                    0
+                } else if ff < FAT_DOMINANT_FF {
+                    MUSCLE_LABEL
+                } else {
+                    ADIPOSE_LABEL
+                }
+            });
         self.last_model = Some(TissueModel::Dixon);
         self.last_contrast = None;
         self.last_thresholds = Some((t, None));
@@ -187,21 +208,28 @@ impl TissueMr {
                 max: MAX_VOXELS,
             });
         }
-        let (t_body, t_fat) = morphology::otsu_two_thresholds(volume.data.view())
-            .ok_or_else(|| SegmentError::EmptyVolume { analysis: NAME.into(), shape })?;
+        let (t_body, t_fat) =
+            morphology::otsu_two_thresholds(volume.data.view()).ok_or_else(|| {
+                SegmentError::EmptyVolume {
+                    analysis: NAME.into(),
+                    shape,
+                }
+            })?;
         let mut body = volume.data.mapv(|v| v > t_body);
         morphology::keep_large_components(&mut body, LIMB_COMPONENT_FRACTION);
         morphology::fill_holes_per_slice(&mut body);
-        let labels = Zip::from(&volume.data).and(&body).map_collect(|&v, &inside| {
-            let bright = v > t_fat;
-            if !inside || !(v > t_body) {
-                0
-            } else if bright == (contrast == IntensityContrast::FatBright) {
-                ADIPOSE_LABEL
-            } else {
-                MUSCLE_LABEL
-            }
-        });
+        let labels = Zip::from(&volume.data)
+            .and(&body)
+            .map_collect(|&v, &inside| {
+                let bright = v > t_fat;
+                if !inside || !(v > t_body) {
+                    0
+                } else if bright == (contrast == IntensityContrast::FatBright) {
+                    ADIPOSE_LABEL
+                } else {
+                    MUSCLE_LABEL
+                }
+            });
         self.last_model = Some(TissueModel::Intensity);
         self.last_thresholds = Some((t_body, Some(t_fat)));
         Ok(labels)
@@ -226,7 +254,10 @@ impl TissueMr {
             "fat_dominant_ff": FAT_DOMINANT_FF,
             "intensity_contrast": self.last_contrast,
         });
-        if let Err(e) = std::fs::write(dir.join(MODEL_FILE), serde_json::to_vec_pretty(&json).expect("serializes")) {
+        if let Err(e) = std::fs::write(
+            dir.join(MODEL_FILE),
+            serde_json::to_vec_pretty(&json).expect("serializes"),
+        ) {
             tracing::warn!(error = %e, file = MODEL_FILE, "could not write tissue model notes");
         }
         if let Some(ff) = ff {
@@ -248,7 +279,9 @@ impl Analysis for TissueMr {
 
     fn algorithm(&self) -> AlgorithmIdentification {
         let name = match self.last_model {
-            Some(TissueModel::Intensity) => "myonode dixon-composition-mr (no Dixon: intensity model)",
+            Some(TissueModel::Intensity) => {
+                "myonode dixon-composition-mr (no Dixon: intensity model)"
+            }
             _ => "myonode dixon-composition-mr",
         };
         AlgorithmIdentification {
@@ -266,7 +299,10 @@ impl Analysis for TissueMr {
     /// Dixon path when the job has water and fat channels, otherwise the intensity model on the
     /// primary volume; writes the notes (and FF map) into the job directory.
     fn run_job(&mut self, job: &StudyJob) -> Result<Array3<u8>, SegmentError> {
-        match (job.channel(ChannelKind::Water), job.channel(ChannelKind::Fat)) {
+        match (
+            job.channel(ChannelKind::Water),
+            job.channel(ChannelKind::Fat),
+        ) {
             (Some(w), Some(f)) => {
                 let expected = job.volume.shape();
                 for c in [w, f] {

@@ -41,7 +41,10 @@ fn parse(b: &[u8]) -> Result<Volume, String> {
     let i16_at = |o: usize| i16::from_le_bytes(b[o..o + 2].try_into().unwrap());
     let f32_at = |o: usize| f32::from_le_bytes(b[o..o + 4].try_into().unwrap());
     if i32_at(0) != 348 {
-        return Err(format!("sizeof_hdr {} (only little-endian NIfTI-1 is supported)", i32_at(0)));
+        return Err(format!(
+            "sizeof_hdr {} (only little-endian NIfTI-1 is supported)",
+            i32_at(0)
+        ));
     }
     if &b[344..347] != b"n+1" {
         return Err("magic is not n+1 (single-file NIfTI-1)".into());
@@ -50,7 +53,11 @@ fn parse(b: &[u8]) -> Result<Volume, String> {
     if !(3..=4).contains(&ndim) {
         return Err(format!("dim[0] = {ndim}, expected a 3-D volume"));
     }
-    let (ni, nj, nk) = (i16_at(42) as usize, i16_at(44) as usize, i16_at(46) as usize);
+    let (ni, nj, nk) = (
+        i16_at(42) as usize,
+        i16_at(44) as usize,
+        i16_at(46) as usize,
+    );
     if ndim == 4 && i16_at(48) > 1 {
         return Err("4-D volumes with more than one frame are not supported".into());
     }
@@ -70,7 +77,11 @@ fn parse(b: &[u8]) -> Result<Volume, String> {
         other => return Err(format!("datatype {other} not supported")),
     };
     if b.len() < offset + n * size {
-        return Err(format!("data truncated: {} bytes, need {}", b.len(), offset + n * size));
+        return Err(format!(
+            "data truncated: {} bytes, need {}",
+            b.len(),
+            offset + n * size
+        ));
     }
     let d = &b[offset..offset + n * size];
     let value = |idx: usize| -> f32 {
@@ -96,25 +107,58 @@ fn parse(b: &[u8]) -> Result<Volume, String> {
     });
     // voxel → RAS affine: columns = i, j, k axis vectors (mm per voxel), plus offset
     let (cols, origin_ras) = if i16_at(254) > 0 {
-        let row = |o: usize| [f32_at(o) as f64, f32_at(o + 4) as f64, f32_at(o + 8) as f64, f32_at(o + 12) as f64];
+        let row = |o: usize| {
+            [
+                f32_at(o) as f64,
+                f32_at(o + 4) as f64,
+                f32_at(o + 8) as f64,
+                f32_at(o + 12) as f64,
+            ]
+        };
         let (x, y, z) = (row(280), row(296), row(312));
-        ([[x[0], y[0], z[0]], [x[1], y[1], z[1]], [x[2], y[2], z[2]]], [x[3], y[3], z[3]])
+        (
+            [[x[0], y[0], z[0]], [x[1], y[1], z[1]], [x[2], y[2], z[2]]],
+            [x[3], y[3], z[3]],
+        )
     } else if i16_at(252) > 0 {
         let (qb, qc, qd) = (f32_at(256) as f64, f32_at(260) as f64, f32_at(264) as f64);
         let qa = (1.0 - (qb * qb + qc * qc + qd * qd)).max(0.0).sqrt();
         let qfac = if f32_at(76) < 0.0 { -1.0 } else { 1.0 };
         let r = [
-            [qa * qa + qb * qb - qc * qc - qd * qd, 2.0 * (qb * qc - qa * qd), 2.0 * (qb * qd + qa * qc)],
-            [2.0 * (qb * qc + qa * qd), qa * qa + qc * qc - qb * qb - qd * qd, 2.0 * (qc * qd - qa * qb)],
-            [2.0 * (qb * qd - qa * qc), 2.0 * (qc * qd + qa * qb), qa * qa + qd * qd - qb * qb - qc * qc],
+            [
+                qa * qa + qb * qb - qc * qc - qd * qd,
+                2.0 * (qb * qc - qa * qd),
+                2.0 * (qb * qd + qa * qc),
+            ],
+            [
+                2.0 * (qb * qc + qa * qd),
+                qa * qa + qc * qc - qb * qb - qd * qd,
+                2.0 * (qc * qd - qa * qb),
+            ],
+            [
+                2.0 * (qb * qd - qa * qc),
+                2.0 * (qc * qd + qa * qb),
+                qa * qa + qd * qd - qb * qb - qc * qc,
+            ],
         ];
         let col = |c: usize, s: f64| [r[0][c] * s, r[1][c] * s, r[2][c] * s];
         (
-            [col(0, pixdim[0]), col(1, pixdim[1]), col(2, pixdim[2] * qfac)],
+            [
+                col(0, pixdim[0]),
+                col(1, pixdim[1]),
+                col(2, pixdim[2] * qfac),
+            ],
             [f32_at(268) as f64, f32_at(272) as f64, f32_at(276) as f64],
         )
     } else {
-        ([[pixdim[0], 0.0, 0.0], [0.0, pixdim[1], 0.0], [0.0, 0.0, pixdim[2]]], [0.0; 3])
+        (
+            [
+                [pixdim[0], 0.0, 0.0],
+                [0.0, pixdim[1], 0.0],
+                [0.0, 0.0, pixdim[2]],
+            ],
+            [0.0; 3],
+        )
     };
     let to_lps = |v: [f64; 3]| [-v[0], -v[1], v[2]];
     let norm = |v: [f64; 3]| (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt();
