@@ -110,6 +110,8 @@ fn main() {
         execution_providers: vec!["cpu".into()],
         require_gpu: false,
         intra_op_threads: threads,
+        tissue_ct_allow_trunk: false,
+        tissue_ct_bone_threshold_hu: 200.0,
     };
     let mut rows = Vec::new();
 

@@ -121,6 +121,17 @@ pub struct SegmentConfig {
     /// Intra-op threads of each worker's ONNX Runtime session; 0 = ONNX Runtime's default (one per core).
     #[serde(default)]
     pub intra_op_threads: usize,
+    /// `tissue-composition-ct`: also label CT whose BodyPartExamined is not a limb (trunk or
+    /// missing), where organs share the skeletal-muscle HU range. Off by default.
+    #[serde(default)]
+    pub tissue_ct_allow_trunk: bool,
+    /// `tissue-composition-ct`: lower bound of bone, HU (inclusive); must be above 150 HU.
+    #[serde(default = "default_tissue_ct_bone_threshold_hu")]
+    pub tissue_ct_bone_threshold_hu: f32,
+}
+
+fn default_tissue_ct_bone_threshold_hu() -> f32 {
+    crate::segment::tissue_ct::DEFAULT_BONE_THRESHOLD_HU
 }
 
 fn default_models_dir() -> PathBuf {
@@ -270,6 +281,9 @@ impl Config {
         }
         if !(self.receive.association_timeout_seconds > 0.0) {
             return bad("receive.association_timeout_seconds", "must be > 0");
+        }
+        if let Err(e) = crate::segment::tissue_ct::TissueCt::new(self.segment.tissue_ct_bone_threshold_hu, false) {
+            return bad("segment.tissue_ct_bone_threshold_hu", e.to_string());
         }
         if self.spool.dir.as_os_str().is_empty() {
             return bad("spool.dir", "must not be empty");

@@ -70,6 +70,8 @@ fn cfg() -> SegmentConfig {
         execution_providers: vec!["cpu".into()],
         require_gpu: false,
         intra_op_threads: 1,
+        tissue_ct_allow_trunk: false,
+        tissue_ct_bone_threshold_hu: 200.0,
     }
 }
 

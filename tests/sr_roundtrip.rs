@@ -72,6 +72,7 @@ fn measurements(
         mean_intensity: hu.unwrap_or(100.0),
         sd_intensity: 5.0,
         mean_attenuation_hu: hu,
+        fat_fraction_percent: None,
         left: SideMeasurements::default(),
         right: SideMeasurements::default(),
     }

@@ -138,6 +138,33 @@ pub const UNIT_CUBIC_CENTIMETER: CodeConst = c("cm3", "UCUM", "cubic centimeter"
 /// Unit of [`ATTENUATION_COEFFICIENT`]. Source: CID 7181 (also CID 83, 301).
 pub const UNIT_HOUNSFIELD: CodeConst = c("[hnsf'U]", "UCUM", "Hounsfield unit");
 
+/// Fat fraction of a segment (mean of the voxel-wise F/(F+W) of Dixon images, in %).
+/// Source: pydicom concept dictionary (DCM 129100 "Fat fraction"; member of CIDs 218
+/// "Quantitative Image Feature", 7180, 7469 "Generic Intensity and Size Measurement").
+pub const FAT_FRACTION: CodeConst = c("129100", "DCM", "Fat fraction");
+/// Unit of [`FAT_FRACTION`]. Source: CID 83 "Units for Real World Value Mapping" (also 84, 301, 7181).
+pub const UNIT_PERCENT: CodeConst = c("%", "UCUM", "Percent");
+
+// ---------------------------------------------------------------------------
+// Segment descriptions of the tissue-composition analyses (SEG Segment Sequence)
+// ---------------------------------------------------------------------------
+
+/// SegmentedPropertyCategory of tissue classes. Source: CID 7150 "Segmentation Property Category".
+pub const TISSUE: CodeConst = c("85756007", "SCT", "Tissue");
+/// SegmentedPropertyType of the muscle class. Source: pydicom concept dictionary (SCT 127954009,
+/// CIDs 7710, 8134 "Anatomic Structure"; CID 7151 is extensible and lists only the broader
+/// "Muscle" 91727004, so the specific skeletal-muscle concept is used as the issue asks).
+pub const SKELETAL_MUSCLE: CodeConst = c("127954009", "SCT", "Skeletal muscle");
+/// SegmentedPropertyType of the adipose class. Source: CID 7151 "Segmentation Property Type"
+/// (also 7166, 7191; pydicom keyword `AdiposeTissue`, meaning "Fat").
+pub const ADIPOSE_TISSUE: CodeConst = c("55603005", "SCT", "Fat");
+/// SegmentedPropertyType of the bone class. Source: CID 7151 "Segmentation Property Type"
+/// (also 7166, 7191; pydicom keyword `BoneTissue`).
+pub const BONE_TISSUE: CodeConst = c("3138006", "SCT", "Bone");
+/// Algorithm family of the threshold-based tissue analyses. Source: CID 7162
+/// "Surface Processing Algorithm Families" (DCM 123105).
+pub const HISTOGRAM_ANALYSIS: CodeConst = c("123105", "DCM", "Histogram Analysis");
+
 /// The CID 100 "Procedure reported" code for a source Modality (0008,0060):
 /// `CT` → [`CT_UNSPECIFIED_BODY_REGION`], `MR` → [`MRI_UNSPECIFIED_BODY_REGION`],
 /// anything else → [`IMAGING_PROCEDURE`].

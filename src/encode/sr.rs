@@ -573,6 +573,7 @@ fn measurement_group(
             None => {}
         }
     }
+    push_fat_fraction(&mut items, m, &d.label);
     ContentItem::new(
         Contains,
         codes::MEASUREMENT_GROUP,
@@ -581,6 +582,28 @@ fn measurement_group(
         },
     )
     .with_children(items)
+}
+
+/// Append the mean fat fraction (DCM 129100 "Fat fraction", UCUM `%`, Derivation Mean) to a
+/// TID 1411 group's items when the segment has one (Dixon jobs); a non-finite value is left
+/// out (logged). Any modality: the value only exists when water/fat channels were measured.
+fn push_fat_fraction(items: &mut Vec<ContentItem>, m: &SegmentMeasurements, label: &str) {
+    match m.fat_fraction_percent {
+        Some(ff) if ff.is_finite() => items.push(
+            ContentItem::new(
+                Relationship::Contains,
+                codes::FAT_FRACTION,
+                ContentValue::Num { value: ff, unit: codes::UNIT_PERCENT.code() },
+            )
+            .with_children(vec![ContentItem::new(
+                Relationship::HasConceptMod,
+                codes::DERIVATION,
+                ContentValue::Code(codes::MEAN.code()),
+            )]),
+        ),
+        Some(ff) => tracing::warn!(label = %label, value = ff, "non-finite fat fraction left out of the SR"),
+        None => {}
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -18,6 +18,24 @@
 //!   lying off the scanner's x = 0). Meaningful for bilateral structures (both
 //!   thighs or calves in one field of view); reported for every segment.
 //!
+//! * fat fraction (%), when the job carries Dixon water and fat channels
+//!   ([`StudyJob::channel`], same grid as the primary volume): voxel-wise
+//!   `FF = F / (F + W)` from the fat `F` and water `W` images, averaged over the
+//!   segment's voxels (and over each side's voxels), times 100. Voxels whose signal
+//!   `F + W` is not above [`FF_SIGNAL_FLOOR`] × the largest `F + W` of the job (no signal:
+//!   FF undefined) or not finite are left out of the average.
+//!
+//!   **Caveat — magnitude bias at low FF.** Dixon water and fat images reconstructed as
+//!   magnitudes carry Rician noise whose mean is positive, so in a nearly fat-free tissue the
+//!   fat image is the noise floor, not zero, and FF = F/(F+W) is biased upwards (and by
+//!   symmetry downwards near 100 %); the bias grows as SNR falls. Uncorrected T1 weighting
+//!   (fat's shorter T1 at high flip angles) biases FF upwards too. Values of a few percent in
+//!   lean muscle are therefore not reliable absolute numbers. Source: C.-Y. Liu, C. A.
+//!   McKenzie, H. Yu, J. H. Brittain, S. B. Reeder, "Fat quantification with IDEAL gradient
+//!   echo imaging: correction of bias from T1 and noise", Magn. Reson. Med. 58(2):354–364,
+//!   2007 (they remove it with magnitude discrimination / phase-constrained reconstruction and
+//!   low flip angles; this node reports the plain ratio of the images it receives).
+//!
 //! Results are written per job as `measurements.json` and `measurements.csv`.
 
 use std::path::Path;
@@ -25,7 +43,51 @@ use std::path::Path;
 use crossbeam_channel::{Receiver, Sender};
 use tracing::{info, info_span, warn};
 
-use crate::pipeline::messages::{Findings, SegmentMeasurements, Segmentation, SideMeasurements};
+use crate::pipeline::messages::{
+    ChannelKind, Findings, SegmentMeasurements, Segmentation, SideMeasurements, StudyJob,
+};
+
+/// Relative signal floor of the fat-fraction guard: a voxel enters the FF average only if
+/// `F + W > FF_SIGNAL_FLOOR · max(F + W)` over the job (i.e. `F + W` is not ≈ 0).
+pub const FF_SIGNAL_FLOOR: f64 = 1e-6;
+
+/// Voxel-wise fat fraction `F / (F + W)` (fraction 0–1 for magnitude images) on the grid of
+/// the job's primary volume, shape `(nz, ny, nx)`; `NaN` where undefined (signal `F + W` at or
+/// below [`FF_SIGNAL_FLOOR`] × its maximum, or a non-finite input).
+///
+/// Returns `None` when the job has no [`ChannelKind::Water`] or no [`ChannelKind::Fat`]
+/// channel, or when a channel's shape differs from the primary volume's (logged).
+/// Source of the formula: signal fat fraction of chemical-shift (Dixon) imaging, e.g.
+/// Reeder et al., JMRI 34(4):729–749, 2011; bias caveat: Liu et al., MRM 58:354, 2007.
+pub fn fat_fraction_map(job: &StudyJob) -> Option<ndarray::Array3<f32>> {
+    let w = job.channel(ChannelKind::Water)?;
+    let f = job.channel(ChannelKind::Fat)?;
+    let shape = job.volume.data.shape();
+    if w.volume.data.shape() != shape || f.volume.data.shape() != shape {
+        warn!(
+            volume = ?shape,
+            water = ?w.volume.data.shape(),
+            fat = ?f.volume.data.shape(),
+            "Dixon channels are not on the primary grid; no fat fraction"
+        );
+        return None;
+    }
+    let max_sum = ndarray::Zip::from(&w.volume.data)
+        .and(&f.volume.data)
+        .fold(0f64, |m, &w, &f| {
+            let s = w as f64 + f as f64;
+            if s.is_finite() { m.max(s) } else { m }
+        });
+    let floor = FF_SIGNAL_FLOOR * max_sum;
+    Some(ndarray::Zip::from(&w.volume.data).and(&f.volume.data).map_collect(|&w, &f| {
+        let s = w as f64 + f as f64;
+        if s.is_finite() && s > floor && s > 0.0 {
+            (f as f64 / s) as f32
+        } else {
+            f32::NAN
+        }
+    }))
+}
 
 #[derive(Default, Clone)]
 struct Acc {
@@ -38,6 +100,13 @@ struct Acc {
     left_sum: f64,
     right_n: u64,
     right_sum: f64,
+    /// fat fraction sums (fraction 0–1) and counts of voxels with a defined FF
+    ff_n: u64,
+    ff_sum: f64,
+    left_ff_n: u64,
+    left_ff_sum: f64,
+    right_ff_n: u64,
+    right_ff_sum: f64,
 }
 
 /// Measure every segment listed in `seg.segments` (also those with zero voxels).
@@ -60,6 +129,7 @@ pub fn measure(seg: &Segmentation) -> Vec<SegmentMeasurements> {
         vol.spacing[1] * vol.column_direction[0],
         vol.spacing[2] * vol.row_direction[0],
     ];
+    let ff_map = fat_fraction_map(&seg.job);
     let mut midline = 0.0;
     if shapes_match {
         // pass 1: midline from the centroid of all labelled voxels
@@ -88,12 +158,24 @@ pub fn measure(seg: &Segmentation) -> Vec<SegmentMeasurements> {
             a.pos[1] += y as f64;
             a.pos[2] += x as f64;
             a.per_slice[z] += 1;
-            if z as f64 * dx[0] + y as f64 * dx[1] + x as f64 * dx[2] > midline {
+            let is_left = z as f64 * dx[0] + y as f64 * dx[1] + x as f64 * dx[2] > midline;
+            if is_left {
                 a.left_n += 1;
                 a.left_sum += v;
             } else {
                 a.right_n += 1;
                 a.right_sum += v;
+            }
+            if let Some(ff) = ff_map.as_ref().map(|m| m[[z, y, x]] as f64).filter(|f| f.is_finite()) {
+                a.ff_n += 1;
+                a.ff_sum += ff;
+                if is_left {
+                    a.left_ff_n += 1;
+                    a.left_ff_sum += ff;
+                } else {
+                    a.right_ff_n += 1;
+                    a.right_ff_sum += ff;
+                }
             }
         }
     }
@@ -102,6 +184,9 @@ pub fn measure(seg: &Segmentation) -> Vec<SegmentMeasurements> {
     let pixel_cm2 = vol.spacing[1] * vol.spacing[2] / 100.0;
     let is_ct = seg.job.header.modality == "CT";
     let mean_of = |sum: f64, n: u64| if n > 0 { sum / n as f64 } else { 0.0 };
+    // mean FF in %, only where the job has Dixon channels and the segment has defined voxels
+    let ff_percent =
+        |sum: f64, n: u64| (ff_map.is_some() && n > 0).then(|| 100.0 * sum / n as f64);
     seg.segments
         .iter()
         .map(|s| {
@@ -133,12 +218,15 @@ pub fn measure(seg: &Segmentation) -> Vec<SegmentMeasurements> {
                     voxel_count: a.left_n,
                     volume_ml: a.left_n as f64 * voxel_ml,
                     mean_intensity: mean_of(a.left_sum, a.left_n),
+                    fat_fraction_percent: ff_percent(a.left_ff_sum, a.left_ff_n),
                 },
                 right: SideMeasurements {
                     voxel_count: a.right_n,
                     volume_ml: a.right_n as f64 * voxel_ml,
                     mean_intensity: mean_of(a.right_sum, a.right_n),
+                    fat_fraction_percent: ff_percent(a.right_ff_sum, a.right_ff_n),
                 },
+                fat_fraction_percent: ff_percent(a.ff_sum, a.ff_n),
             }
         })
         .collect()
@@ -152,11 +240,12 @@ pub fn write_measurements(dir: &Path, m: &[SegmentMeasurements]) -> std::io::Res
     std::fs::write(dir.join("measurements.json"), serde_json::to_vec_pretty(m).expect("serializes"))?;
     let mut csv = String::from(
         "label_value,label,voxel_count,volume_ml,max_cross_sectional_area_cm2,area_at_centroid_slice_cm2,\
-         mean_intensity,sd_intensity,left_volume_ml,right_volume_ml\n",
+         mean_intensity,sd_intensity,left_volume_ml,right_volume_ml,\
+         fat_fraction_percent,left_fat_fraction_percent,right_fat_fraction_percent\n",
     );
     for r in m {
         csv.push_str(&format!(
-            "{},\"{}\",{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4}\n",
+            "{},\"{}\",{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{},{},{}\n",
             r.label_value,
             r.label.replace('"', "\"\""),
             r.voxel_count,
@@ -166,10 +255,18 @@ pub fn write_measurements(dir: &Path, m: &[SegmentMeasurements]) -> std::io::Res
             r.mean_intensity,
             r.sd_intensity,
             r.left.volume_ml,
-            r.right.volume_ml
+            r.right.volume_ml,
+            opt4(r.fat_fraction_percent),
+            opt4(r.left.fat_fraction_percent),
+            opt4(r.right.fat_fraction_percent)
         ));
     }
     std::fs::write(dir.join("measurements.csv"), csv)
+}
+
+/// An optional value for the CSV: 4 decimals, or an empty field when absent.
+fn opt4(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.4}")).unwrap_or_default()
 }
 
 /// Measure one segmentation and write its files into the job directory.
@@ -181,7 +278,13 @@ pub fn measure_job(seg: Segmentation) -> Findings {
         warn!(error = %e, "could not write measurement files");
     }
     for m in &measurements {
-        info!(segment = %m.label, voxels = m.voxel_count, volume_ml = format!("{:.1}", m.volume_ml), "measured");
+        info!(
+            segment = %m.label,
+            voxels = m.voxel_count,
+            volume_ml = format!("{:.1}", m.volume_ml),
+            fat_fraction_percent = m.fat_fraction_percent.map(|f| format!("{f:.1}")),
+            "measured"
+        );
     }
     Findings { segmentation: seg, measurements }
 }

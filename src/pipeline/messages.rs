@@ -226,6 +226,11 @@ pub struct SegmentMeasurements {
     /// patient coordinate origin's sagittal plane x = 0 (voxel centres; x = 0 counts as right).
     pub left: SideMeasurements,
     pub right: SideMeasurements,
+    /// Mean voxel-wise fat fraction FF = F / (F + W) inside the segment, in % (0–100), present
+    /// when the job has Dixon water and fat channels (see `measure` for the formula and the
+    /// low-FF magnitude-bias caveat). Absent in JSON from older versions.
+    #[serde(default)]
+    pub fat_fraction_percent: Option<f64>,
 }
 
 /// Measurements of the part of a segment on one side of the patient.
@@ -234,6 +239,9 @@ pub struct SideMeasurements {
     pub voxel_count: u64,
     pub volume_ml: f64,
     pub mean_intensity: f64,
+    /// Mean fat fraction (%) of this side's voxels, as [`SegmentMeasurements::fat_fraction_percent`].
+    #[serde(default)]
+    pub fat_fraction_percent: Option<f64>,
 }
 
 /// measure → encode.

@@ -45,6 +45,17 @@ impl BodyMask {
     /// [`SegmentError::EmptyVolume`] when the volume has no finite voxels or is constant;
     /// [`SegmentError::VolumeTooLarge`] beyond `u32::MAX` voxels.
     pub fn mask(&mut self, volume: &Volume) -> Result<Array3<bool>, SegmentError> {
+        self.mask_keeping(volume, 1.0)
+    }
+
+    /// As [`BodyMask::mask`], but step 2 keeps every component of at least `min_fraction` of the
+    /// largest one's size ([`morphology::keep_large_components`]) — e.g. both legs of a
+    /// bilateral thigh or calf scan, which are not connected. `min_fraction = 1.0` is
+    /// [`BodyMask::mask`] (barring exact ties).
+    ///
+    /// # Errors
+    /// As [`BodyMask::mask`].
+    pub fn mask_keeping(&mut self, volume: &Volume, min_fraction: f64) -> Result<Array3<bool>, SegmentError> {
         let shape = volume.shape();
         let voxels = volume.data.len();
         if voxels > MAX_VOXELS {
@@ -54,7 +65,11 @@ impl BodyMask {
             .ok_or_else(|| SegmentError::EmptyVolume { analysis: NAME.into(), shape })?;
         self.last_threshold = Some(otsu.threshold);
         let mut mask = volume.data.mapv(|v| v > otsu.threshold);
-        let kept = morphology::keep_largest_component(&mut mask);
+        let kept = if min_fraction >= 1.0 {
+            morphology::keep_largest_component(&mut mask)
+        } else {
+            morphology::keep_large_components(&mut mask, min_fraction)
+        };
         let filled = morphology::fill_holes_per_slice(&mut mask);
         tracing::debug!(
             threshold = otsu.threshold,

@@ -16,6 +16,8 @@ pub mod onnx;
 pub mod resample;
 pub mod routing;
 pub mod stage;
+pub mod tissue_ct;
+pub mod tissue_mr;
 
 use std::sync::Arc;
 
@@ -28,7 +30,7 @@ use crate::volume::Volume;
 pub use body_mask::BodyMask;
 
 /// Names of the built-in analyses selectable with `segment.analysis`.
-pub const BUILTIN_ANALYSES: &[&str] = &["body-mask"];
+pub const BUILTIN_ANALYSES: &[&str] = &["body-mask", tissue_ct::NAME, tissue_mr::NAME];
 
 /// Why an analysis could not produce a segmentation.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +56,9 @@ pub enum SegmentError {
     /// The analysis' segment descriptions are not label values 1..N in order.
     #[error("analysis `{analysis}`: segment label values {found:?} are not 1..N in increasing order")]
     BadSegmentNumbering { analysis: String, found: Vec<u8> },
+    /// The job lies outside the analysis' declared scope (modality, anatomical region).
+    #[error("analysis `{analysis}` refuses this job: {reason}")]
+    OutOfScope { analysis: String, reason: String },
     /// The analysis itself failed (model error, numerical problem, ...).
     #[error("analysis `{analysis}` failed: {reason}")]
     Failed { analysis: String, reason: String },
@@ -92,6 +97,8 @@ pub trait Analysis: Send {
 pub fn create_analysis(name: &str) -> Result<Box<dyn Analysis>, SegmentError> {
     match name {
         body_mask::NAME => Ok(Box::new(BodyMask::new())),
+        tissue_ct::NAME => Ok(Box::new(tissue_ct::TissueCt::default())),
+        tissue_mr::NAME => Ok(Box::new(tissue_mr::TissueMr::new())),
         _ => Err(SegmentError::UnknownAnalysis {
             name: name.to_string(),
             available: BUILTIN_ANALYSES.iter().map(|s| s.to_string()).collect(),
@@ -107,6 +114,9 @@ pub fn create_analysis(name: &str) -> Result<Box<dyn Analysis>, SegmentError> {
 /// [`SegmentError::Onnx`] when the model exists but cannot be loaded;
 /// [`SegmentError::UnknownAnalysis`] when neither exists.
 pub fn create_analysis_with(name: &str, cfg: &SegmentConfig) -> Result<Box<dyn Analysis>, SegmentError> {
+    if name == tissue_ct::NAME {
+        return Ok(Box::new(tissue_ct::TissueCt::new(cfg.tissue_ct_bone_threshold_hu, cfg.tissue_ct_allow_trunk)?));
+    }
     if BUILTIN_ANALYSES.contains(&name) {
         return create_analysis(name);
     }

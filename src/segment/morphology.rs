@@ -95,6 +95,152 @@ pub fn otsu_threshold(data: ArrayView3<'_, f32>) -> Option<OtsuThreshold> {
     Some(OtsuThreshold { threshold, low, high })
 }
 
+/// Two-threshold (three-class) Otsu over the finite values of `data`: `(t1, t2)` with
+/// `t1 < t2` maximising the between-class variance `Σ w_k μ_k²` of the classes
+/// `v ≤ t1`, `t1 < v ≤ t2`, `v > t2` (P.-S. Liao, T.-S. Chen, P.-C. Chung, "A fast algorithm for
+/// multilevel thresholding", J. Inf. Sci. Eng. 17:713–727, 2001; Otsu 1979 for the criterion).
+///
+/// Same histogram as [`otsu_threshold`]: [`OTSU_BINS`] bins over the robust
+/// [`ROBUST_PERCENTILES`] range, out-of-range values counted in the end bins; thresholds are
+/// upper bin edges. Used for images with three intensity classes such as background, muscle and
+/// fat on fat-bright (T1-weighted-like) MR.
+///
+/// Returns `None` when `data` has no finite values or all finite values are equal.
+pub fn otsu_two_thresholds(data: ArrayView3<'_, f32>) -> Option<(f32, f32)> {
+    let range = otsu_threshold(data)?; // validates the data and gives the robust range
+    let (low, high) = (range.low, range.high);
+    let hist = histogram(data, low, high, OTSU_BINS);
+    // prefix sums of counts and first moments
+    let mut p = vec![0f64; OTSU_BINS + 1];
+    let mut m = vec![0f64; OTSU_BINS + 1];
+    for (i, &c) in hist.iter().enumerate() {
+        p[i + 1] = p[i] + c as f64;
+        m[i + 1] = m[i] + i as f64 * c as f64;
+    }
+    let term = |a: usize, b: usize| {
+        // bins a..b (exclusive end)
+        let w = p[b] - p[a];
+        if w > 0.0 {
+            let mu = (m[b] - m[a]) / w;
+            Some(w * mu * mu)
+        } else {
+            None
+        }
+    };
+    let (mut best, mut best_pair) = (-1.0f64, None);
+    for i in 1..OTSU_BINS - 1 {
+        let Some(c0) = term(0, i) else { continue };
+        for j in i + 1..OTSU_BINS {
+            let (Some(c1), Some(c2)) = (term(i, j), term(j, OTSU_BINS)) else { continue };
+            let v = c0 + c1 + c2;
+            if v > best {
+                best = v;
+                best_pair = Some((i, j));
+            }
+        }
+    }
+    let (i, j) = best_pair?;
+    let width = (high as f64 - low as f64) / OTSU_BINS as f64;
+    Some(((low as f64 + i as f64 * width) as f32, (low as f64 + j as f64 * width) as f32))
+}
+
+/// In-plane Euclidean distance (mm) of every voxel of `mask` to the nearest voxel outside it
+/// in the same slice `z` (0 outside the mask), shape `(nz, ny, nx)`; pixels beyond the slice
+/// border count as outside. `spacing_yx` = (row spacing `sy`, column spacing `sx`) in mm.
+///
+/// Exact squared-distance transform by separable lower envelopes of parabolas
+/// (P. F. Felzenszwalb, D. P. Huttenlocher, "Distance transforms of sampled functions",
+/// Theory of Computing 8:415–428, 2012), along x then y, with anisotropic spacing.
+pub fn distance_to_background_per_slice(mask: &Array3<bool>, spacing_yx: (f64, f64)) -> Array3<f32> {
+    let (nz, ny, nx) = mask.dim();
+    let (sy, sx) = spacing_yx;
+    // padded by one background pixel on every side so the border counts as outside
+    let (py, px) = (ny + 2, nx + 2);
+    let mut out = Array3::<f32>::zeros((nz, ny, nx));
+    let inf = f64::INFINITY;
+    let mut f = vec![0f64; py.max(px)];
+    let mut d = vec![0f64; py.max(px)];
+    let mut grid = vec![0f64; py * px];
+    for z in 0..nz {
+        for y in 0..py {
+            for x in 0..px {
+                let inside = y >= 1 && y <= ny && x >= 1 && x <= nx && mask[[z, y - 1, x - 1]];
+                grid[y * px + x] = if inside { inf } else { 0.0 };
+            }
+        }
+        for y in 0..py {
+            f[..px].copy_from_slice(&grid[y * px..(y + 1) * px]);
+            edt_1d(&f[..px], sx, &mut d[..px]);
+            grid[y * px..(y + 1) * px].copy_from_slice(&d[..px]);
+        }
+        for x in 0..px {
+            for y in 0..py {
+                f[y] = grid[y * px + x];
+            }
+            edt_1d(&f[..py], sy, &mut d[..py]);
+            for y in 0..py {
+                grid[y * px + x] = d[y];
+            }
+        }
+        for y in 0..ny {
+            for x in 0..nx {
+                out[[z, y, x]] = grid[(y + 1) * px + x + 1].sqrt() as f32;
+            }
+        }
+    }
+    out
+}
+
+/// 1-D squared distance transform of sampled function `f` (0 at sites, ∞ elsewhere) with
+/// sample spacing `h` mm; result (mm²) in `d` (Felzenszwalb & Huttenlocher 2012, algorithm 1).
+fn edt_1d(f: &[f64], h: f64, d: &mut [f64]) {
+    let n = f.len();
+    let mut v = vec![0usize; n];
+    let mut zb = vec![0f64; n + 1];
+    let mut k = 0usize;
+    let pos = |q: usize| q as f64 * h;
+    // first finite site
+    let Some(first) = (0..n).find(|&q| f[q].is_finite()) else {
+        d.iter_mut().for_each(|x| *x = f64::INFINITY);
+        return;
+    };
+    v[0] = first;
+    zb[0] = f64::NEG_INFINITY;
+    zb[1] = f64::INFINITY;
+    for q in first + 1..n {
+        if !f[q].is_finite() {
+            continue;
+        }
+        loop {
+            let p = v[k];
+            let s = ((f[q] + pos(q) * pos(q)) - (f[p] + pos(p) * pos(p))) / (2.0 * (pos(q) - pos(p)));
+            if s <= zb[k] && k > 0 {
+                k -= 1;
+                continue;
+            }
+            if s <= zb[k] {
+                // k == 0 and the new parabola dominates everywhere
+                v[0] = q;
+                zb[1] = f64::INFINITY;
+                break;
+            }
+            k += 1;
+            v[k] = q;
+            zb[k] = s;
+            zb[k + 1] = f64::INFINITY;
+            break;
+        }
+    }
+    k = 0;
+    for q in 0..n {
+        while zb[k + 1] < pos(q) {
+            k += 1;
+        }
+        let dq = pos(q) - pos(v[k]);
+        d[q] = dq * dq + f[v[k]];
+    }
+}
+
 /// Histogram of the finite values of `data` with `bins` equal bins over `[lo, hi]`;
 /// values outside are counted in the first / last bin.
 fn histogram(data: ArrayView3<'_, f32>, lo: f32, hi: f32, bins: usize) -> Vec<u64> {
@@ -143,6 +289,40 @@ pub fn keep_largest_component(mask: &mut Array3<bool>) -> usize {
         }
     }
     best_size
+}
+
+/// Keep every 6-connected component of `mask` whose size is at least `min_fraction` (0–1) of
+/// the largest component's, in place; smaller ones are cleared. Returns the voxels kept.
+///
+/// Used where a field of view legitimately holds several body parts of similar size (both
+/// thighs or calves in one axial slab, which do not touch), while specks, markers and thin
+/// objects far smaller than a limb are dropped. `min_fraction = 1.0` keeps all components
+/// tied for the largest size.
+///
+/// # Panics
+/// Never for masks of at most [`MAX_VOXELS`] voxels; callers must check larger volumes.
+pub fn keep_large_components(mask: &mut Array3<bool>, min_fraction: f64) -> usize {
+    let (nz, ny, nx) = mask.dim();
+    assert!(nz * ny * nx <= MAX_VOXELS, "mask too large for u32 indices");
+    let mut state: Vec<u8> = mask.iter().map(|&b| b as u8).collect(); // 0 bg, 1 fg, 2 visited
+    let mut stack: Vec<u32> = Vec::new();
+    let mut components: Vec<(usize, usize)> = Vec::new(); // (seed, size)
+    for seed in 0..state.len() {
+        if state[seed] == 1 {
+            components.push((seed, flood_6(&mut state, (nz, ny, nx), seed, 1, 2, &mut stack)));
+        }
+    }
+    let largest = components.iter().map(|c| c.1).max().unwrap_or(0);
+    let mut kept = 0;
+    for &(seed, size) in &components {
+        if size as f64 >= min_fraction * largest as f64 {
+            kept += flood_6(&mut state, (nz, ny, nx), seed, 2, 3, &mut stack);
+        }
+    }
+    for (m, &s) in mask.iter_mut().zip(state.iter()) {
+        *m = s == 3;
+    }
+    kept
 }
 
 /// Largest number of voxels the flood fills can index (flat `u32` indices).
@@ -252,6 +432,68 @@ pub fn fill_holes_per_slice(mask: &mut Array3<bool>) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn distance_transform_matches_brute_force() {
+        let mut m = Array3::<bool>::from_elem((2, 13, 17), false);
+        for ((z, y, x), v) in m.indexed_iter_mut() {
+            *v = (2..11).contains(&y) && (1..15).contains(&x) && !(z == 1 && y == 6 && x == 7) && !(y == 3 && x > 10);
+        }
+        let (sy, sx) = (0.7, 1.3);
+        let d = distance_to_background_per_slice(&m, (sy, sx));
+        for ((z, y, x), &inside) in m.indexed_iter() {
+            let mut best = f64::INFINITY;
+            for yy in -1i64..=13 {
+                for xx in -1i64..=17 {
+                    let outside = yy < 0 || xx < 0 || yy >= 13 || xx >= 17 || !m[[z, yy as usize, xx as usize]];
+                    if outside {
+                        let dist = (((yy - y as i64) as f64 * sy).powi(2) + ((xx - x as i64) as f64 * sx).powi(2)).sqrt();
+                        best = best.min(dist);
+                    }
+                }
+            }
+            let expected = if inside { best } else { 0.0 };
+            assert!((d[[z, y, x]] as f64 - expected).abs() < 1e-4, "({z},{y},{x}): {} vs {expected}", d[[z, y, x]]);
+        }
+    }
+
+    #[test]
+    fn two_thresholds_separate_three_classes() {
+        // background 0 (60 %), muscle ≈ 100 (25 %), fat ≈ 300 (15 %)
+        let data = Array3::from_shape_fn((1, 20, 100), |(_, y, x)| {
+            let i = y * 100 + x;
+            let jitter = (i % 7) as f32;
+            if i < 1200 {
+                jitter
+            } else if i < 1700 {
+                100.0 + jitter
+            } else {
+                300.0 + jitter
+            }
+        });
+        let (t1, t2) = otsu_two_thresholds(data.view()).unwrap();
+        assert!(t1 > 6.0 && t1 <= 100.0, "{t1}");
+        assert!(t2 > 106.0 && t2 <= 300.0, "{t2}");
+        assert!(otsu_two_thresholds(Array3::<f32>::zeros((1, 2, 2)).view()).is_none());
+    }
+
+    #[test]
+    fn keep_large_components_keeps_both_legs_and_drops_specks() {
+        let mut m = Array3::<bool>::from_elem((1, 10, 30), false);
+        for y in 1..9 {
+            for x in 1..9 {
+                m[[0, y, x]] = true; // 64 voxels
+            }
+            for x in 12..19 {
+                m[[0, y, x]] = true; // 56 voxels
+            }
+        }
+        m[[0, 5, 25]] = true; // speck
+        assert_eq!(keep_large_components(&mut m, 0.25), 120);
+        assert!(!m[[0, 5, 25]] && m[[0, 4, 4]] && m[[0, 4, 15]]);
+        assert_eq!(keep_large_components(&mut m, 1.0), 64);
+        assert!(!m[[0, 4, 15]]);
+    }
 
     #[test]
     fn otsu_separates_two_levels() {
