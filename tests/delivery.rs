@@ -105,6 +105,7 @@ fn findings(job_dir: PathBuf) -> Findings {
             mean_intensity: 50.0,
             sd_intensity: 1.0,
             mean_attenuation_hu: Some(50.0),
+            fat_fraction_percent: None,
             left: SideMeasurements::default(),
             right: SideMeasurements::default(),
         }],
