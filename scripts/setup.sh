@@ -42,6 +42,10 @@ fi
 command -v ip >/dev/null 2>&1 || missing_pkgs+=(iproute2)
 # A C toolchain for crates with native parts (cc crate).
 command -v cc >/dev/null 2>&1 || missing_pkgs+=(build-essential)
+# Headless browser for the status-page test (integration/test_service.py).
+command -v chromium >/dev/null 2>&1 || missing_pkgs+=(chromium)
+# systemd-analyze verify of systemd/myonode.service (tests/systemd_unit.rs).
+command -v systemd-analyze >/dev/null 2>&1 || missing_pkgs+=(systemd)
 
 if ((${#missing_pkgs[@]})); then
     log "installing system packages: ${missing_pkgs[*]}"

@@ -42,6 +42,9 @@ pub struct Config {
     pub destinations: Vec<DestinationConfig>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// `[http]`: status API, page and metrics.
+    #[serde(default)]
+    pub http: HttpConfig,
 }
 
 /// `[node]`: identity of this node.
@@ -53,6 +56,14 @@ pub struct NodeConfig {
     /// Institution name written to Enhanced General Equipment of derived objects (optional).
     #[serde(default)]
     pub institution_name: String,
+    /// On SIGTERM/SIGINT: seconds to let running associations and pipeline work finish before
+    /// exiting anyway (unfinished work stays in the spool and resumes at the next start).
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout_seconds: f64,
+}
+
+fn default_shutdown_timeout() -> f64 {
+    30.0
 }
 
 /// `[receive]`: the C-STORE / C-ECHO SCP.
@@ -269,6 +280,15 @@ impl Config {
         if self.segment.workers == 0 {
             return bad("segment.workers", "must be at least 1");
         }
+        if !(self.node.shutdown_timeout_seconds > 0.0) {
+            return bad("node.shutdown_timeout_seconds", "must be > 0");
+        }
+        if self.http.enabled && self.http.bind.parse::<std::net::SocketAddr>().is_err() {
+            return bad("http.bind", format!("must be an IP address and port like 127.0.0.1:8080 (got `{}`)", self.http.bind));
+        }
+        if !(self.http.readiness_interval_seconds > 0.0) {
+            return bad("http.readiness_interval_seconds", "must be > 0");
+        }
         if self.pipeline.channel_capacity == 0 {
             return bad("pipeline.channel_capacity", "must be at least 1");
         }
@@ -424,4 +444,47 @@ mod tests {
         let e = Config::load(Some(&p)).unwrap_err().to_string();
         assert!(e.contains("node.ae_title"), "{e}");
     }
+}
+
+/// `[http]`: the status/metrics HTTP server (see `crate::http`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Serve HTTP at all.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Socket address to listen on, `IP:port` (e.g. `127.0.0.1:8080`; port 0 = any free port).
+    #[serde(default = "default_http_bind")]
+    pub bind: String,
+    /// Seconds between readiness checks (spool writable, analyses load, C-ECHO to each destination);
+    /// `/readyz` answers from the last result.
+    #[serde(default = "default_readiness_interval")]
+    pub readiness_interval_seconds: f64,
+    /// Jobs listed by `/api/jobs` and the status page (newest first).
+    #[serde(default = "default_recent_jobs")]
+    pub recent_jobs: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: true,
+            bind: default_http_bind(),
+            readiness_interval_seconds: default_readiness_interval(),
+            recent_jobs: default_recent_jobs(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_http_bind() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_readiness_interval() -> f64 {
+    30.0
+}
+fn default_recent_jobs() -> usize {
+    50
 }

@@ -123,6 +123,7 @@ pub fn encode_findings(f: &Findings, ctx: &EncodeContext) -> Result<Vec<Outbound
         "labels_file": crate::segment::stage::LABELS_FILE,
     });
     ctx.spool.write_atomically(&job.job_dir.join(JOB_FILE), &[&serde_json::to_vec_pretty(&summary).expect("json")])?;
+    crate::http::preview::write_preview_logged(&f.segmentation);
     let mut out = Vec::new();
     for dest in &ctx.destinations {
         // SEG first, then the SR that references it
@@ -138,6 +139,7 @@ pub fn encode_findings(f: &Findings, ctx: &EncodeContext) -> Result<Vec<Outbound
         }
     }
     crate::assemble::stage::mark_series_done(&ctx.spool, job, v.slices.len())?;
+    metrics::counter!("myonode_series_completed_total").increment(1);
     info!(seg = %enc.sop_instance_uid, sr = %sr.sop_instance_uid, bytes = enc.bytes.len(), outbound = out.len(), "SEG and SR encoded");
     Ok(out)
 }
@@ -147,7 +149,7 @@ pub fn run(rx: Receiver<Findings>, tx: Sender<Outbound>, ctx: EncodeContext) {
     for f in rx {
         let span = info_span!("encode", job = %f.segmentation.job.job_id);
         let _g = span.enter();
-        match encode_findings(&f, &ctx) {
+        match { let _t = crate::http::metrics::StageTimer::new("encode"); encode_findings(&f, &ctx) } {
             Ok(items) => {
                 for o in items {
                     if tx.send(o).is_err() {

@@ -61,6 +61,7 @@ pub(crate) async fn run_association(
         .filter(|pc| pc.reason == PresentationContextResultReason::Acceptance)
         .map(|pc| format!("{}:{}/{}", pc.id, pc.abstract_syntax, pc.transfer_syntax))
         .collect();
+    metrics::counter!("myonode_associations_total").increment(1);
     info!(
         peer = %peer_s, calling_ae = %calling, called_ae = %called,
         peer_max_pdu = assoc.requestor_max_pdu_length(),

@@ -185,5 +185,6 @@ pub fn store_instance_blocking(
     if let Err(e) = ctx.tx.send(msg) {
         error!(sop_instance_uid = %e.0.sop_instance_uid, "assemble stage is gone; instance stays in the spool for recovery");
     }
+    crate::http::metrics::instance_received(dataset.len(), duplicate);
     StoreReply { status: status::SUCCESS, comment: None, duplicate }
 }
