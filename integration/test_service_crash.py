@@ -146,7 +146,7 @@ def test_service_sigterm_drain(start_node, pacs: support.Pacs, data_dir: Path, t
     rest = [p for p in files if p not in acked]
     proc = support.storescu(node2.port, node2.ae_title, rest)
     assert proc.returncode == 0, support.describe(proc)
-    assert spool_sop_uids(node2.spool) >= {sop_uid(p) for p in files}
+    assert spool_sop_uids(node.spool) >= {sop_uid(p) for p in files}  # node2 runs on node.spool
     support.wait_for("the SEG and SR at the PACS", lambda: len(pacs.segs()) >= 1 and len(pacs.srs()) >= 1,
                      timeout=300, alive=node2.problem)
     time.sleep(3)  # a duplicate would arrive within the quiet period + send time
@@ -203,7 +203,8 @@ def test_service_crash_kill(start_node, pacs: support.Pacs, tmp_path: Path):
     failed = list((spool / "failed").rglob("*.dcm"))
     assert not outbox and not failed, (outbox, failed)
     files_at_pacs = len(pacs.segs()) + len(pacs.srs())
+    assert files_at_pacs == 2 * len(series), f"{files_at_pacs} result files at the PACS for {len(series)} series"
     print(f"\ncrash-kill: {len(all_files)} instances in {len(series)} series, {rounds} rounds, {kills} SIGKILLs; "
           f"acknowledged {len(acked)}, in spool {len(spool_sop_uids(spool))}; "
-          f"SEG {sum(map(len, segs.values()))} / SR {sum(map(len, srs.values()))} unique at the PACS "
+          f"SEG {sum(len(segs[s]) for s in series)} / SR {sum(len(srs[s]) for s in series)} unique at the PACS "
           f"({files_at_pacs} files)")
