@@ -209,3 +209,56 @@ def test_service_crash_kill(start_node, pacs: support.Pacs, tmp_path: Path):
           f"acknowledged {len(acked)}, in spool {len(spool_sop_uids(spool))}; "
           f"SEG {sum(len(segs[s]) for s in series)} / SR {sum(len(srs[s]) for s in series)} unique at the PACS "
           f"({files_at_pacs} files)")
+
+
+def test_service_disk_full(start_node, pacs: support.Pacs, data_dir: Path, tmp_path: Path):
+    """Spool on a 4 MiB tmpfs: when it is full, C-STORE answers A700 (Refused: Out of
+    Resources), no partial file is left, and after the tmpfs grows the rest is accepted and
+    the series is processed. Needs root (mount); skipped otherwise."""
+    import os
+    import pytest
+
+    if os.geteuid() != 0 or not shutil_which("mount"):
+        pytest.skip("mounting a tmpfs for the spool needs root and mount(8)")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        spool = mnt / "spool"
+        folder = data_dir / "series" / "mr-knee-dess-echo1"
+        files = support.dicom_files(folder)
+        node = start_node(SPOOL__DIR=str(spool))
+        log = tmp_path / "storescu-full.log"
+        scu = storescu_popen(node.port, files, log)
+        scu.wait(timeout=600)
+        text = log.read_text(errors="replace")
+        acked = acknowledged(log)
+        assert 0 < len(acked) < len(files), f"{len(acked)} of {len(files)} acknowledged on a 4 MiB spool"
+        assert re.search(r"Refused: ?Out ?Of ?Resources|A700", text, re.I), text[-2000:]
+        assert node.proc.poll() is None, "node died on a full disk"
+        # nothing half-written: every file in incoming/ is a complete instance that was acknowledged
+        stored = spool_sop_uids(spool)
+        assert stored == {sop_uid(p) for p in acked}
+        for p in (spool / "incoming").rglob("*.dcm"):
+            pydicom.dcmread(p)  # parses completely
+        assert not list((spool / "tmp").glob("*")), "temporary files left behind"
+        assert "spool write failed" in node.log_text()
+        # space returns: the rest is accepted, the series completes and is delivered
+        subprocess.run(["mount", "-o", "remount,size=200m", str(mnt)], check=True)
+        proc = support.storescu(node.port, node.ae_title, [p for p in files if p not in acked])
+        assert proc.returncode == 0, support.describe(proc)
+        assert spool_sop_uids(spool) == {sop_uid(p) for p in files}
+        support.wait_for("the SEG at the PACS", lambda: pacs.segs(), timeout=300, alive=node.problem)
+        print(f"\ndisk full: {len(acked)} of {len(files)} instances fit the 4 MiB spool, the next one was answered A700; "
+              f"after growing it all {len(files)} stored and the SEG delivered")
+        support.stop(node.proc)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def shutil_which(name: str):
+    import shutil
+
+    return shutil.which(name)
