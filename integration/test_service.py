@@ -190,3 +190,28 @@ def test_service_status_page_in_chromium(node: support.Node, data_dir: Path, tmp
     natural = re.search(r'data-natural="(\d+)x(\d+)"', img.group(0))
     assert natural, f"preview image did not load in Chromium: {img.group(0)}"
     assert int(natural.group(1)) > 0 and int(natural.group(2)) > 0
+
+
+def test_service_limits(start_node, data_dir: Path, tmp_path: Path):
+    """receive.max_instances_per_series: the 6th new instance of a series is refused with
+    A700H and not stored (a re-sent stored one is still accepted); receive.max_instance_bytes:
+    a larger C-STORE aborts the association and stores nothing."""
+    folder = data_dir / "series" / SERIES  # 20 slices of ~80 KB
+    files = support.dicom_files(folder)
+    node = start_node(RECEIVE__MAX_INSTANCES_PER_SERIES="5", RECEIVE__MAX_INSTANCE_BYTES="200000")
+    ok = support.storescu(node.port, node.ae_title, files[:5])
+    assert ok.returncode == 0, support.describe(ok)
+    refused = support.storescu(node.port, node.ae_title, files[5:7], extra=["-v"])
+    assert re.search(r"Refused: ?Out ?Of ?Resources", refused.stdout + refused.stderr), support.describe(refused)
+    again = support.storescu(node.port, node.ae_title, files[:1])
+    assert again.returncode == 0, "a duplicate of a stored instance must still be accepted"
+    assert len(node.incoming_files()) == 5
+    assert "series instance limit reached" in node.log_text()
+
+    big = data_dir / "series" / "mr-knee-dess-echo1"
+    big_file = support.dicom_files(big)[0]  # ~525 KB > 200,000 bytes
+    proc = support.storescu(node.port, node.ae_title, [big_file])
+    assert proc.returncode != 0, support.describe(proc)
+    assert len(node.incoming_files()) == 5, "an oversized instance was stored"
+    assert "larger than the limit" in node.log_text()
+    assert node.proc.poll() is None

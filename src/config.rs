@@ -82,6 +82,21 @@ pub struct ReceiveConfig {
     pub max_associations: usize,
     /// Idle timeout of an association, seconds.
     pub association_timeout_seconds: f64,
+    /// Largest data set of one C-STORE, bytes; a larger message aborts the association
+    /// (A-ABORT) before it is buffered further.
+    #[serde(default = "default_max_instance_bytes")]
+    pub max_instance_bytes: u64,
+    /// Instances stored per series at most; further new instances of the series are refused
+    /// with A700H (Refused: Out of Resources).
+    #[serde(default = "default_max_instances_per_series")]
+    pub max_instances_per_series: usize,
+}
+
+fn default_max_instance_bytes() -> u64 {
+    2 << 30
+}
+fn default_max_instances_per_series() -> usize {
+    10_000
 }
 
 /// `[spool]`: durable on-disk storage.
@@ -232,6 +247,12 @@ impl Config {
         }
         if self.receive.max_associations == 0 {
             return bad("receive.max_associations", "must be at least 1");
+        }
+        if self.receive.max_instance_bytes < 1024 {
+            return bad("receive.max_instance_bytes", "must be at least 1024 bytes");
+        }
+        if self.receive.max_instances_per_series == 0 {
+            return bad("receive.max_instances_per_series", "must be at least 1");
         }
         if !(self.receive.association_timeout_seconds > 0.0) {
             return bad("receive.association_timeout_seconds", "must be > 0");
