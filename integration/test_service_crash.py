@@ -202,6 +202,7 @@ def test_service_crash_kill(start_node, pacs: support.Pacs, tmp_path: Path):
     outbox = list((spool / "outbox").rglob("*.dcm"))
     failed = list((spool / "failed").rglob("*.dcm"))
     assert not outbox and not failed, (outbox, failed)
+    assert not list((spool / "tmp").iterdir()), "partial files left in tmp/"
     files_at_pacs = len(pacs.segs()) + len(pacs.srs())
     # (a SIGKILL between the PACS's C-STORE-RSP and the move to sent/ re-sends the same SOP
     # Instance after restart — same UID, so the PACS keeps one object; the file count shows it)
