@@ -90,6 +90,10 @@ pub struct ReceiveConfig {
     /// with A700H (Refused: Out of Resources).
     #[serde(default = "default_max_instances_per_series")]
     pub max_instances_per_series: usize,
+    /// Host binding of calling AE titles: `AE → [IP addresses]`. A calling AE title listed
+    /// here is accepted only from one of its addresses (in addition to the allow-list).
+    #[serde(default)]
+    pub calling_ae_hosts: std::collections::BTreeMap<String, Vec<std::net::IpAddr>>,
 }
 
 fn default_max_instance_bytes() -> u64 {
@@ -247,6 +251,12 @@ impl Config {
         }
         if self.receive.max_associations == 0 {
             return bad("receive.max_associations", "must be at least 1");
+        }
+        for (ae, hosts) in &self.receive.calling_ae_hosts {
+            check_ae_title(&format!("receive.calling_ae_hosts.{ae}"), ae)?;
+            if hosts.is_empty() {
+                return bad(&format!("receive.calling_ae_hosts.{ae}"), "list at least one IP address");
+            }
         }
         if self.receive.max_instance_bytes < 1024 {
             return bad("receive.max_instance_bytes", "must be at least 1024 bytes");

@@ -59,6 +59,7 @@ impl Scp {
             association_timeout_seconds,
             max_instance_bytes: 2 << 30,
             max_instances_per_series: 10_000,
+            calling_ae_hosts: Default::default(),
         };
         let ctx = Arc::new(ReceiveContext { ae_title: "MYONODE".into(), cfg, spool: spool.clone(), tx });
         let (shutdown, srx) = tokio::sync::watch::channel(false);
