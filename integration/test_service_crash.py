@@ -263,3 +263,29 @@ def shutil_which(name: str):
     import shutil
 
     return shutil.which(name)
+
+
+def test_service_shutdown_timeout_keeps_unfinished_work(start_node, pacs: support.Pacs, data_dir: Path):
+    """SIGTERM while a delivery hangs (the PACS process is SIGSTOPped, so its association never
+    answers): the node gives up at node.shutdown_timeout_seconds, exits 0, and the result stays
+    in the outbox; after a restart (PACS resumed) it is delivered, once."""
+    node = start_node(NODE__SHUTDOWN_TIMEOUT_SECONDS="1")
+    pacs.proc.send_signal(signal.SIGSTOP)
+    try:
+        proc = support.storescu(node.port, node.ae_title, [data_dir / "series" / "mr-pelvis-adc"])
+        assert proc.returncode == 0, support.describe(proc)
+        outbox = node.spool / "outbox" / "pacs"
+        support.wait_for("the result in the outbox", lambda: len(list(outbox.glob("*.dcm"))) == 2,
+                         timeout=300, alive=node.problem)
+        node.proc.send_signal(signal.SIGTERM)
+        status = node.proc.wait(timeout=60)  # hang guard; the stuck C-STORE would take 120 s
+        assert status == 0, node.log_text()[-3000:]
+        assert "pipeline still busy at the shutdown timeout" in node.log_text()
+        assert len(list(outbox.glob("*.dcm"))) == 2, "the undelivered result must stay in the outbox"
+    finally:
+        pacs.proc.send_signal(signal.SIGCONT)
+    node2 = restart(start_node, node.spool)
+    support.wait_for("SEG and SR at the PACS", lambda: len(pacs.segs()) == 1 and len(pacs.srs()) == 1,
+                     timeout=300, alive=node2.problem)
+    support.wait_for("the outbox to empty", lambda: not list(outbox.glob("*.dcm")), timeout=60, alive=node2.problem)
+    assert len(list((node.spool / "sent" / "pacs").glob("*.dcm"))) == 2
