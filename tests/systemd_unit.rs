@@ -94,7 +94,7 @@ fn serve_sends_ready_watchdog_and_stopping_then_exits_zero() {
     sock.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let log = std::fs::File::create(dir.path().join("myonode.log")).unwrap();
     // systemd sets WATCHDOG_PID to the main PID; `exec` keeps the shell's PID for the node
-    let mut child = Command::new("/bin/sh")
+    let child = Command::new("/bin/sh")
         .args(["-c", "WATCHDOG_PID=$$ exec \"$0\" serve", env!("CARGO_BIN_EXE_myonode")])
         .current_dir(dir.path())
         .env_clear()
@@ -110,6 +110,8 @@ fn serve_sends_ready_watchdog_and_stopping_then_exits_zero() {
         .stderr(log)
         .spawn()
         .unwrap();
+    let mut child = KillOnDrop(child);
+    let child = &mut child.0;
     let log_text = || std::fs::read_to_string(dir.path().join("myonode.log")).unwrap_or_default();
     let first = recv(&sock);
     assert!(first.lines().any(|l| l == "READY=1"), "first message {first:?}; log:\n{}", log_text());
@@ -129,7 +131,7 @@ fn serve_sends_ready_watchdog_and_stopping_then_exits_zero() {
         }
         assert!(m.lines().any(|l| l == "WATCHDOG=1"), "unexpected {m:?}");
     }
-    let status = wait_with_limit(&mut child, Duration::from_secs(60));
+    let status = wait_with_limit(child, Duration::from_secs(60));
     assert_eq!(status.and_then(|s| s.code()), Some(0), "exit status; log:\n{}", log_text());
     assert!(log_text().contains("stopped"), "{}", log_text());
 }
@@ -150,3 +152,15 @@ fn wait_with_limit(child: &mut std::process::Child, limit: Duration) -> Option<s
     }
 }
 
+
+/// Kills the node if the test panics before it exited.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
