@@ -348,6 +348,7 @@ def clean_env() -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MYONODE__")}
     env["MYONODE__SEGMENT__MODELS_DIR"] = str(REPO / "models")
     env["MYONODE__SEGMENT__ONNXRUNTIME_LIBRARY"] = str(REPO / ".onnxruntime" / "lib" / "libonnxruntime.so.1.31.1")
+    env["MYONODE__HTTP__BIND"] = "127.0.0.1:0"  # any free port (the log says "HTTP listening on ADDR")
     return env
 
 

@@ -45,6 +45,10 @@ command -v ip >/dev/null 2>&1 || missing_pkgs+=(iproute2)
 command -v cc >/dev/null 2>&1 || missing_pkgs+=(build-essential)
 # Orthanc: the PACS of integration/test_orthanc.py (the test starts its own instance).
 command -v Orthanc >/dev/null 2>&1 || missing_pkgs+=(orthanc)
+# Headless browser for the status-page test (integration/test_service.py).
+command -v chromium >/dev/null 2>&1 || missing_pkgs+=(chromium)
+# systemd-analyze verify of systemd/myonode.service (tests/systemd_unit.rs).
+command -v systemd-analyze >/dev/null 2>&1 || missing_pkgs+=(systemd)
 
 if ((${#missing_pkgs[@]})); then
     log "installing system packages: ${missing_pkgs[*]}"

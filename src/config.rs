@@ -42,6 +42,9 @@ pub struct Config {
     pub destinations: Vec<DestinationConfig>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// `[http]`: status API, page and metrics.
+    #[serde(default)]
+    pub http: HttpConfig,
 }
 
 /// `[node]`: identity of this node.
@@ -53,6 +56,14 @@ pub struct NodeConfig {
     /// Institution name written to Enhanced General Equipment of derived objects (optional).
     #[serde(default)]
     pub institution_name: String,
+    /// On SIGTERM/SIGINT: seconds to let running associations and pipeline work finish before
+    /// exiting anyway (unfinished work stays in the spool and resumes at the next start).
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout_seconds: f64,
+}
+
+fn default_shutdown_timeout() -> f64 {
+    30.0
 }
 
 /// `[receive]`: the C-STORE / C-ECHO SCP.
@@ -71,6 +82,25 @@ pub struct ReceiveConfig {
     pub max_associations: usize,
     /// Idle timeout of an association, seconds.
     pub association_timeout_seconds: f64,
+    /// Largest data set of one C-STORE, bytes; a larger message aborts the association
+    /// (A-ABORT) before it is buffered further.
+    #[serde(default = "default_max_instance_bytes")]
+    pub max_instance_bytes: u64,
+    /// Instances stored per series at most; further new instances of the series are refused
+    /// with A700H (Refused: Out of Resources).
+    #[serde(default = "default_max_instances_per_series")]
+    pub max_instances_per_series: usize,
+    /// Host binding of calling AE titles: `AE → [IP addresses]`. A calling AE title listed
+    /// here is accepted only from one of its addresses (in addition to the allow-list).
+    #[serde(default)]
+    pub calling_ae_hosts: std::collections::BTreeMap<String, Vec<std::net::IpAddr>>,
+}
+
+fn default_max_instance_bytes() -> u64 {
+    2 << 30
+}
+fn default_max_instances_per_series() -> usize {
+    10_000
 }
 
 /// `[spool]`: durable on-disk storage.
@@ -279,6 +309,18 @@ impl Config {
         if self.receive.max_associations == 0 {
             return bad("receive.max_associations", "must be at least 1");
         }
+        for (ae, hosts) in &self.receive.calling_ae_hosts {
+            check_ae_title(&format!("receive.calling_ae_hosts.{ae}"), ae)?;
+            if hosts.is_empty() {
+                return bad(&format!("receive.calling_ae_hosts.{ae}"), "list at least one IP address");
+            }
+        }
+        if self.receive.max_instance_bytes < 1024 {
+            return bad("receive.max_instance_bytes", "must be at least 1024 bytes");
+        }
+        if self.receive.max_instances_per_series == 0 {
+            return bad("receive.max_instances_per_series", "must be at least 1");
+        }
         if !(self.receive.association_timeout_seconds > 0.0) {
             return bad("receive.association_timeout_seconds", "must be > 0");
         }
@@ -328,6 +370,15 @@ impl Config {
         }
         if self.segment.workers == 0 {
             return bad("segment.workers", "must be at least 1");
+        }
+        if !(self.node.shutdown_timeout_seconds > 0.0) {
+            return bad("node.shutdown_timeout_seconds", "must be > 0");
+        }
+        if self.http.enabled && self.http.bind.parse::<std::net::SocketAddr>().is_err() {
+            return bad("http.bind", format!("must be an IP address and port like 127.0.0.1:8080 (got `{}`)", self.http.bind));
+        }
+        if !(self.http.readiness_interval_seconds > 0.0) {
+            return bad("http.readiness_interval_seconds", "must be > 0");
         }
         if self.pipeline.channel_capacity == 0 {
             return bad("pipeline.channel_capacity", "must be at least 1");
@@ -491,6 +542,49 @@ mod tests {
         let e = Config::load(Some(&p)).unwrap_err().to_string();
         assert!(e.contains("node.ae_title"), "{e}");
     }
+}
+
+/// `[http]`: the status/metrics HTTP server (see `crate::http`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Serve HTTP at all.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Socket address to listen on, `IP:port` (e.g. `127.0.0.1:8080`; port 0 = any free port).
+    #[serde(default = "default_http_bind")]
+    pub bind: String,
+    /// Seconds between readiness checks (spool writable, analyses load, C-ECHO to each destination);
+    /// `/readyz` answers from the last result.
+    #[serde(default = "default_readiness_interval")]
+    pub readiness_interval_seconds: f64,
+    /// Jobs listed by `/api/jobs` and the status page (newest first).
+    #[serde(default = "default_recent_jobs")]
+    pub recent_jobs: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: true,
+            bind: default_http_bind(),
+            readiness_interval_seconds: default_readiness_interval(),
+            recent_jobs: default_recent_jobs(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_http_bind() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_readiness_interval() -> f64 {
+    30.0
+}
+fn default_recent_jobs() -> usize {
+    50
 }
 
 #[cfg(test)]

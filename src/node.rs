@@ -2,7 +2,8 @@
 //! (the same pipeline offline over a folder). `main.rs` only parses arguments.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tracing::{info, warn};
@@ -12,18 +13,34 @@ use crate::pipeline::{messages::InstanceStored, Mode, Pipeline};
 use crate::receive::ReceiveContext;
 use crate::spool::Spool;
 
-/// Run the node: C-STORE/C-ECHO SCP feeding the pipeline, until SIGINT/SIGTERM.
+/// Run the node: C-STORE/C-ECHO SCP feeding the pipeline, plus the HTTP status server
+/// ([`crate::http`], when `http.enabled`), until SIGINT/SIGTERM.
 ///
-/// Start-up: open the spool (recovering unfinished series and unsent results),
-/// start the pipeline threads, bind the listener, log `listening on`.
-/// Shutdown: stop accepting associations, let in-flight ones end, close the
-/// pipeline input and wait for the stages to drain.
+/// Start-up: install the Prometheus recorder, open the spool (recovering unfinished series
+/// and unsent results), start the pipeline threads, bind the DICOM and HTTP listeners, log
+/// `listening on`, then tell systemd `READY=1` (sd_notify; a no-op outside systemd) and, when
+/// the unit sets `WatchdogSec=`, send `WATCHDOG=1` every half watchdog interval.
+///
+/// Shutdown (SIGTERM/SIGINT): `STOPPING=1`, stop accepting associations and HTTP requests,
+/// let running associations end (a C-STORE being written completes and is answered), close
+/// the pipeline input and let the stages finish their jobs — all within
+/// `node.shutdown_timeout_seconds` from the signal. Whatever is unfinished then stays durable
+/// in the spool (series in `incoming/`, results in `outbox/`) and resumes at the next start;
+/// the process exits 0 either way.
 ///
 /// # Errors
-/// Spool cannot be opened, address cannot be bound, or the SCP fails fatally.
+/// Spool cannot be opened, an address cannot be bound, or the SCP fails fatally.
 pub fn serve(cfg: Config) -> anyhow::Result<()> {
+    let metrics = match crate::http::metrics::install() {
+        Ok(h) => Some(h),
+        Err(e) => {
+            warn!(error = %e, "metrics disabled");
+            None
+        }
+    };
     let spool = Arc::new(Spool::open(&cfg.spool.dir, cfg.spool.fsync).context("opening the spool")?);
-    let pipeline = Pipeline::start(&cfg, spool.clone(), Mode::Serve);
+    let mut pipeline = Pipeline::start(&cfg, spool.clone(), Mode::Serve);
+    let queues = std::mem::take(&mut pipeline.queue_depths);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -37,22 +54,93 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         tx: pipeline.instances.clone(),
     });
     let addr = format!("{}:{}", cfg.receive.host, cfg.receive.port);
+    let shutdown_timeout = Duration::from_secs_f64(cfg.node.shutdown_timeout_seconds);
+    let stop_at: Arc<OnceLock<Instant>> = Arc::new(OnceLock::new());
+    let cfg = Arc::new(cfg);
+    let stop_at2 = stop_at.clone();
     let result = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
+        let http_listener = if cfg.http.enabled {
+            Some(tokio::net::TcpListener::bind(&cfg.http.bind).await.with_context(|| format!("binding HTTP {}", cfg.http.bind))?)
+        } else {
+            None
+        };
         info!(address = %listener.local_addr()?, ae_title = %ctx.ae_title, "listening on {}", listener.local_addr()?);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let http = http_listener.map(|l| {
+            let state = crate::http::HttpState::new(cfg.clone(), metrics, queues);
+            tokio::spawn(crate::http::serve(l, state, stop_rx.clone()))
+        });
         tokio::spawn(async move {
             wait_for_signal().await;
-            info!("shutdown requested; no new associations");
+            let _ = stop_at2.set(Instant::now());
+            info!(timeout_s = shutdown_timeout.as_secs_f64(), "shutdown requested; no new associations");
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
             let _ = stop_tx.send(true);
         });
-        crate::receive::serve(ctx, listener, stop_rx).await.context("C-STORE SCP")
+        notify_ready_and_start_watchdog();
+        let mut stop = stop_rx.clone();
+        let receive = crate::receive::serve(ctx, listener, stop_rx);
+        tokio::pin!(receive);
+        let r = tokio::select! {
+            r = &mut receive => r.context("C-STORE SCP"),
+            _ = async { crate::receive::shutdown_requested(&mut stop).await; tokio::time::sleep(shutdown_timeout).await } => {
+                warn!("associations still running at the shutdown timeout; abandoning them (unacknowledged instances are not stored)");
+                Ok(())
+            }
+        };
+        if let Some(h) = http {
+            match tokio::time::timeout(Duration::from_secs(2), h).await {
+                Ok(Ok(Err(e))) => warn!(error = %e, "HTTP server failed"),
+                Ok(_) => {}
+                Err(_) => warn!("HTTP server did not stop in time"),
+            }
+        }
+        r
     });
-    drop(rt);
+    let remaining = |stop_at: &OnceLock<Instant>| {
+        stop_at.get().map(|t| shutdown_timeout.saturating_sub(t.elapsed())).unwrap_or(shutdown_timeout)
+    };
+    // Blocking C-STORE writes in progress finish (bounded by the remaining time).
+    rt.shutdown_timeout(remaining(&stop_at));
     info!("waiting for the pipeline to drain");
-    pipeline.join();
-    info!("stopped");
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
+    std::thread::Builder::new()
+        .name("drain".into())
+        .spawn(move || {
+            pipeline.join();
+            let _ = done_tx.send(());
+        })
+        .context("starting the drain thread")?;
+    match done_rx.recv_timeout(remaining(&stop_at).max(Duration::from_millis(100))) {
+        Ok(()) => info!("stopped"),
+        Err(_) => warn!(
+            timeout_s = shutdown_timeout.as_secs_f64(),
+            "pipeline still busy at the shutdown timeout; exiting, unfinished series and results resume at the next start"
+        ),
+    }
     result
+}
+
+/// Tell systemd the node is ready (`READY=1`) and, if the service manager asked for a
+/// watchdog (`WATCHDOG_USEC`), ping it (`WATCHDOG=1`) every half interval from the tokio
+/// runtime. Both are no-ops when not started by systemd (`NOTIFY_SOCKET` unset).
+fn notify_ready_and_start_watchdog() {
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        warn!(error = %e, "sd_notify READY=1 failed");
+    }
+    let mut usec = 0u64;
+    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
+        let period = Duration::from_micros(usec / 2);
+        info!(period_ms = period.as_millis() as u64, "systemd watchdog enabled");
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(period);
+            loop {
+                t.tick().await;
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+            }
+        });
+    }
 }
 
 async fn wait_for_signal() {

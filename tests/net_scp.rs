@@ -57,6 +57,9 @@ impl Scp {
             allowed_calling_ae_titles: allowed.iter().map(|s| s.to_string()).collect(),
             max_associations,
             association_timeout_seconds,
+            max_instance_bytes: 2 << 30,
+            max_instances_per_series: 10_000,
+            calling_ae_hosts: Default::default(),
         };
         let ctx = Arc::new(ReceiveContext { ae_title: "MYONODE".into(), cfg, spool: spool.clone(), tx });
         let (shutdown, srx) = tokio::sync::watch::channel(false);

@@ -194,7 +194,7 @@ fn dispatch(
     tx: &Sender<StudyJob>,
     move_to_quarantine: bool,
 ) {
-    match assemble_series(done, cfg, spool, move_to_quarantine) {
+    match { let _t = crate::http::metrics::StageTimer::new("assemble"); assemble_series(done, cfg, spool, move_to_quarantine) } {
         Some(job) => {
             if tx.send(job).is_err() {
                 warn!("segment stage gone; job dropped (series stays in incoming/)");

@@ -209,6 +209,7 @@ pub fn encode_findings(f: &Findings, ctx: &EncodeContext) -> Result<Vec<Outbound
         "labels_file": crate::segment::stage::LABELS_FILE,
     });
     ctx.spool.write_atomically(&job.job_dir.join(JOB_FILE), &[&serde_json::to_vec_pretty(&summary).expect("json")])?;
+    crate::http::preview::write_preview_logged(&f.segmentation);
     let mut out = Vec::new();
     for dest in &ctx.destinations {
         let has = |k: OutputKind| dest.outputs.contains(&k);
@@ -240,6 +241,7 @@ pub fn encode_findings(f: &Findings, ctx: &EncodeContext) -> Result<Vec<Outbound
         }
     }
     crate::assemble::stage::mark_series_done(&ctx.spool, job, v.slices.len())?;
+    metrics::counter!("myonode_series_completed_total").increment(1);
     info!(
         seg = binary.as_ref().map(|o| o.sop_instance_uid.as_str()),
         seg_labelmap = labelmap.as_ref().map(|o| o.sop_instance_uid.as_str()),
@@ -255,7 +257,7 @@ pub fn run(rx: Receiver<Findings>, tx: Sender<Outbound>, ctx: EncodeContext) {
     for f in rx {
         let span = info_span!("encode", job = %f.segmentation.job.job_id);
         let _g = span.enter();
-        match encode_findings(&f, &ctx) {
+        match { let _t = crate::http::metrics::StageTimer::new("encode"); encode_findings(&f, &ctx) } {
             Ok(items) => {
                 for o in items {
                     if tx.send(o).is_err() {

@@ -292,7 +292,7 @@ pub fn measure_job(seg: Segmentation) -> Findings {
 /// Run the stage until `rx` disconnects.
 pub fn run(rx: Receiver<Segmentation>, tx: Sender<Findings>) {
     for seg in rx {
-        if tx.send(measure_job(seg)).is_err() {
+        if tx.send({ let _t = crate::http::metrics::StageTimer::new("measure"); measure_job(seg) }).is_err() {
             return;
         }
     }

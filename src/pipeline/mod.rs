@@ -39,6 +39,8 @@ pub enum Mode {
 pub struct Pipeline {
     /// Feed stored instances here (the receive stage, or the offline file reader).
     pub instances: Sender<InstanceStored>,
+    /// Depth samplers of the channels between the stages (for `/metrics`).
+    pub queue_depths: crate::http::metrics::QueueDepths,
     handles: Vec<(&'static str, JoinHandle<()>)>,
 }
 
@@ -57,6 +59,12 @@ impl Pipeline {
         let (find_tx, find_rx) = bounded(cap);
         let (out_tx, out_rx) = bounded(cap);
         let mut handles = Vec::new();
+        let mut queue_depths = crate::http::metrics::QueueDepths::default();
+        queue_depths.add("assemble", &inst_rx);
+        queue_depths.add("segment", &job_rx);
+        queue_depths.add("measure", &seg_rx);
+        queue_depths.add("encode", &find_rx);
+        queue_depths.add("send", &out_rx);
 
         let mut tracker = SeriesTracker::new(Duration::from_secs_f64(cfg.assemble.quiet_period_seconds));
         if mode == Mode::Serve {
@@ -90,7 +98,7 @@ impl Pipeline {
                 info!(report = ?r, "send queue finished");
             }
         }));
-        Pipeline { instances: inst_tx, handles }
+        Pipeline { instances: inst_tx, queue_depths, handles }
     }
 
     /// Close the input and wait until every stage has finished its work and exited.

@@ -61,6 +61,7 @@ pub(crate) async fn run_association(
         .filter(|pc| pc.reason == PresentationContextResultReason::Acceptance)
         .map(|pc| format!("{}:{}/{}", pc.id, pc.abstract_syntax, pc.transfer_syntax))
         .collect();
+    metrics::counter!("myonode_associations_total").increment(1);
     info!(
         peer = %peer_s, calling_ae = %calling, called_ae = %called,
         peer_max_pdu = assoc.requestor_max_pdu_length(),
@@ -71,7 +72,9 @@ pub(crate) async fn run_association(
     debug!(peer = %peer_s, contexts = ?accepted, "accepted presentation contexts");
 
     let mut stats = AssociationStats::default();
-    let mut asm = crate::dimse::MessageAssembler::new();
+    // limit: the data set plus its command set (a few hundred bytes; 64 KiB allowed)
+    let limit = ctx.cfg.max_instance_bytes.saturating_add(65_536).min(usize::MAX as u64) as usize;
+    let mut asm = crate::dimse::MessageAssembler::with_limit(limit);
     let outcome: &str = loop {
         let event = tokio::select! {
             biased;

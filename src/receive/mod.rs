@@ -85,20 +85,47 @@ pub fn supported_transfer_syntaxes() -> Vec<&'static str> {
 /// list is empty or contains the calling AE title (compared without surrounding spaces);
 /// otherwise A-ASSOCIATE-RJ permanent, service-user, "calling-AE-title-not-recognized".
 /// The called AE title is not checked (any called AE reaches this node).
+///
+/// Host binding (`receive.calling_ae_hosts`): a calling AE title with bound addresses is
+/// accepted only when the connection comes from one of them (the peer address is set per
+/// connection with [`CallingAeAllowList::with_peer`]; unknown peer = not accepted).
 #[derive(Debug, Clone, Default)]
 pub struct CallingAeAllowList {
     allowed: Vec<String>,
+    hosts: std::collections::BTreeMap<String, Vec<std::net::IpAddr>>,
+    peer: Option<std::net::IpAddr>,
 }
 
 impl CallingAeAllowList {
     /// An allow-list of these AE titles; empty = accept any caller.
     pub fn new<I: IntoIterator<Item = S>, S: AsRef<str>>(titles: I) -> Self {
-        CallingAeAllowList { allowed: titles.into_iter().map(|s| s.as_ref().trim().to_string()).collect() }
+        CallingAeAllowList {
+            allowed: titles.into_iter().map(|s| s.as_ref().trim().to_string()).collect(),
+            ..Default::default()
+        }
     }
 
-    /// `true` if `calling_ae_title` may associate.
+    /// Add host bindings: AE title → addresses it may connect from.
+    pub fn with_hosts(mut self, hosts: &std::collections::BTreeMap<String, Vec<std::net::IpAddr>>) -> Self {
+        self.hosts = hosts.iter().map(|(k, v)| (k.trim().to_string(), v.clone())).collect();
+        self
+    }
+
+    /// The list for one connection from `peer` (IPv4-mapped IPv6 addresses compare as IPv4).
+    pub fn with_peer(mut self, peer: std::net::IpAddr) -> Self {
+        self.peer = Some(peer.to_canonical());
+        self
+    }
+
+    /// `true` if `calling_ae_title` may associate (allow-list and host binding).
     pub fn allows(&self, calling_ae_title: &str) -> bool {
-        self.allowed.is_empty() || self.allowed.iter().any(|a| a == calling_ae_title.trim())
+        let ae = calling_ae_title.trim();
+        let listed = self.allowed.is_empty() || self.allowed.iter().any(|a| a == ae);
+        let from_bound_host = match self.hosts.get(ae) {
+            None => true,
+            Some(ips) => self.peer.is_some_and(|p| ips.iter().any(|ip| ip.to_canonical() == p)),
+        };
+        listed && from_bound_host
     }
 }
 
@@ -113,7 +140,8 @@ impl AccessControl for CallingAeAllowList {
         if self.allows(calling_ae_title) {
             Ok(())
         } else {
-            tracing::warn!(calling_ae = calling_ae_title, called_ae = _called_ae_title, "calling AE title not in the allow-list");
+            tracing::warn!(calling_ae = calling_ae_title, called_ae = _called_ae_title, peer = ?self.peer,
+                "calling AE title not in the allow-list or not from its bound host; association rejected");
             Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized)
         }
     }
@@ -127,9 +155,18 @@ pub type ScpOptions = ServerAssociationOptions<'static, CallingAeAllowList, Defa
 /// checking at `cfg.max_pdu_length`, and `cfg.association_timeout_seconds` as the read
 /// (idle) and write timeout of every PDU.
 pub fn scp_options(ctx: &ReceiveContext) -> ScpOptions {
+    scp_options_for(ctx, None)
+}
+
+/// [`scp_options`] for a connection from `peer` (checked against `receive.calling_ae_hosts`).
+pub fn scp_options_for(ctx: &ReceiveContext, peer: Option<std::net::IpAddr>) -> ScpOptions {
     let timeout = Duration::from_secs_f64(ctx.cfg.association_timeout_seconds.max(0.001));
+    let mut acl = CallingAeAllowList::new(&ctx.cfg.allowed_calling_ae_titles).with_hosts(&ctx.cfg.calling_ae_hosts);
+    if let Some(p) = peer {
+        acl = acl.with_peer(p);
+    }
     let mut o = ServerAssociationOptions::new()
-        .ae_access_control(CallingAeAllowList::new(&ctx.cfg.allowed_calling_ae_titles))
+        .ae_access_control(acl)
         .ae_title(ctx.ae_title.clone())
         .max_pdu_length(ctx.cfg.max_pdu_length)
         .strict(true)
@@ -193,7 +230,7 @@ pub async fn serve(
                     match slots.clone().try_acquire_owned() {
                         Ok(permit) => {
                             let ctx = ctx.clone();
-                            let options = options.clone();
+                            let options = if ctx.cfg.calling_ae_hosts.is_empty() { options.clone() } else { Arc::new(scp_options_for(&ctx, Some(peer.ip()))) };
                             let shutdown = shutdown.clone();
                             tasks.spawn(async move {
                                 association::run_association(ctx, options, stream, peer, shutdown).await;
@@ -259,6 +296,23 @@ mod tests {
             l.check_access("MYONODE", "EVIL", "MYONODE", None),
             Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized)
         );
+    }
+
+    #[test]
+    fn host_binding() {
+        let hosts: std::collections::BTreeMap<String, Vec<std::net::IpAddr>> =
+            [("MR1".to_string(), vec!["10.0.0.5".parse().unwrap(), "fd00::5".parse().unwrap()])].into();
+        let l = CallingAeAllowList::new(["MR1", "CT"]).with_hosts(&hosts);
+        assert!(!l.allows("MR1"), "bound AE with unknown peer");
+        assert!(l.clone().with_peer("10.0.0.5".parse().unwrap()).allows("MR1"));
+        assert!(l.clone().with_peer("::ffff:10.0.0.5".parse().unwrap()).allows("MR1"), "IPv4-mapped");
+        assert!(l.clone().with_peer("fd00::5".parse().unwrap()).allows("MR1"));
+        assert!(!l.clone().with_peer("10.0.0.6".parse().unwrap()).allows("MR1"));
+        assert!(l.clone().with_peer("10.9.9.9".parse().unwrap()).allows("CT"), "unbound AE from anywhere");
+        assert!(!l.clone().with_peer("10.0.0.5".parse().unwrap()).allows("MR2"), "still an allow-list");
+        // binding without an allow-list: others from anywhere, the bound AE only from its host
+        let open = CallingAeAllowList::new(Vec::<String>::new()).with_hosts(&hosts).with_peer("127.0.0.1".parse().unwrap());
+        assert!(open.allows("ANY") && !open.allows("MR1"));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use dicom_dictionary_std::tags;
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
-use tracing::{debug, error};
+use tracing::{debug, error, warn};
 
 use super::ReceiveContext;
 use crate::dimse::{status, CommandSet};
@@ -160,6 +160,9 @@ pub fn store_instance_blocking(
         sop_instance_uid: &sop_instance,
         transfer_syntax_uid: transfer_syntax,
     };
+    if let Some(reply) = series_full(ctx, &id) {
+        return reply;
+    }
     let outcome = match ctx.spool.store_instance(&id, &dataset) {
         Ok(o) => o,
         Err(e @ SpoolError::InvalidUid { .. }) => {
@@ -185,5 +188,30 @@ pub fn store_instance_blocking(
     if let Err(e) = ctx.tx.send(msg) {
         error!(sop_instance_uid = %e.0.sop_instance_uid, "assemble stage is gone; instance stays in the spool for recovery");
     }
+    crate::http::metrics::instance_received(dataset.len(), duplicate);
     StoreReply { status: status::SUCCESS, comment: None, duplicate }
+}
+
+/// `receive.max_instances_per_series`: a new instance of a series that already holds that many
+/// instances in `incoming/` is refused with A700H (Refused: Out of Resources, PS3.4 B.2.3);
+/// a re-sent instance already stored is still answered as a duplicate.
+fn series_full(ctx: &ReceiveContext, id: &InstanceIdentity<'_>) -> Option<StoreReply> {
+    if !is_valid_uid(id.study_instance_uid) || !is_valid_uid(id.series_instance_uid) || !is_valid_uid(id.sop_instance_uid) {
+        return None; // store_instance reports the invalid UID
+    }
+    let limit = ctx.cfg.max_instances_per_series;
+    if ctx.spool.instance_path(id).exists() {
+        return None;
+    }
+    let dir = ctx.spool.series_dir(id.study_instance_uid, id.series_instance_uid);
+    let count = std::fs::read_dir(&dir)
+        .map(|rd| rd.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "dcm")).count())
+        .unwrap_or(0);
+    (count >= limit).then(|| {
+        warn!(series_instance_uid = %id.series_instance_uid, limit, "series instance limit reached; C-STORE refused");
+        StoreReply::failure(
+            status::REFUSED_OUT_OF_RESOURCES,
+            format!("series already holds {count} instances (receive.max_instances_per_series = {limit})"),
+        )
+    })
 }

@@ -47,7 +47,7 @@ pub fn run_worker(
             }
         }
         let analysis = analyses.get_mut(&analysis_name).expect("inserted above");
-        match super::segment_job(analysis.as_mut(), job) {
+        match { let _t = crate::http::metrics::StageTimer::new("segment"); super::segment_job(analysis.as_mut(), job) } {
             Ok(seg) => {
                 let fg = seg.labels.iter().filter(|&&l| l != 0).count();
                 info!(worker, foreground_voxels = fg, ms = started.elapsed().as_millis() as u64, "segmented");

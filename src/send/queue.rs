@@ -127,7 +127,7 @@ fn attempt(
                 info!(destination = %dest.name, path = %path.display(), attempts, "delivered");
             }
             match spool.mark_sent(&dest.name, &path) {
-                Ok(_) => report.delivered += 1,
+                Ok(_) => { report.delivered += 1; metrics::counter!("myonode_delivered_total", "destination" => dest.name.clone()).increment(1) }
                 Err(e) => error!(destination = %dest.name, error = %e, "delivered but cannot move to sent/ (will be sent again after restart)"),
             }
             return None;
@@ -143,6 +143,7 @@ fn attempt(
     };
     if attempts < dest.max_attempts && !permanent {
         report.retries += 1;
+        metrics::counter!("myonode_send_retries_total", "destination" => dest.name.clone()).increment(1);
         warn!(destination = %dest.name, path = %path.display(), attempt = attempts, max_attempts = dest.max_attempts,
             retry_in_s = backoff(dest.retry_delay_seconds, attempts).as_secs_f64(), reason = %reason, "delivery failed; will retry");
         return Some((path, attempts));
@@ -159,7 +160,7 @@ fn attempt(
     );
     error!(destination = %dest.name, path = %path.display(), reason = %full, "dead-lettering");
     match spool.mark_failed(&dest.name, &path, &full) {
-        Ok(_) => report.failed += 1,
+        Ok(_) => { report.failed += 1; metrics::counter!("myonode_dead_letters_total", "destination" => dest.name.clone()).increment(1) }
         Err(e) => error!(destination = %dest.name, error = %e, "cannot move object to failed/"),
     }
     None
