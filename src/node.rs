@@ -35,6 +35,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         cfg: cfg.receive.clone(),
         spool,
         tx: pipeline.instances.clone(),
+        association_events: Some(pipeline.association_events.clone()),
     });
     let addr = format!("{}:{}", cfg.receive.host, cfg.receive.port);
     let result = rt.block_on(async move {

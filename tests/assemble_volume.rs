@@ -35,7 +35,7 @@ fn run_python(script: &str, args: &[&Path]) -> String {
 
 
 fn cfg(min_slices: usize) -> AssembleConfig {
-    AssembleConfig { quiet_period_seconds: 10.0, min_slices, spacing_tolerance_mm: 0.2 }
+    AssembleConfig { quiet_period_seconds: 10.0, min_slices, spacing_tolerance_mm: 0.2, ..AssembleConfig::default() }
 }
 
 fn floats(obj: &dicom_object::DefaultDicomObject, tag: dicom_core::Tag) -> Vec<f64> {

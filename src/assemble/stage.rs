@@ -8,13 +8,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 use tracing::{error, info, info_span, warn};
 
-use super::tracker::{CompletedSeries, SeriesTracker};
+use super::tracker::{instance_hints, CompletedSeries, InstanceHints, SeriesTracker};
 use super::volume_builder::build_volume;
 use crate::config::AssembleConfig;
-use crate::pipeline::messages::{InstanceStored, StudyJob};
+use crate::pipeline::messages::{AssociationEnded, InstanceStored, StudyJob};
 use crate::spool::Spool;
 
 /// Name of the marker file written into `incoming/<study>/<series>/` once a
@@ -109,7 +109,7 @@ pub fn assemble_series(
     move_to_quarantine: bool,
 ) -> Option<StudyJob> {
     let job_id = job_id(&done.series_instance_uid, done.version);
-    let span = info_span!("assemble", series = %done.series_instance_uid, job = %job_id);
+    let span = info_span!("assemble", series = %done.series_instance_uid, job = %job_id, completed_by = done.reason.as_str());
     let _g = span.enter();
     let started = Instant::now();
     match build_volume(&done.files, cfg) {
@@ -151,8 +151,12 @@ pub fn assemble_series(
 /// `offline` mode (`myonode process`) they are completed immediately instead,
 /// and failed series are not moved (the input folder is the user's): only
 /// their reason is written under `quarantine/`.
+///
+/// `events` carries the end of associations (series completion by association end,
+/// see [`super::tracker`]); its disconnection only switches that input off.
 pub fn run(
     rx: Receiver<InstanceStored>,
+    events: Receiver<AssociationEnded>,
     tx: Sender<StudyJob>,
     cfg: AssembleConfig,
     spool: Arc<Spool>,
@@ -161,24 +165,43 @@ pub fn run(
 ) {
     let flush_on_close = offline;
     let tick = Duration::from_millis(100);
+    let mut events = events;
+    let use_hints = cfg.complete_on_expected_count;
+    let on_instance = |tracker: &mut SeriesTracker, msg: InstanceStored| {
+        let hints = if use_hints && !msg.duplicate { instance_hints(&msg.path) } else { InstanceHints::default() };
+        tracker.on_instance_with_hints(&msg, hints, Instant::now());
+    };
     loop {
         let wait = tracker
             .next_deadline()
             .map(|d| d.saturating_duration_since(Instant::now()).min(tick))
             .unwrap_or(tick);
-        match rx.recv_timeout(wait) {
-            Ok(msg) => tracker.on_instance(&msg, Instant::now()),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {
-                if flush_on_close {
-                    for done in tracker.take_all() {
-                        dispatch(&done, &cfg, &spool, &mut tracker, &tx, !offline);
+        crossbeam_channel::select! {
+            recv(rx) -> msg => match msg {
+                Ok(msg) => on_instance(&mut tracker, msg),
+                Err(_) => {
+                    if flush_on_close {
+                        for done in tracker.take_all() {
+                            dispatch(&done, &cfg, &spool, &mut tracker, &tx, !offline);
+                        }
+                    } else if tracker.open_count() > 0 {
+                        info!(open = tracker.open_count(), "shutting down; open series stay in incoming/ for recovery");
                     }
-                } else if tracker.open_count() > 0 {
-                    info!(open = tracker.open_count(), "shutting down; open series stay in incoming/ for recovery");
+                    return;
                 }
-                return;
-            }
+            },
+            recv(events) -> ev => match ev {
+                Ok(ev) => {
+                    // Every InstanceStored of the association was sent before this event:
+                    // take them in first so the event applies to complete series.
+                    while let Ok(msg) = rx.try_recv() {
+                        on_instance(&mut tracker, msg);
+                    }
+                    tracker.on_association_ended(&ev, Instant::now());
+                }
+                Err(_) => events = crossbeam_channel::never(),
+            },
+            default(wait) => {}
         }
         for done in tracker.take_due(Instant::now()) {
             dispatch(&done, &cfg, &spool, &mut tracker, &tx, !offline);

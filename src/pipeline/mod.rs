@@ -14,12 +14,12 @@ pub mod messages;
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crossbeam_channel::{bounded, Sender};
 use tracing::info;
 
-use crate::assemble::{stage as assemble_stage, tracker::SeriesTracker};
+use crate::assemble::{stage as assemble_stage, tracker::{CompletionPolicy, SeriesTracker}};
 use crate::config::Config;
 use crate::encode::stage::{self as encode_stage, EncodeContext};
 use crate::spool::Spool;
@@ -39,6 +39,8 @@ pub enum Mode {
 pub struct Pipeline {
     /// Feed stored instances here (the receive stage, or the offline file reader).
     pub instances: Sender<InstanceStored>,
+    /// Feed the end of associations here (the receive stage), for series completion by association end.
+    pub association_events: Sender<messages::AssociationEnded>,
     handles: Vec<(&'static str, JoinHandle<()>)>,
 }
 
@@ -52,13 +54,14 @@ impl Pipeline {
     pub fn start(cfg: &Config, spool: Arc<Spool>, mode: Mode) -> Pipeline {
         let cap = cfg.pipeline.channel_capacity;
         let (inst_tx, inst_rx) = bounded(cap);
+        let (assoc_tx, assoc_rx) = bounded(cap);
         let (job_tx, job_rx) = bounded(cap);
         let (seg_tx, seg_rx) = bounded(cap);
         let (find_tx, find_rx) = bounded(cap);
         let (out_tx, out_rx) = bounded(cap);
         let mut handles = Vec::new();
 
-        let mut tracker = SeriesTracker::new(Duration::from_secs_f64(cfg.assemble.quiet_period_seconds));
+        let mut tracker = SeriesTracker::with_policy(CompletionPolicy::from_config(&cfg.assemble));
         if mode == Mode::Serve {
             let n = assemble_stage::recover(&spool, &mut tracker, Instant::now());
             if n > 0 {
@@ -68,7 +71,7 @@ impl Pipeline {
         {
             let (cfg, spool) = (cfg.assemble.clone(), spool.clone());
             let offline = mode == Mode::Offline;
-            handles.push(spawn("assemble", move || assemble_stage::run(inst_rx, job_tx, cfg, spool, tracker, offline)));
+            handles.push(spawn("assemble", move || assemble_stage::run(inst_rx, assoc_rx, job_tx, cfg, spool, tracker, offline)));
         }
         for w in 0..cfg.segment.workers {
             let (rx, tx, seg_cfg, routes) = (job_rx.clone(), seg_tx.clone(), cfg.segment.clone(), cfg.routes.clone());
@@ -90,12 +93,13 @@ impl Pipeline {
                 info!(report = ?r, "send queue finished");
             }
         }));
-        Pipeline { instances: inst_tx, handles }
+        Pipeline { instances: inst_tx, association_events: assoc_tx, handles }
     }
 
     /// Close the input and wait until every stage has finished its work and exited.
     pub fn join(self) {
         drop(self.instances);
+        drop(self.association_events);
         for (name, h) in self.handles {
             if h.join().is_err() {
                 tracing::error!(stage = name, "stage thread panicked");
