@@ -12,7 +12,8 @@ use crossbeam_channel::{Receiver, Sender};
 use tracing::{error, info, info_span, warn};
 
 use super::tracker::{instance_hints, CompletedSeries, InstanceHints, SeriesTracker};
-use super::volume_builder::build_volume;
+use super::stacks::plan_stacks;
+use super::volume_builder::build_from_plan;
 use crate::config::AssembleConfig;
 use crate::pipeline::messages::{AssociationEnded, InstanceStored, StudyJob};
 use crate::spool::Spool;
@@ -40,16 +41,46 @@ pub fn job_id(series_instance_uid: &str, version: u32) -> String {
 /// Record durably that `job` produced its results (called by `encode` after the
 /// outbox holds them), so restart recovery does not run the series again.
 ///
+/// The marker counts instance files (distinct SOPInstanceUIDs of the job's slices; an
+/// enhanced object is one file however many frames it has), summed over the stack jobs of
+/// one version of a series. `_images` (the caller's slice count) is not used for that reason.
+/// Each Dixon channel's series gets its own marker.
+///
 /// # Errors
 /// Spool I/O errors.
-pub fn mark_series_done(spool: &Spool, job: &StudyJob, instances: usize) -> Result<(), crate::spool::SpoolError> {
-    let dir = spool.series_dir(&job.header.study_instance_uid, &job.header.series_instance_uid);
+pub fn mark_series_done(spool: &Spool, job: &StudyJob, _images: usize) -> Result<(), crate::spool::SpoolError> {
+    mark_one(spool, &job.header, &job.volume, job.version, &job.job_id)?;
+    for c in &job.channels {
+        if c.header.series_instance_uid != job.header.series_instance_uid {
+            mark_one(spool, &c.header, &c.volume, job.version, &job.job_id)?;
+        }
+    }
+    Ok(())
+}
+
+fn mark_one(
+    spool: &Spool,
+    header: &crate::pipeline::messages::SeriesHeader,
+    volume: &crate::volume::Volume,
+    version: u32,
+    job_id: &str,
+) -> Result<(), crate::spool::SpoolError> {
+    let dir = spool.series_dir(&header.study_instance_uid, &header.series_instance_uid);
     if !dir.is_dir() {
         return Ok(()); // offline `process` mode: the source folder is not in the spool
     }
-    let m = DoneMarker { version: job.version, instances, job_id: job.job_id.clone() };
+    let files: std::collections::BTreeSet<&str> = volume.slices.iter().map(|s| s.sop_instance_uid.as_str()).collect();
+    let mut instances = files.len();
+    let path = dir.join(DONE_MARKER);
+    if let Some(old) = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<DoneMarker>(&b).ok()) {
+        // another stack job of the same version already recorded its instances
+        if old.version == version && old.job_id != job_id {
+            instances += old.instances;
+        }
+    }
+    let m = DoneMarker { version, instances, job_id: job_id.to_string() };
     let bytes = serde_json::to_vec_pretty(&m).expect("marker serializes");
-    spool.write_atomically(&dir.join(DONE_MARKER), &[&bytes])
+    spool.write_atomically(&path, &[&bytes])
 }
 
 /// Restart recovery: feed every instance in `incoming/` to the tracker, except
@@ -100,49 +131,99 @@ fn name_of(p: &Path) -> String {
     p.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
-/// Build the job for one completed series, or quarantine it.
+/// Job identifier of one stack of a series version that split into several stacks:
+/// `<SeriesInstanceUID>-s<stack>-v<version>` (`stack` 1-based, in [`split_stacks`](super::stacks::split_stacks) order).
+pub fn stack_job_id(series_instance_uid: &str, stack: usize, version: u32) -> String {
+    format!("{series_instance_uid}-s{stack}-v{version}")
+}
+
+/// Build the jobs for one completed series — one per stack that forms a volume — or
+/// quarantine it when no stack does.
+///
+/// Stacks that are refused while others succeed are logged with their reason and listed in
+/// `quarantine/<series>/REASON.txt` without moving any file (the good stacks' files are in use).
 /// With `move_to_quarantine = false` (offline mode) only the reason and file list are written; no file is moved.
 pub fn assemble_series(
     done: &CompletedSeries,
     cfg: &AssembleConfig,
     spool: &Spool,
     move_to_quarantine: bool,
-) -> Option<StudyJob> {
-    let job_id = job_id(&done.series_instance_uid, done.version);
-    let span = info_span!("assemble", series = %done.series_instance_uid, job = %job_id, completed_by = done.reason.as_str());
+) -> Vec<StudyJob> {
+    let span = info_span!("assemble", series = %done.series_instance_uid, version = done.version, completed_by = done.reason.as_str());
     let _g = span.enter();
     let started = Instant::now();
-    match build_volume(&done.files, cfg) {
-        Ok((header, volume)) => {
-            let job_dir = match spool.job_dir(&job_id) {
-                Ok(d) => d,
-                Err(e) => {
-                    error!(error = %e, "cannot create job directory; series left in incoming/ for retry");
-                    return None;
-                }
-            };
-            let (nz, ny, nx) = volume.shape();
-            info!(
-                slices = nz, rows = ny, columns = nx,
-                spacing_mm = ?volume.spacing, ms = started.elapsed().as_millis() as u64,
-                "series complete, volume assembled"
-            );
-            Some(StudyJob { job_id, version: done.version, header, volume: Arc::new(volume), job_dir, channels: Vec::new() })
-        }
+    let (outcomes, dropped) = match plan_stacks(&done.files, cfg) {
+        Ok(v) => v,
         Err(e) => {
-            let reason = format!("series {} (version {}): {e}", done.series_instance_uid, done.version);
-            let result = if move_to_quarantine {
-                spool.quarantine_series(&done.files, &done.series_instance_uid, &reason)
-            } else {
-                let listing: String = done.files.iter().map(|f| format!("{}\n", f.display())).collect();
-                spool.quarantine_series(&[], &done.series_instance_uid, &format!("{reason}\nfiles:\n{listing}"))
-            };
-            match result {
-                Ok(q) => warn!(reason = %e, quarantine = %q.display(), "series quarantined"),
-                Err(qe) => error!(reason = %e, error = %qe, "series failed and could not be quarantined"),
-            }
-            None
+            quarantine(done, spool, move_to_quarantine, &e.to_string());
+            return Vec::new();
         }
+    };
+    for d in &dropped {
+        warn!(images = d.images.len(), reason = %d.reason, "images left out of every stack");
+    }
+    let n = outcomes.len();
+    let mut jobs = Vec::new();
+    let mut refused = Vec::new();
+    for (k, o) in outcomes.into_iter().enumerate() {
+        let job_id = if n == 1 { job_id(&done.series_instance_uid, done.version) } else { stack_job_id(&done.series_instance_uid, k + 1, done.version) };
+        let what = format!("stack {}/{n} ({}; {} images)", k + 1, o.key.describe(), o.images);
+        match o.plan.and_then(|p| build_from_plan(&p)) {
+            Ok((header, volume)) => {
+                let job_dir = match spool.job_dir(&job_id) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        error!(error = %e, job = %job_id, "cannot create job directory; series left in incoming/ for retry");
+                        continue;
+                    }
+                };
+                let (nz, ny, nx) = volume.shape();
+                info!(
+                    job = %job_id, stack = %what, distinguished_by = ?o.distinguished_by,
+                    slices = nz, rows = ny, columns = nx,
+                    spacing_mm = ?volume.spacing, ms = started.elapsed().as_millis() as u64,
+                    "series complete, volume assembled"
+                );
+                jobs.push(StudyJob { job_id, version: done.version, header, volume: Arc::new(volume), job_dir, channels: Vec::new() });
+            }
+            Err(e) => {
+                warn!(job = %job_id, stack = %what, reason = %e, "stack refused");
+                refused.push(format!("{what}: {e}"));
+            }
+        }
+    }
+    let mut reasons = refused;
+    reasons.extend(dropped.iter().map(|d| d.reason.clone()));
+    if jobs.is_empty() {
+        let reason = if reasons.is_empty() { "no images".to_string() } else { reasons.join("\n") };
+        quarantine(done, spool, move_to_quarantine, &reason);
+    } else if !reasons.is_empty() {
+        let text = format!(
+            "series {} (version {}): {} stack(s) became jobs; not used:\n{}",
+            done.series_instance_uid,
+            done.version,
+            jobs.len(),
+            reasons.join("\n")
+        );
+        if let Err(e) = spool.quarantine_series(&[], &done.series_instance_uid, &text) {
+            error!(error = %e, "could not write the refusal note");
+        }
+    }
+    jobs
+}
+
+/// Quarantine a whole series version with `reason` (files moved unless offline).
+fn quarantine(done: &CompletedSeries, spool: &Spool, move_to_quarantine: bool, reason: &str) {
+    let reason = format!("series {} (version {}): {reason}", done.series_instance_uid, done.version);
+    let result = if move_to_quarantine {
+        spool.quarantine_series(&done.files, &done.series_instance_uid, &reason)
+    } else {
+        let listing: String = done.files.iter().map(|f| format!("{}\n", f.display())).collect();
+        spool.quarantine_series(&[], &done.series_instance_uid, &format!("{reason}\nfiles:\n{listing}"))
+    };
+    match result {
+        Ok(q) => warn!(reason = %reason, quarantine = %q.display(), "series quarantined"),
+        Err(qe) => error!(reason = %reason, error = %qe, "series failed and could not be quarantined"),
     }
 }
 
@@ -217,12 +298,13 @@ fn dispatch(
     tx: &Sender<StudyJob>,
     move_to_quarantine: bool,
 ) {
-    match assemble_series(done, cfg, spool, move_to_quarantine) {
-        Some(job) => {
-            if tx.send(job).is_err() {
-                warn!("segment stage gone; job dropped (series stays in incoming/)");
-            }
+    let jobs = assemble_series(done, cfg, spool, move_to_quarantine);
+    if jobs.is_empty() {
+        tracker.forget(&done.series_instance_uid);
+    }
+    for job in jobs {
+        if tx.send(job).is_err() {
+            warn!("segment stage gone; job dropped (series stays in incoming/)");
         }
-        None => tracker.forget(&done.series_instance_uid),
     }
 }
