@@ -110,7 +110,7 @@ pub struct AssembleConfig {
     #[serde(default = "default_max_wait_seconds")]
     pub max_wait_seconds: f64,
     /// Study-level window for multi-series jobs (Dixon pairing), seconds: a completed series
-    /// waits at most this long for its partner series of the same study before its job starts.
+    /// waits at most this long for its partner series of the same study before its job starts; 0 = no pairing.
     #[serde(default = "default_study_window_seconds")]
     pub study_window_seconds: f64,
 }

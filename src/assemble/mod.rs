@@ -1,6 +1,7 @@
 //! assemble stage: decides when a series is complete ([`tracker`]) and
 //! reassembles it into a [`Volume`](crate::volume::Volume) or a specific
 //! [`AssembleError`] ([`volume_builder`]) per stack ([`stacks`]); [`stage`] is the run loop.
+pub mod dixon;
 pub mod stacks;
 pub mod stage;
 pub mod tracker;

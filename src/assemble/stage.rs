@@ -12,6 +12,7 @@ use crossbeam_channel::{Receiver, Sender};
 use tracing::{error, info, info_span, warn};
 
 use super::tracker::{instance_hints, CompletedSeries, InstanceHints, SeriesTracker};
+use super::dixon::DixonPairer;
 use super::stacks::plan_stacks;
 use super::volume_builder::build_from_plan;
 use crate::config::AssembleConfig;
@@ -233,6 +234,9 @@ fn quarantine(done: &CompletedSeries, spool: &Spool, move_to_quarantine: bool, r
 /// and failed series are not moved (the input folder is the user's): only
 /// their reason is written under `quarantine/`.
 ///
+/// Assembled jobs pass through a [`DixonPairer`] (window `assemble.study_window_seconds`),
+/// which holds Dixon channels until their partners arrive; other jobs go on at once.
+///
 /// `events` carries the end of associations (series completion by association end,
 /// see [`super::tracker`]); its disconnection only switches that input off.
 pub fn run(
@@ -248,26 +252,39 @@ pub fn run(
     let tick = Duration::from_millis(100);
     let mut events = events;
     let use_hints = cfg.complete_on_expected_count;
+    let mut pairer = DixonPairer::new(Duration::from_secs_f64(cfg.study_window_seconds));
     let on_instance = |tracker: &mut SeriesTracker, msg: InstanceStored| {
         let hints = if use_hints && !msg.duplicate { instance_hints(&msg.path) } else { InstanceHints::default() };
         tracker.on_instance_with_hints(&msg, hints, Instant::now());
     };
+    let send = |jobs: Vec<StudyJob>| {
+        for job in jobs {
+            if tx.send(job).is_err() {
+                warn!("segment stage gone; job dropped (series stays in incoming/)");
+            }
+        }
+    };
     loop {
-        let wait = tracker
-            .next_deadline()
-            .map(|d| d.saturating_duration_since(Instant::now()).min(tick))
-            .unwrap_or(tick);
+        let deadline = match (tracker.next_deadline(), pairer.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let wait = deadline.map(|d| d.saturating_duration_since(Instant::now()).min(tick)).unwrap_or(tick);
         crossbeam_channel::select! {
             recv(rx) -> msg => match msg {
                 Ok(msg) => on_instance(&mut tracker, msg),
                 Err(_) => {
                     if flush_on_close {
                         for done in tracker.take_all() {
-                            dispatch(&done, &cfg, &spool, &mut tracker, &tx, !offline);
+                            for job in dispatch(&done, &cfg, &spool, &mut tracker, !offline) {
+                                send(pairer.offer(job, Instant::now()));
+                            }
                         }
                     } else if tracker.open_count() > 0 {
                         info!(open = tracker.open_count(), "shutting down; open series stay in incoming/ for recovery");
                     }
+                    // Dixon jobs waiting for partners are complete series: run them now.
+                    send(pairer.take_all());
                     return;
                 }
             },
@@ -285,8 +302,11 @@ pub fn run(
             default(wait) => {}
         }
         for done in tracker.take_due(Instant::now()) {
-            dispatch(&done, &cfg, &spool, &mut tracker, &tx, !offline);
+            for job in dispatch(&done, &cfg, &spool, &mut tracker, !offline) {
+                send(pairer.offer(job, Instant::now()));
+            }
         }
+        send(pairer.take_due(Instant::now()));
     }
 }
 
@@ -295,16 +315,11 @@ fn dispatch(
     cfg: &AssembleConfig,
     spool: &Spool,
     tracker: &mut SeriesTracker,
-    tx: &Sender<StudyJob>,
     move_to_quarantine: bool,
-) {
+) -> Vec<StudyJob> {
     let jobs = assemble_series(done, cfg, spool, move_to_quarantine);
     if jobs.is_empty() {
         tracker.forget(&done.series_instance_uid);
     }
-    for job in jobs {
-        if tx.send(job).is_err() {
-            warn!("segment stage gone; job dropped (series stays in incoming/)");
-        }
-    }
+    jobs
 }
