@@ -2,6 +2,7 @@
 //! reassembles it into a [`Volume`](crate::volume::Volume) or a specific
 //! [`AssembleError`] ([`volume_builder`]) per stack ([`stacks`]); [`stage`] is the run loop.
 pub mod dixon;
+pub mod inspect;
 pub mod stacks;
 pub mod stage;
 pub mod tracker;
