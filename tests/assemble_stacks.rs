@@ -1,4 +1,4 @@
-//! Stacks, enhanced multi-frame objects and comparison with a peer (dicom2nifti's ground truth).
+//! Stacks and enhanced multi-frame objects (comparisons with peers: `assemble_peers.rs`).
 //!
 //! Synthetic cases are made from the real knee DESS files by rewriting header attributes
 //! (EchoNumbers, EchoTime, ImageType, AcquisitionNumber, orientation, UIDs) into a temporary
@@ -13,7 +13,6 @@ use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::tags;
 use myonode::assemble::{build_from_plan, build_volume, plan_series, plan_stacks, AssembleError};
 use myonode::config::AssembleConfig;
-use myonode::volume::Volume;
 
 fn cfg(min_slices: usize) -> AssembleConfig {
     AssembleConfig { min_slices, ..AssembleConfig::default() }
@@ -222,114 +221,5 @@ print(repr(float(a[1].sum())), repr(float(a[0].sum())))  # frame 2, frame 1
     match build_volume(&[dir.join("emri_small.dcm")], &cfg(2)) {
         Err(AssembleError::MultiFrameNotSupported { number_of_frames: 10, .. }) => {}
         other => panic!("expected MultiFrameNotSupported, got {other:?}"),
-    }
-}
-
-// ------------------------------------------------------------------ peers
-/// Load a NIfTI with nibabel: (affine 4x4 row-major, shape, voxel values in C order of (i, j, k)).
-fn load_nifti(path: &Path) -> ([[f64; 4]; 4], Vec<usize>, Vec<f64>) {
-    let tmp = tempfile::NamedTempFile::new().unwrap();
-    let script = r#"
-import sys, json, nibabel as nib, numpy as np
-img = nib.load(sys.argv[1])
-a = np.asarray(img.dataobj, dtype='<f8')
-a = a.reshape(a.shape[:3])
-a.tofile(sys.argv[2])
-print(json.dumps({"affine": img.affine.tolist(), "shape": list(a.shape)}))
-"#;
-    let out = Command::new(python()).arg("-c").arg(script).arg(path).arg(tmp.path()).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let mut affine = [[0.0; 4]; 4];
-    for r in 0..4 {
-        for c in 0..4 {
-            affine[r][c] = j["affine"][r][c].as_f64().unwrap();
-        }
-    }
-    let shape: Vec<usize> = j["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
-    let bytes = std::fs::read(tmp.path()).unwrap();
-    let values = bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect();
-    (affine, shape, values)
-}
-
-/// Compare our volume with a NIfTI in one convention. NIfTI's affine maps voxel (i, j, k) to
-/// RAS mm; ours maps (x, y, z) to LPS mm, and RAS = diag(-1, -1, 1) · LPS. For every NIfTI
-/// voxel, its RAS centre is converted to LPS and then to our fractional index, which must be
-/// an exact grid point (within 1e-3 voxel) inside our volume holding the same value.
-fn assert_same_as_nifti(v: &Volume, nifti: &Path) {
-    let (a, shape, values) = load_nifti(nifti);
-    let (nz, ny, nx) = v.shape();
-    assert_eq!(shape.iter().product::<usize>(), nz * ny * nx, "{}: voxel count", nifti.display());
-    // our LPS axes as columns: x → row_direction·sx, y → column_direction·sy, z → slice_direction·sz
-    let cols = [
-        v.row_direction.map(|c| c * v.spacing[2]),
-        v.column_direction.map(|c| c * v.spacing[1]),
-        v.slice_direction.map(|c| c * v.spacing[0]),
-    ];
-    let m = [[cols[0][0], cols[1][0], cols[2][0]], [cols[0][1], cols[1][1], cols[2][1]], [cols[0][2], cols[1][2], cols[2][2]]];
-    let inv = invert3(m);
-    let to_ours = |i: f64, j: f64, k: f64| {
-        let ras = [0, 1, 2].map(|r| a[r][0] * i + a[r][1] * j + a[r][2] * k + a[r][3]);
-        let lps = [-ras[0], -ras[1], ras[2]];
-        let d = [lps[0] - v.origin[0], lps[1] - v.origin[1], lps[2] - v.origin[2]];
-        [0, 1, 2].map(|r| inv[r][0] * d[0] + inv[r][1] * d[1] + inv[r][2] * d[2])
-    };
-    let (si, sj, sk) = (shape[0], shape[1], shape[2]);
-    let mut mismatches = 0usize;
-    for i in 0..si {
-        for j in 0..sj {
-            for k in 0..sk {
-                let q = to_ours(i as f64, j as f64, k as f64);
-                let r = q.map(|x| x.round());
-                assert!(
-                    q.iter().zip(&r).all(|(x, y)| (x - y).abs() < 1e-3),
-                    "{}: NIfTI voxel ({i},{j},{k}) lands between our grid points at {q:?}",
-                    nifti.display()
-                );
-                let (x, y, z) = (r[0] as isize, r[1] as isize, r[2] as isize);
-                assert!(
-                    (0..nx as isize).contains(&x) && (0..ny as isize).contains(&y) && (0..nz as isize).contains(&z),
-                    "{}: NIfTI voxel ({i},{j},{k}) maps outside our volume: {r:?}",
-                    nifti.display()
-                );
-                let ours = v.data[[z as usize, y as usize, x as usize]] as f64;
-                let theirs = values[(i * sj + j) * sk + k];
-                if (ours - theirs).abs() > 1e-3 * theirs.abs().max(1.0) {
-                    mismatches += 1;
-                }
-            }
-        }
-    }
-    assert_eq!(mismatches, 0, "{}: voxel values differ", nifti.display());
-}
-
-fn invert3(m: [[f64; 3]; 3]) -> [[f64; 3]; 3] {
-    let det = m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
-        + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]);
-    assert!(det.abs() > 1e-12, "singular geometry");
-    let c = |r1: usize, c1: usize, r2: usize, c2: usize| m[r1][c1] * m[r2][c2] - m[r1][c2] * m[r2][c1];
-    [
-        [c(1, 1, 2, 2) / det, -c(0, 1, 2, 2) / det, c(0, 1, 1, 2) / det],
-        [-c(1, 0, 2, 2) / det, c(0, 0, 2, 2) / det, -c(0, 0, 1, 2) / det],
-        [c(1, 0, 2, 1) / det, -c(0, 0, 2, 1) / det, c(0, 0, 1, 1) / det],
-    ]
-}
-
-/// dicom2nifti's ground truths (plain and reoriented) against our volumes: same voxels, same
-/// patient positions. The cases lack FrameOfReferenceUID, so `plan_series` + `decode` are used.
-#[test]
-fn volumes_equal_dicom2nifti_ground_truth_in_values_and_affine() {
-    let cases = [
-        ("compressed-j2k/001", "compressed-j2k/001_ground_truth", 2),
-        ("compressed-jpeg/001", "compressed-jpeg/001_ground_truth", 2),
-        ("slicecount/001", "slicecount/001_ground_truth", 2),
-        ("enhanced-mr-philips/001", "enhanced-mr-philips/001_ground_truth", 3),
-        ("enhanced-mr-philips/001_implicit", "enhanced-mr-philips/001_implicit_ground_truth", 3),
-    ];
-    for (case, gt, min) in cases {
-        let v = plan_series(&awkward(case), &cfg(min)).unwrap().decode().unwrap();
-        for suffix in ["", "_reoriented"] {
-            assert_same_as_nifti(&v, &data_dir().join("awkward").join(format!("{gt}{suffix}.nii.gz")));
-        }
     }
 }
