@@ -162,7 +162,8 @@ fn awkward_cases_split_or_refuse_with_specific_reasons() {
     let (stacks, _) = plan_stacks(&awkward("sliceincrement/001"), &cfg(3)).unwrap();
     assert!(matches!(stacks[0].plan, Err(AssembleError::NonUniformSpacing { .. })));
     let (stacks, _) = plan_stacks(&awkward("duplicate-positions"), &cfg(3)).unwrap();
-    assert!(matches!(stacks[0].plan, Err(AssembleError::DuplicatePosition { .. })));
+    // the identical copy at z = -90 is dropped; the sparse positions then fail the spacing check
+    assert!(matches!(stacks[0].plan, Err(AssembleError::NonUniformSpacing { .. })));
     // series-level problems stay errors of the whole series
     assert!(matches!(plan_stacks(&awkward("missing-uids"), &cfg(3)), Err(AssembleError::MissingAttribute { .. })));
     let d = data_dir();
@@ -221,5 +222,35 @@ print(repr(float(a[1].sum())), repr(float(a[0].sum())))  # frame 2, frame 1
     match build_volume(&[dir.join("emri_small.dcm")], &cfg(2)) {
         Err(AssembleError::MultiFrameNotSupported { number_of_frames: 10, .. }) => {}
         other => panic!("expected MultiFrameNotSupported, got {other:?}"),
+    }
+}
+
+#[test]
+fn duplicate_position_with_different_pixels_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = knee(5);
+    let mut files = src.clone();
+    // slice 2 again under a new SOPInstanceUID: an exact copy is dropped ...
+    let copy = tmp.path().join("copy.dcm");
+    rewrite(&src[2], &copy, &[(tags::SOP_INSTANCE_UID, VR::UI, "2.25.5001")]);
+    files.push(copy);
+    let plan = plan_series(&files, &cfg(3)).unwrap();
+    assert_eq!((plan.len(), plan.duplicates_dropped.clone()), (5, vec!["2.25.5001".to_string()]));
+    // ... a different image at that position is refused, naming both instances
+    let mut obj = dicom_object::open_file(&src[2]).unwrap();
+    let mut px = obj.element(tags::PIXEL_DATA).unwrap().to_bytes().unwrap().into_owned();
+    px[1000] ^= 0x01;
+    obj.put(DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::from(px)));
+    obj.put(DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from("2.25.5002")));
+    obj.update_meta(|m| m.media_storage_sop_instance_uid = "2.25.5002".into());
+    let other = tmp.path().join("other.dcm");
+    obj.write_to_file(&other).unwrap();
+    files.pop();
+    files.push(other);
+    match plan_series(&files, &cfg(3)) {
+        Err(AssembleError::DuplicatePosition { first, second, .. }) => {
+            assert!(first == "2.25.5002" || second == "2.25.5002", "{first} {second}")
+        }
+        other => panic!("expected DuplicatePosition, got {other:?}"),
     }
 }

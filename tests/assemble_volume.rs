@@ -225,19 +225,21 @@ fn missing_slice_gives_interslice_distance_error() {
     }
 }
 
+/// Two of the 11 GE CT slices share z = -90 with byte-identical pixels (CT26 and CT28, one
+/// InstanceNumber, two SOPInstanceUIDs): the copy is dropped (not a DuplicatePosition error);
+/// the remaining 10 positions are a sparse, irregular sampling (steps of 32.5 mm and more), so
+/// the series is still refused — for its spacing. Different pixels at one position are refused
+/// as duplicates (`assemble_stacks.rs`).
 #[test]
-fn duplicate_positions_are_refused() {
-    match build_volume(&awkward("duplicate-positions"), &cfg(3)) {
-        Err(AssembleError::DuplicatePosition { position, first, second }) => {
-            assert!((position[2] - (-90.0)).abs() < 1e-6, "{position:?}");
-            assert_ne!(first, second);
+fn identical_duplicate_is_dropped_then_spacing_decides() {
+    match plan_series(&awkward("duplicate-positions"), &cfg(3)) {
+        Err(AssembleError::NonUniformSpacing { expected, found, .. }) => {
+            assert!((expected - 32.5).abs() < 1e-6 && (found - 112.5).abs() < 1e-6, "{expected} {found}")
         }
-        other => panic!("expected DuplicatePosition, got {other:?}"),
+        other => panic!("expected NonUniformSpacing after dropping the copy, got {other:?}"),
     }
 }
 
-/// Multi-frame objects without functional groups carry no per-frame geometry (pydicom's
-/// stripped test files); enhanced objects with them are covered in `assemble_stacks.rs`.
 #[test]
 fn multiframe_without_functional_groups_is_refused() {
     let dir = data_dir().join("awkward/enhanced-single");

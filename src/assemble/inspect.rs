@@ -178,7 +178,16 @@ fn series_report(uid: &str, images: Vec<ImageFacts>, files: &[PathBuf], cfg: &As
                     ),
                     None => format!("job {id}"),
                 };
-                (Some([p.columns, p.rows, p.len()]), Some([p.spacing[2], p.spacing[1], p.spacing[0]]), Vec::new(), action)
+                let notes = if p.duplicates_dropped.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![format!(
+                        "{} exact duplicate image(s) at an occupied position dropped: {}",
+                        p.duplicates_dropped.len(),
+                        p.duplicates_dropped.join(", ")
+                    )]
+                };
+                (Some([p.columns, p.rows, p.len()]), Some([p.spacing[2], p.spacing[1], p.spacing[0]]), notes, action)
             }
             Err(e) => (None, None, vec![e.to_string()], format!("refuse: {e}")),
         };
@@ -258,6 +267,9 @@ impl InspectReport {
                     format!("split by {}", st.distinguished_by.join(", "))
                 };
                 s.push_str(&format!("        {why}: {}\n", st.description));
+                for p in st.problems.iter().filter(|_| st.dimensions.is_some()) {
+                    s.push_str(&format!("        note: {p}\n"));
+                }
             }
             s.push_str(&format!("  => {}\n", r.action));
         }

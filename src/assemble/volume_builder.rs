@@ -32,9 +32,11 @@
 //! * across images: one SeriesInstanceUID / StudyInstanceUID / FrameOfReferenceUID, no repeated
 //!   (SOPInstanceUID, frame);
 //! * at least `min_slices` slices;
-//! * positions: not all identical (→ `NotAVolume`), no duplicate positions,
+//! * positions: not all identical (→ `NotAVolume`), no duplicate positions with different pixels,
 //!   uniform spacing along the normal within `spacing_tolerance_mm` of the median,
-//!   positions on one line, and that line parallel to the normal (else `GantryTilt`).
+//!   positions on one line, and that line parallel to the normal (else `GantryTilt`);
+//!   a duplicate position holding an exact copy of the other image is dropped instead
+//!   ([`SeriesPlan::duplicates_dropped`]).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -176,6 +178,9 @@ pub struct SeriesPlan {
     pub slices: Vec<PlannedSlice>,
     /// First sorted instance's dataset, read up to (excluding) PixelData (7FE0,0010).
     pub header: Arc<InMemDicomObject>,
+    /// SOPInstanceUIDs of images dropped as exact duplicates of another image at the same
+    /// position (same PixelData bytes, transfer syntax and Rescale Slope/Intercept).
+    pub duplicates_dropped: Vec<String>,
 }
 
 /// Header facts of one image: a single-frame instance, or one frame of an enhanced
@@ -338,16 +343,37 @@ pub fn plan_images(mut facts: Vec<ImageFacts>, cfg: &AssembleConfig) -> Result<S
     let steps: Vec<f64> = distances.windows(2).map(|w| w[1] - w[0]).collect();
     let median_step = median(&steps);
     let duplicate_tolerance = DUPLICATE_POSITION_FLOOR_MM.max(1e-3 * median_step);
+    // Duplicate positions: an exact copy (same pixel data and rescale, e.g. a slice re-sent
+    // under a new SOPInstanceUID) is dropped, keeping the smaller SOPInstanceUID; anything else
+    // is refused, since choosing one of two different images would be a guess.
+    let mut drop_idx: Vec<usize> = Vec::new();
     for (i, step) in steps.iter().enumerate() {
         if *step < duplicate_tolerance {
-            let a = &facts[order[i].1];
-            let b = &facts[order[i + 1].1];
+            let (ia, ib) = (order[i].1, order[i + 1].1);
+            let (a, b) = (&facts[ia], &facts[ib]);
+            if !drop_idx.contains(&ia) && !drop_idx.contains(&ib) && identical_pixels(a, b) {
+                drop_idx.push(if a.sop_instance_uid <= b.sop_instance_uid { ib } else { ia });
+                continue;
+            }
             return Err(AssembleError::DuplicatePosition {
                 position: b.position,
                 first: a.sop_instance_uid.clone(),
                 second: b.sop_instance_uid.clone(),
             });
         }
+    }
+    if !drop_idx.is_empty() {
+        drop_idx.sort_unstable();
+        let mut dropped = Vec::new();
+        for i in drop_idx.into_iter().rev() {
+            let f = facts.swap_remove(i);
+            tracing::warn!(sop_instance_uid = %f.sop_instance_uid, path = %f.path.display(), "identical duplicate slice dropped");
+            dropped.push(f.sop_instance_uid);
+        }
+        let mut plan = plan_images(facts, cfg)?;
+        plan.duplicates_dropped.extend(dropped);
+        plan.duplicates_dropped.sort();
+        return Ok(plan);
     }
     for (i, step) in steps.iter().enumerate() {
         if (step - median_step).abs() > cfg.spacing_tolerance_mm {
@@ -394,7 +420,26 @@ pub fn plan_images(mut facts: Vec<ImageFacts>, cfg: &AssembleConfig) -> Result<S
         slice_direction: normal,
         slices,
         header,
+        duplicates_dropped: Vec::new(),
     })
+}
+
+/// `true` when two single-frame images carry byte-identical PixelData in the same transfer
+/// syntax with the same Rescale Slope/Intercept (so they decode to the same values). Frames of
+/// multi-frame objects and unreadable files are never "identical" (conservative: refuse).
+fn identical_pixels(a: &ImageFacts, b: &ImageFacts) -> bool {
+    if a.frame_number.is_some() || b.frame_number.is_some() || a.transfer_syntax_uid != b.transfer_syntax_uid {
+        return false;
+    }
+    let rescale = |f: &ImageFacts| (float_of(&f.dataset, tags::RESCALE_SLOPE), float_of(&f.dataset, tags::RESCALE_INTERCEPT));
+    if rescale(a) != rescale(b) {
+        return false;
+    }
+    let (Ok(oa), Ok(ob)) = (dicom_object::open_file(&a.path), dicom_object::open_file(&b.path)) else { return false };
+    match (oa.get(tags::PIXEL_DATA), ob.get(tags::PIXEL_DATA)) {
+        (Some(pa), Some(pb)) => pa.value() == pb.value(),
+        _ => false,
+    }
 }
 
 impl SeriesPlan {
