@@ -33,6 +33,20 @@ pub struct DoneMarker {
     pub job_id: String,
 }
 
+/// Marker written into `incoming/<study>/<series>/` when a version of the series became jobs
+/// but some of its instance files are in none of them (refused stacks, localizers), so restart
+/// recovery counts them as handled ([`DONE_MARKER`] counts only the files the jobs used).
+pub const UNUSED_MARKER: &str = "UNUSED.json";
+
+/// Contents of the [`UNUSED_MARKER`] file.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct UnusedMarker {
+    /// Series version the count belongs to.
+    pub version: u32,
+    /// Instance files of that version used by no job.
+    pub instances: usize,
+}
+
 /// Job identifier of a series version: `<SeriesInstanceUID>-v<version>` (safe as a file name,
 /// since UIDs are validated before they are stored).
 pub fn job_id(series_instance_uid: &str, version: u32) -> String {
@@ -103,7 +117,13 @@ pub fn recover(spool: &Spool, tracker: &mut SeriesTracker, now: Instant) -> usiz
             .and_then(|b| serde_json::from_slice(&b).ok());
         if let Some(d) = &done {
             tracker.set_completed_version(&series, d.version);
-            if d.instances == files.len() {
+            // instance files the same version left out (refused stacks, localizers) count as handled
+            let unused = std::fs::read(dir.join(UNUSED_MARKER))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<UnusedMarker>(&b).ok())
+                .filter(|u| u.version == d.version)
+                .map_or(0, |u| u.instances);
+            if d.instances + unused == files.len() {
                 continue;
             }
         }
@@ -190,6 +210,19 @@ pub fn assemble_series(
             Err(e) => {
                 warn!(job = %job_id, stack = %what, reason = %e, "stack refused");
                 refused.push(format!("{what}: {e}"));
+            }
+        }
+    }
+    let used: std::collections::BTreeSet<&str> =
+        jobs.iter().flat_map(|j| j.volume.slices.iter().map(|s| s.sop_instance_uid.as_str())).collect();
+    let unused = done.files.len().saturating_sub(used.len());
+    if !jobs.is_empty() && move_to_quarantine {
+        let dir = spool.series_dir(&done.study_instance_uid, &done.series_instance_uid);
+        if dir.is_dir() {
+            let m = UnusedMarker { version: done.version, instances: unused };
+            let bytes = serde_json::to_vec_pretty(&m).expect("marker serializes");
+            if let Err(e) = spool.write_atomically(&dir.join(UNUSED_MARKER), &[&bytes]) {
+                error!(error = %e, "could not write the unused-instances marker");
             }
         }
     }
@@ -322,4 +355,35 @@ fn dispatch(
         tracker.forget(&done.series_instance_uid);
     }
     jobs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recovery_counts_used_and_unused_instances_of_the_done_version() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spool = Spool::open(tmp.path(), false).unwrap();
+        let dir = spool.series_dir("1.2.3", "1.2.3.4");
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["a", "b", "c"] {
+            std::fs::write(dir.join(format!("{f}.dcm")), b"x").unwrap();
+        }
+        let write = |name: &str, v: serde_json::Value| std::fs::write(dir.join(name), v.to_string()).unwrap();
+        let recover_count = || recover(&spool, &mut SeriesTracker::new(Duration::from_secs(1)), Instant::now());
+        assert_eq!(recover_count(), 3, "no marker: everything is re-queued");
+        // two files became jobs (e.g. stack 1), one was a refused stack or a localizer
+        write(DONE_MARKER, serde_json::json!({"version": 2, "instances": 2, "job_id": "1.2.3.4-s1-v2"}));
+        assert_eq!(recover_count(), 3, "without the unused count the series looks unfinished");
+        write(UNUSED_MARKER, serde_json::json!({"version": 1, "instances": 1}));
+        assert_eq!(recover_count(), 3, "an unused count of another version does not apply");
+        write(UNUSED_MARKER, serde_json::json!({"version": 2, "instances": 1}));
+        assert_eq!(recover_count(), 0, "2 used + 1 unused = all 3 files handled");
+        // a late instance after that version: re-queued as the next version
+        std::fs::write(dir.join("d.dcm"), b"x").unwrap();
+        let mut t = SeriesTracker::new(Duration::from_secs(1));
+        assert_eq!(recover(&spool, &mut t, Instant::now()), 4);
+        assert_eq!(t.take_all()[0].version, 3);
+    }
 }
