@@ -111,7 +111,7 @@ pub fn classify(ds: &InMemDicomObject) -> Option<Classification> {
     let b0 = float(ds, tags::MAGNETIC_FIELD_STRENGTH).filter(|b| *b > 0.0)?;
     let cycles = te_ms * 1e-3 * FAT_WATER_SHIFT_PPM * PROTON_GAMMA_MHZ_PER_T * b0;
     let frac = cycles - cycles.floor();
-    if frac < 0.15 || frac > 0.85 {
+    if !(0.15..=0.85).contains(&frac) {
         Some(Classification { kind: ChannelKind::InPhase, source: "EchoTime" })
     } else if (frac - 0.5).abs() < 0.15 {
         Some(Classification { kind: ChannelKind::OpposedPhase, source: "EchoTime" })
