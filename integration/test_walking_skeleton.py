@@ -207,9 +207,10 @@ def assert_report_matches_job(pacs: Pacs, seg, job: Path, tools_python: Path):
 # ------------------------------------------------------- spool and duplicates
 def test_instances_are_spooled_intact_and_duplicates_stored_once(start_node, data_dir: Path):
     """incoming/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm holds each instance once,
-    with the data set (including Pixel Data) exactly as sent. A long quiet period keeps the
-    series open, so nothing is processed (or cleaned up) while the spool is inspected."""
-    node = start_node(ASSEMBLE__QUIET_PERIOD_SECONDS="3600")
+    with the data set (including Pixel Data) exactly as sent. A long quiet period (and no completion
+    at association end) keeps the series open, so nothing is processed (or cleaned up) while the
+    spool is inspected."""
+    node = start_node(ASSEMBLE__QUIET_PERIOD_SECONDS="3600", ASSEMBLE__COMPLETE_ON_ASSOCIATION_END="false")
     files = support.dicom_files(data_dir / "series" / "mr-knee-dess-echo1")[:5]
 
     for attempt in (1, 2):  # the second association repeats every SOPInstanceUID

@@ -41,6 +41,8 @@ elif ! "$python" -c 'import ensurepip, venv' >/dev/null 2>&1; then
 fi
 # `ip netns`: scripts/test.sh runs the tests in a loopback-only network namespace.
 command -v ip >/dev/null 2>&1 || missing_pkgs+=(iproute2)
+# dcm2niix: the peer whose geometry the assemble tests compare with (tests/assemble_peers.rs).
+command -v dcm2niix >/dev/null 2>&1 || missing_pkgs+=(dcm2niix)
 # A C toolchain for crates with native parts (cc crate).
 command -v cc >/dev/null 2>&1 || missing_pkgs+=(build-essential)
 # Orthanc: the PACS of integration/test_orthanc.py (the test starts its own instance).

@@ -123,6 +123,55 @@ pub struct AssembleConfig {
     pub min_slices: usize,
     /// Allowed deviation of slice spacing from the median, mm (dcm2niix uses 0.2).
     pub spacing_tolerance_mm: f64,
+    /// Complete a series when the association that delivered it ends (A-RELEASE, A-ABORT or
+    /// connection loss), after [`Self::association_end_grace_seconds`].
+    #[serde(default = "default_true")]
+    pub complete_on_association_end: bool,
+    /// Grace period after the end of the delivering association, seconds (≥ 0): a sender that
+    /// opens a new association for the rest of the series within it keeps the series open.
+    #[serde(default = "default_association_end_grace_seconds")]
+    pub association_end_grace_seconds: f64,
+    /// Complete a series as soon as the number of images stated by its headers has arrived
+    /// (ImagesInAcquisition (0020,1002); NumberOfFrames (0028,0008) of an enhanced multi-frame object).
+    #[serde(default = "default_true")]
+    pub complete_on_expected_count: bool,
+    /// Complete a series at the latest this many seconds after its first instance arrived,
+    /// even while instances keep coming (late ones then make a new version). Must be > 0.
+    #[serde(default = "default_max_wait_seconds")]
+    pub max_wait_seconds: f64,
+    /// Study-level window for multi-series jobs (Dixon pairing), seconds: a completed series
+    /// waits at most this long for its partner series of the same study before its job starts; 0 = no pairing.
+    #[serde(default = "default_study_window_seconds")]
+    pub study_window_seconds: f64,
+}
+
+impl Default for AssembleConfig {
+    /// The embedded defaults of `conf/myonode.toml` `[assemble]`.
+    fn default() -> Self {
+        AssembleConfig {
+            quiet_period_seconds: 10.0,
+            min_slices: 3,
+            spacing_tolerance_mm: 0.2,
+            complete_on_association_end: true,
+            association_end_grace_seconds: default_association_end_grace_seconds(),
+            complete_on_expected_count: true,
+            max_wait_seconds: default_max_wait_seconds(),
+            study_window_seconds: default_study_window_seconds(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_association_end_grace_seconds() -> f64 {
+    2.0
+}
+fn default_max_wait_seconds() -> f64 {
+    600.0
+}
+fn default_study_window_seconds() -> f64 {
+    30.0
 }
 
 /// `[segment]`: which analysis runs.
@@ -339,6 +388,16 @@ impl Config {
         if !(self.assemble.spacing_tolerance_mm > 0.0) {
             return bad("assemble.spacing_tolerance_mm", "must be > 0");
         }
+        let a = &self.assemble;
+        if !(a.association_end_grace_seconds >= 0.0 && a.association_end_grace_seconds.is_finite()) {
+            return bad("assemble.association_end_grace_seconds", "must be a finite number >= 0");
+        }
+        if !(a.max_wait_seconds.is_finite() && a.max_wait_seconds > 0.0) {
+            return bad("assemble.max_wait_seconds", "must be a finite number > 0");
+        }
+        if !(a.study_window_seconds >= 0.0 && a.study_window_seconds.is_finite()) {
+            return bad("assemble.study_window_seconds", "must be a finite number >= 0");
+        }
         self.check_analysis("segment.analysis", &self.segment.analysis)?;
         let mut route_names = std::collections::HashSet::new();
         for (i, r) in self.routes.iter().enumerate() {
@@ -485,6 +544,13 @@ mod tests {
         assert_eq!(c.node.ae_title, "MYONODE");
         assert_eq!(c.receive.port, 11112);
         assert_eq!(c.assemble.quiet_period_seconds, 10.0);
+        let d = AssembleConfig::default();
+        assert_eq!(
+            (c.assemble.complete_on_association_end, c.assemble.association_end_grace_seconds, c.assemble.complete_on_expected_count),
+            (d.complete_on_association_end, d.association_end_grace_seconds, d.complete_on_expected_count)
+        );
+        assert_eq!((c.assemble.max_wait_seconds, c.assemble.study_window_seconds), (d.max_wait_seconds, d.study_window_seconds));
+        assert_eq!((c.assemble.min_slices, c.assemble.spacing_tolerance_mm), (d.min_slices, d.spacing_tolerance_mm));
     }
 
     #[test]
@@ -535,6 +601,15 @@ mod tests {
         std::fs::write(&p, "[assemble]\nquiet_period_seconds = -1\n").unwrap();
         let e = Config::load(Some(&p)).unwrap_err().to_string();
         assert!(e.contains("assemble.quiet_period_seconds"), "{e}");
+        std::fs::write(&p, "[assemble]\nmax_wait_seconds = 0\n").unwrap();
+        let e = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(e.contains("assemble.max_wait_seconds"), "{e}");
+        std::fs::write(&p, "[assemble]\nassociation_end_grace_seconds = -0.5\n").unwrap();
+        let e = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(e.contains("assemble.association_end_grace_seconds"), "{e}");
+        std::fs::write(&p, "[assemble]\nstudy_window_seconds = -1\n").unwrap();
+        let e = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(e.contains("assemble.study_window_seconds"), "{e}");
         std::fs::write(&p, "[receive]\nport = \"abc\"\n").unwrap();
         let e = Config::load(Some(&p)).unwrap_err().to_string();
         assert!(e.contains("receive.port"), "{e}");
@@ -574,9 +649,6 @@ impl Default for HttpConfig {
     }
 }
 
-fn default_true() -> bool {
-    true
-}
 fn default_http_bind() -> String {
     "127.0.0.1:8080".into()
 }

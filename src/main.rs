@@ -38,6 +38,16 @@ enum Command {
     },
     /// List installed models (models/<name>/model.toml) and whether each loads.
     Models,
+    /// Show what the node would make of a folder of DICOM files (headers only): per series and
+    /// stack the images, stack reason, dimensions, spacing, orientation, transfer syntaxes,
+    /// problems, and the job or refusal.
+    Inspect {
+        /// Folder with DICOM files (searched recursively).
+        dir: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// C-ECHO (verification) to a DICOM node.
     Echo {
         #[arg(long, default_value = "127.0.0.1")]
@@ -99,6 +109,15 @@ fn main() -> ExitCode {
             }),
         Command::Send { destination, files } => send_files(&cfg, &destination, &files),
         Command::Models => list_models(&cfg),
+        Command::Inspect { dir, json } => myonode::assemble::inspect::inspect(&dir, &cfg.assemble)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))
+            .map(|r| {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&r).expect("json"));
+                } else {
+                    print!("{}", r.to_table());
+                }
+            }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

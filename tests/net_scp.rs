@@ -32,6 +32,7 @@ struct Scp {
     spool_dir: tempfile::TempDir,
     spool: Arc<Spool>,
     rx: crossbeam_channel::Receiver<InstanceStored>,
+    events: crossbeam_channel::Receiver<myonode::pipeline::messages::AssociationEnded>,
     shutdown: tokio::sync::watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<Result<(), myonode::receive::ReceiveError>>>,
     rt: tokio::runtime::Runtime,
@@ -48,6 +49,7 @@ impl Scp {
         let spool_dir = tempfile::tempdir().unwrap();
         let spool = Arc::new(Spool::open(spool_dir.path(), true).unwrap());
         let (tx, rx) = crossbeam_channel::unbounded();
+        let (etx, events) = crossbeam_channel::unbounded();
         let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let port = listener.local_addr().unwrap().port();
         let cfg = ReceiveConfig {
@@ -61,10 +63,10 @@ impl Scp {
             max_instances_per_series: 10_000,
             calling_ae_hosts: Default::default(),
         };
-        let ctx = Arc::new(ReceiveContext { ae_title: "MYONODE".into(), cfg, spool: spool.clone(), tx });
+        let ctx = Arc::new(ReceiveContext { ae_title: "MYONODE".into(), cfg, spool: spool.clone(), tx, association_events: Some(etx) });
         let (shutdown, srx) = tokio::sync::watch::channel(false);
         let task = rt.spawn(serve(ctx, listener, srx));
-        Scp { port, spool_dir, spool, rx, shutdown, task: Some(task), rt }
+        Scp { port, spool_dir, spool, rx, events, shutdown, task: Some(task), rt }
     }
 
     fn dest(&self) -> DestinationConfig {
@@ -179,6 +181,12 @@ fn echo_and_store_series_from_dcmtk_once_each() {
     assert!(msgs.iter().all(|m| !m.duplicate && m.calling_ae_title == "SCANNER" && m.path.is_file()));
     assert_spool_matches(&scp, &ct);
     let ct_stored = open(&msgs[0].path);
+    // The end of the storing association is reported once, naming the series it delivered
+    // (the C-ECHO-only association before it stored nothing and reports nothing).
+    let ended = scp.events.recv_timeout(std::time::Duration::from_secs(30)).expect("association end reported");
+    assert_eq!(ended.calling_ae_title, "SCANNER");
+    assert_eq!(ended.series_instance_uids, vec![msgs[0].series_instance_uid.clone()]);
+    assert!(scp.events.try_recv().is_err(), "one event per association");
     assert_eq!(ct_stored.meta().transfer_syntax(), "1.2.840.10008.1.2.4.90");
 
     // Explicit VR LE MR, 80 slices.

@@ -29,7 +29,7 @@ fn run_scp(hosts: BTreeMap<String, Vec<std::net::IpAddr>>, f: impl FnOnce(&Desti
         max_instances_per_series: 10_000,
         calling_ae_hosts: hosts,
     };
-    let ctx = Arc::new(ReceiveContext { ae_title: "MYONODE".into(), cfg, spool, tx });
+    let ctx = Arc::new(ReceiveContext { ae_title: "MYONODE".into(), cfg, spool, tx, association_events: None });
     let (stop, srx) = tokio::sync::watch::channel(false);
     let task = rt.spawn(serve(ctx, listener, srx));
     let dest = DestinationConfig {

@@ -215,7 +215,7 @@ fn segment_job_rejects_wrong_shape_and_undescribed_labels() {
 /// Reassemble a real series from the shared data and run `body-mask` on it.
 fn body_mask_of(series: &str) -> (Volume, BodyMask, Array3<u8>) {
     let files = files_in(&data_dir().join(series));
-    let cfg = AssembleConfig { quiet_period_seconds: 10.0, min_slices: 3, spacing_tolerance_mm: 0.2 };
+    let cfg = AssembleConfig { quiet_period_seconds: 10.0, min_slices: 3, spacing_tolerance_mm: 0.2, ..AssembleConfig::default() };
     let (_, vol) = build_volume(&files, &cfg).unwrap();
     let mut bm = BodyMask::new();
     let labels = bm.run(&vol).unwrap();

@@ -1,22 +1,131 @@
 //! Series completion: tracks open series and decides when each is complete.
 //!
-//! Walking-skeleton rule: a series is complete when no new instance has arrived
-//! for `assemble.quiet_period_seconds` (the same rule as Orthanc's StableAge or
-//! mercure's series timeout). Instances that arrive for a series after it was
-//! completed re-open it as a new version (all instances of the series, old and
-//! new, are assembled again), so a late instance never produces a partial
-//! second result.
+//! DICOM has no "end of series" message (PS3.4 Annex B stores instances one by one), so a
+//! series is complete at the FIRST of these events ([`CompletionPolicy`], `[assemble]` config):
+//!
+//! 1. **expected count** — the number of images its headers announce has arrived:
+//!    ImagesInAcquisition (0020,1002) when every instance states the same value, else for an
+//!    enhanced multi-frame object its NumberOfFrames (0028,0008) (one such object holds the
+//!    whole stack). Images are counted as frames (1 per single-frame instance);
+//! 2. **association end** — the association that delivered its instances ended (release,
+//!    abort, connection loss) and `association_end_grace` passed without a new instance;
+//! 3. **quiet period** — no new instance for `quiet_period` (Orthanc's StableAge, mercure's
+//!    series timeout);
+//! 4. **maximum wait** — `max_wait` after its first instance, even if instances keep coming.
+//!
+//! Instances that arrive for a series after it was completed re-open it as a new version
+//! (all instances of the series, old and new, are assembled again), so a late instance never
+//! produces a partial second result.
 //!
 //! The tracker is pure state (no threads, no clock of its own): the caller
 //! passes `now`, which keeps it deterministic to test.
 
-use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::pipeline::messages::InstanceStored;
+use dicom_dictionary_std::tags;
 
-/// A series whose quiet period has elapsed, ready for reassembly.
+use crate::config::AssembleConfig;
+use crate::pipeline::messages::{AssociationEnded, InstanceStored};
+
+/// Which completion rule fired for a series (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompletionReason {
+    /// The image count announced by the headers arrived.
+    ExpectedCount,
+    /// The delivering association ended and its grace period passed.
+    AssociationEnded,
+    /// No new instance for the quiet period.
+    QuietPeriod,
+    /// The maximum wait since the first instance elapsed.
+    MaxWait,
+    /// Input ended (offline `myonode process`): everything open is complete.
+    InputEnded,
+}
+
+impl CompletionReason {
+    /// Lower-case name for logs (`expected_count`, `association_ended`, ...).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CompletionReason::ExpectedCount => "expected_count",
+            CompletionReason::AssociationEnded => "association_ended",
+            CompletionReason::QuietPeriod => "quiet_period",
+            CompletionReason::MaxWait => "max_wait",
+            CompletionReason::InputEnded => "input_ended",
+        }
+    }
+}
+
+/// When a series counts as complete; built from `[assemble]` by [`CompletionPolicy::from_config`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CompletionPolicy {
+    /// Complete after this long without a new instance.
+    pub quiet_period: Duration,
+    /// Complete this long after the delivering association ended; `None` = rule off.
+    pub association_end_grace: Option<Duration>,
+    /// Complete when the announced image count arrived.
+    pub expected_count: bool,
+    /// Complete at the latest this long after the first instance of the version; `None` = no limit.
+    pub max_wait: Option<Duration>,
+}
+
+impl CompletionPolicy {
+    /// Quiet period only (the other rules off).
+    pub fn quiet_only(quiet_period: Duration) -> Self {
+        CompletionPolicy { quiet_period, association_end_grace: None, expected_count: false, max_wait: None }
+    }
+
+    /// The policy of an `[assemble]` section (values validated by `Config::validate`).
+    pub fn from_config(cfg: &AssembleConfig) -> Self {
+        CompletionPolicy {
+            quiet_period: Duration::from_secs_f64(cfg.quiet_period_seconds),
+            association_end_grace: cfg
+                .complete_on_association_end
+                .then(|| Duration::from_secs_f64(cfg.association_end_grace_seconds)),
+            expected_count: cfg.complete_on_expected_count,
+            max_wait: Some(Duration::from_secs_f64(cfg.max_wait_seconds)),
+        }
+    }
+}
+
+/// What an instance's header says about the series' size (see [`instance_hints`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstanceHints {
+    /// Images (frames) this instance holds: NumberOfFrames (0028,0008), 1 when absent.
+    pub images: u32,
+    /// Images the whole series is expected to hold, if the header states it
+    /// (ImagesInAcquisition (0020,1002); else NumberOfFrames of a multi-frame object).
+    pub expected_images: Option<u32>,
+}
+
+impl Default for InstanceHints {
+    fn default() -> Self {
+        InstanceHints { images: 1, expected_images: None }
+    }
+}
+
+/// Read the completion hints of one stored Part-10 file (header only, up to PixelData).
+/// An unreadable file or unusable values give the default (1 image, nothing expected):
+/// hints only ever make completion earlier, never block it.
+pub fn instance_hints(path: &Path) -> InstanceHints {
+    let Ok(file) = dicom_object::OpenFileOptions::new().read_until(tags::PIXEL_DATA).open_file(path) else {
+        return InstanceHints::default();
+    };
+    let int = |tag| {
+        file.get(tag)
+            .and_then(|e| e.to_int::<i64>().ok())
+            .filter(|v| *v > 0 && *v <= u32::MAX as i64)
+            .map(|v| v as u32)
+    };
+    let frames = int(tags::NUMBER_OF_FRAMES);
+    let images = frames.unwrap_or(1);
+    let expected_images = int(tags::IMAGES_IN_ACQUISITION).or(frames.filter(|n| *n > 1));
+    InstanceHints { images, expected_images }
+}
+
+/// A series that is complete, ready for reassembly.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompletedSeries {
     pub study_instance_uid: String,
@@ -25,29 +134,78 @@ pub struct CompletedSeries {
     pub version: u32,
     /// Every instance file of the series known to the tracker, sorted.
     pub files: Vec<PathBuf>,
+    /// The rule that completed it.
+    pub reason: CompletionReason,
 }
 
 #[derive(Debug)]
 struct OpenSeries {
     study_instance_uid: String,
-    files: BTreeSet<PathBuf>,
+    /// Instance files and the images (frames) each holds.
+    files: std::collections::BTreeMap<PathBuf, u32>,
+    /// First arrival of the current (dirty) version.
+    first_arrival: Instant,
     last_arrival: Instant,
+    /// Due time from the end of the delivering association (cleared by a newer instance).
+    association_due: Option<Instant>,
+    /// Expected image count, `Err(())` once instances disagreed about it.
+    expected: Option<Result<u32, ()>>,
     /// Whether an instance not yet part of a completed version arrived.
     dirty: bool,
+}
+
+impl OpenSeries {
+    fn images(&self) -> u64 {
+        self.files.values().map(|&n| n as u64).sum()
+    }
+
+    /// The earliest rule deadline and its reason (only meaningful while dirty).
+    fn deadline(&self, p: &CompletionPolicy) -> (Instant, CompletionReason) {
+        let mut best = (self.last_arrival + p.quiet_period, CompletionReason::QuietPeriod);
+        let mut consider = |t: Instant, r: CompletionReason| {
+            if t < best.0 {
+                best = (t, r);
+            }
+        };
+        if p.expected_count {
+            if let Some(Ok(n)) = self.expected {
+                if self.images() >= n as u64 {
+                    consider(self.last_arrival, CompletionReason::ExpectedCount);
+                }
+            }
+        }
+        if let Some(t) = self.association_due {
+            consider(t, CompletionReason::AssociationEnded);
+        }
+        if let Some(m) = p.max_wait {
+            consider(self.first_arrival + m, CompletionReason::MaxWait);
+        }
+        best
+    }
 }
 
 /// Tracks open series and their completion (see module docs).
 #[derive(Debug)]
 pub struct SeriesTracker {
-    quiet_period: Duration,
+    policy: CompletionPolicy,
     series: HashMap<String, OpenSeries>,
     versions: HashMap<String, u32>,
 }
 
 impl SeriesTracker {
-    /// A tracker completing series after `quiet_period` without new instances.
+    /// A tracker completing series after `quiet_period` without new instances (other rules off).
     pub fn new(quiet_period: Duration) -> Self {
-        SeriesTracker { quiet_period, series: HashMap::new(), versions: HashMap::new() }
+        Self::with_policy(CompletionPolicy::quiet_only(quiet_period))
+    }
+
+    /// A tracker applying every rule of `policy`.
+    pub fn with_policy(policy: CompletionPolicy) -> Self {
+        SeriesTracker { policy, series: HashMap::new(), versions: HashMap::new() }
+    }
+
+    /// The completion policy in force.
+    pub fn policy(&self) -> &CompletionPolicy {
+        &self.policy
     }
 
     /// Record that a series already completed `version` times (restart recovery),
@@ -56,18 +214,52 @@ impl SeriesTracker {
         self.versions.insert(series_instance_uid.to_string(), version);
     }
 
-    /// Register a stored instance at time `now`. A duplicate of a file already
-    /// known does not restart the quiet period.
+    /// Register a stored instance at time `now` without header hints (one image, no
+    /// expected count). A duplicate of a file already known does not restart the quiet period.
     pub fn on_instance(&mut self, msg: &InstanceStored, now: Instant) {
+        self.on_instance_with_hints(msg, InstanceHints::default(), now);
+    }
+
+    /// Register a stored instance at time `now` with its [`InstanceHints`].
+    pub fn on_instance_with_hints(&mut self, msg: &InstanceStored, hints: InstanceHints, now: Instant) {
         let entry = self.series.entry(msg.series_instance_uid.clone()).or_insert_with(|| OpenSeries {
             study_instance_uid: msg.study_instance_uid.clone(),
-            files: BTreeSet::new(),
+            files: Default::default(),
+            first_arrival: now,
             last_arrival: now,
+            association_due: None,
+            expected: None,
             dirty: false,
         });
-        if entry.files.insert(msg.path.clone()) {
-            entry.last_arrival = now;
-            entry.dirty = true;
+        if entry.files.contains_key(&msg.path) {
+            return;
+        }
+        entry.files.insert(msg.path.clone(), hints.images.max(1));
+        if !entry.dirty {
+            entry.first_arrival = now;
+        }
+        entry.last_arrival = now;
+        entry.association_due = None;
+        entry.dirty = true;
+        if let Some(n) = hints.expected_images {
+            entry.expected = match entry.expected {
+                None => Some(Ok(n)),
+                Some(Ok(m)) if m == n => Some(Ok(n)),
+                _ => Some(Err(())),
+            };
+        }
+    }
+
+    /// The association that delivered `event.series_instance_uids` ended at `now`: those still
+    /// open become due after the grace period (no effect when the rule is off).
+    pub fn on_association_ended(&mut self, event: &AssociationEnded, now: Instant) {
+        let Some(grace) = self.policy.association_end_grace else { return };
+        for uid in &event.series_instance_uids {
+            if let Some(s) = self.series.get_mut(uid) {
+                if s.dirty {
+                    s.association_due = Some(now + grace);
+                }
+            }
         }
     }
 
@@ -78,32 +270,40 @@ impl SeriesTracker {
 
     /// Earliest instant at which a currently open series becomes due, if any.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.series.values().filter(|s| s.dirty).map(|s| s.last_arrival + self.quiet_period).min()
+        self.series.values().filter(|s| s.dirty).map(|s| s.deadline(&self.policy).0).min()
     }
 
-    /// Series whose quiet period has elapsed at `now`, each returned once per version.
+    /// Series complete at `now` by any rule, each returned once per version.
     pub fn take_due(&mut self, now: Instant) -> Vec<CompletedSeries> {
-        let quiet = self.quiet_period;
-        self.take_where(|s| now.duration_since(s.last_arrival) >= quiet)
+        let policy = self.policy;
+        self.take_where(|s| {
+            let (t, reason) = s.deadline(&policy);
+            (t <= now).then_some(reason)
+        })
     }
 
     /// Every open series, due or not (used when input ends, e.g. `myonode process`).
     pub fn take_all(&mut self) -> Vec<CompletedSeries> {
-        self.take_where(|_| true)
+        self.take_where(|_| Some(CompletionReason::InputEnded))
     }
 
-    fn take_where(&mut self, due: impl Fn(&OpenSeries) -> bool) -> Vec<CompletedSeries> {
+    fn take_where(&mut self, due: impl Fn(&OpenSeries) -> Option<CompletionReason>) -> Vec<CompletedSeries> {
         let mut out = Vec::new();
         for (uid, s) in self.series.iter_mut() {
-            if s.dirty && due(s) {
+            if !s.dirty {
+                continue;
+            }
+            if let Some(reason) = due(s) {
                 s.dirty = false;
+                s.association_due = None;
                 let v = self.versions.entry(uid.clone()).or_insert(0);
                 *v += 1;
                 out.push(CompletedSeries {
                     study_instance_uid: s.study_instance_uid.clone(),
                     series_instance_uid: uid.clone(),
                     version: *v,
-                    files: s.files.iter().cloned().collect(),
+                    files: s.files.keys().cloned().collect(),
+                    reason,
                 });
             }
         }
@@ -179,5 +379,127 @@ mod tests {
         assert_eq!(rest.len(), 1);
         assert_eq!(rest[0].series_instance_uid, "1.2");
         assert_eq!(t.open_count(), 0);
+    }
+
+    fn policy() -> CompletionPolicy {
+        CompletionPolicy {
+            quiet_period: Duration::from_secs(10),
+            association_end_grace: Some(Duration::from_secs(2)),
+            expected_count: true,
+            max_wait: Some(Duration::from_secs(60)),
+        }
+    }
+
+    fn ended(series: &[&str]) -> AssociationEnded {
+        AssociationEnded {
+            calling_ae_title: "SCU".into(),
+            series_instance_uids: series.iter().map(|s| s.to_string()).collect(),
+            ended_at: SystemTime::now(),
+        }
+    }
+
+    #[test]
+    fn association_end_completes_after_grace_unless_a_new_instance_arrives() {
+        let t0 = Instant::now();
+        let mut t = SeriesTracker::with_policy(policy());
+        t.on_instance(&msg("1.1", "a"), t0);
+        t.on_instance(&msg("1.2", "b"), t0);
+        t.on_association_ended(&ended(&["1.1", "1.2"]), t0 + Duration::from_secs(1));
+        assert_eq!(t.next_deadline(), Some(t0 + Duration::from_secs(3)));
+        assert!(t.take_due(t0 + Duration::from_millis(2900)).is_empty(), "grace period not over");
+        // series 1.2 continues on a new association within the grace period: stays open
+        t.on_instance(&msg("1.2", "c"), t0 + Duration::from_millis(2500));
+        let d = t.take_due(t0 + Duration::from_secs(3));
+        assert_eq!(d.len(), 1);
+        assert_eq!((d[0].series_instance_uid.as_str(), d[0].reason), ("1.1", CompletionReason::AssociationEnded));
+        let d = t.take_due(t0 + Duration::from_millis(12_500));
+        assert_eq!((d[0].series_instance_uid.as_str(), d[0].reason), ("1.2", CompletionReason::QuietPeriod));
+        assert_eq!(d[0].files.len(), 2);
+        // an event for a completed series does not re-open it
+        t.on_association_ended(&ended(&["1.1"]), t0 + Duration::from_secs(20));
+        assert_eq!(t.open_count(), 0);
+        assert!(t.take_due(t0 + Duration::from_secs(100)).is_empty());
+    }
+
+    #[test]
+    fn association_end_rule_can_be_switched_off() {
+        let t0 = Instant::now();
+        let mut t = SeriesTracker::with_policy(CompletionPolicy { association_end_grace: None, ..policy() });
+        t.on_instance(&msg("1.1", "a"), t0);
+        t.on_association_ended(&ended(&["1.1"]), t0);
+        assert!(t.take_due(t0 + Duration::from_secs(9)).is_empty());
+        assert_eq!(t.take_due(t0 + Duration::from_secs(10))[0].reason, CompletionReason::QuietPeriod);
+    }
+
+    #[test]
+    fn expected_count_completes_at_once_and_disagreement_disables_it() {
+        let t0 = Instant::now();
+        let mut t = SeriesTracker::with_policy(policy());
+        let h = InstanceHints { images: 1, expected_images: Some(3) };
+        for (i, f) in ["a", "b"].iter().enumerate() {
+            t.on_instance_with_hints(&msg("1.1", f), h, t0 + Duration::from_secs(i as u64));
+            assert!(t.take_due(t0 + Duration::from_secs(i as u64)).is_empty());
+        }
+        t.on_instance_with_hints(&msg("1.1", "c"), h, t0 + Duration::from_secs(2));
+        let d = t.take_due(t0 + Duration::from_secs(2));
+        assert_eq!((d.len(), d[0].reason, d[0].files.len()), (1, CompletionReason::ExpectedCount, 3));
+        // one enhanced multi-frame object holding all 8 frames
+        t.on_instance_with_hints(&msg("2.1", "mf"), InstanceHints { images: 8, expected_images: Some(8) }, t0);
+        assert_eq!(t.take_due(t0)[0].reason, CompletionReason::ExpectedCount);
+        // instances that disagree about the count: the rule no longer applies to that series
+        t.on_instance_with_hints(&msg("3.1", "x"), InstanceHints { images: 1, expected_images: Some(2) }, t0);
+        t.on_instance_with_hints(&msg("3.1", "y"), InstanceHints { images: 1, expected_images: Some(160) }, t0);
+        assert!(t.take_due(t0 + Duration::from_secs(9)).is_empty());
+        assert_eq!(t.take_due(t0 + Duration::from_secs(10))[0].reason, CompletionReason::QuietPeriod);
+        // switched off: waits for the quiet period
+        let mut t = SeriesTracker::with_policy(CompletionPolicy { expected_count: false, ..policy() });
+        t.on_instance_with_hints(&msg("2.1", "mf"), InstanceHints { images: 8, expected_images: Some(8) }, t0);
+        assert!(t.take_due(t0 + Duration::from_secs(1)).is_empty());
+    }
+
+    #[test]
+    fn max_wait_caps_a_trickling_series_and_later_instances_make_new_versions() {
+        let t0 = Instant::now();
+        let mut t = SeriesTracker::with_policy(policy());
+        let mut now = t0;
+        let mut done = Vec::new();
+        for i in 0..40 {
+            t.on_instance(&msg("1.1", &format!("f{i:02}")), now);
+            done.extend(t.take_due(now));
+            now += Duration::from_secs(5); // always inside the 10 s quiet period
+        }
+        // 60 s after the first instance of each version, never a 10 s gap: max wait fires each time
+        let got: Vec<_> = done.iter().map(|d| (d.version, d.files.len(), d.reason)).collect();
+        let mw = CompletionReason::MaxWait;
+        assert_eq!(got, vec![(1, 13, mw), (2, 26, mw), (3, 39, mw)]);
+        let d = t.take_due(now + Duration::from_secs(10));
+        assert_eq!((d[0].version, d[0].files.len(), d[0].reason), (4, 40, CompletionReason::QuietPeriod));
+    }
+
+    #[test]
+    fn hints_from_real_headers() {
+        let Some(data) = std::env::var_os("MYONODE_DATA").map(PathBuf::from) else {
+            eprintln!("MYONODE_DATA not set; skipping");
+            return;
+        };
+        let knee = data.join("series/mr-knee-dess-echo1");
+        let Ok(rd) = std::fs::read_dir(&knee) else {
+            eprintln!("{} absent; skipping", knee.display());
+            return;
+        };
+        let f = rd.flatten().map(|e| e.path()).find(|p| p.is_file()).unwrap();
+        // GE states ImagesInAcquisition 160 (both DESS echoes), more than the 80 of one series:
+        // the count never completes the series early, the other rules do.
+        assert_eq!(instance_hints(&f), InstanceHints { images: 1, expected_images: Some(160) });
+        let mut found_mf = false;
+        for e in std::fs::read_dir(data.join("awkward/enhanced-mr-philips/001")).unwrap().flatten() {
+            let h = instance_hints(&e.path());
+            if h.images > 1 {
+                assert_eq!(h, InstanceHints { images: 8, expected_images: Some(8) });
+                found_mf = true;
+            }
+        }
+        assert!(found_mf, "enhanced-mr-philips holds an 8-frame object");
+        assert_eq!(instance_hints(Path::new("/nonexistent/file.dcm")), InstanceHints::default());
     }
 }

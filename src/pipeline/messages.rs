@@ -38,6 +38,20 @@ pub struct InstanceStored {
     pub duplicate: bool,
 }
 
+/// receive → assemble: an association that stored at least one instance ended (A-RELEASE,
+/// A-ABORT, idle timeout or connection loss). Sent after every [`InstanceStored`] of the
+/// association, so a series it names is, from this sender's view, complete (PS3.4 does not
+/// define series completion; the end of the delivering association is the usual hint).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssociationEnded {
+    /// Calling AE title of the association.
+    pub calling_ae_title: String,
+    /// SeriesInstanceUIDs (0020,000E) of the instances it stored (incl. duplicates), sorted, unique.
+    pub series_instance_uids: Vec<String>,
+    /// When the association ended.
+    pub ended_at: SystemTime,
+}
+
 /// A coded concept (PS3.3 8.8 Code Sequence Macro): CodeValue, CodingSchemeDesignator, CodeMeaning.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Code {

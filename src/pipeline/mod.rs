@@ -14,12 +14,12 @@ pub mod messages;
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crossbeam_channel::{bounded, Sender};
 use tracing::info;
 
-use crate::assemble::{stage as assemble_stage, tracker::SeriesTracker};
+use crate::assemble::{stage as assemble_stage, tracker::{CompletionPolicy, SeriesTracker}};
 use crate::config::Config;
 use crate::encode::stage::{self as encode_stage, EncodeContext};
 use crate::spool::Spool;
@@ -41,6 +41,8 @@ pub struct Pipeline {
     pub instances: Sender<InstanceStored>,
     /// Depth samplers of the channels between the stages (for `/metrics`).
     pub queue_depths: crate::http::metrics::QueueDepths,
+    /// Feed the end of associations here (the receive stage), for series completion by association end.
+    pub association_events: Sender<messages::AssociationEnded>,
     handles: Vec<(&'static str, JoinHandle<()>)>,
 }
 
@@ -54,6 +56,7 @@ impl Pipeline {
     pub fn start(cfg: &Config, spool: Arc<Spool>, mode: Mode) -> Pipeline {
         let cap = cfg.pipeline.channel_capacity;
         let (inst_tx, inst_rx) = bounded(cap);
+        let (assoc_tx, assoc_rx) = bounded(cap);
         let (job_tx, job_rx) = bounded(cap);
         let (seg_tx, seg_rx) = bounded(cap);
         let (find_tx, find_rx) = bounded(cap);
@@ -66,7 +69,7 @@ impl Pipeline {
         queue_depths.add("encode", &find_rx);
         queue_depths.add("send", &out_rx);
 
-        let mut tracker = SeriesTracker::new(Duration::from_secs_f64(cfg.assemble.quiet_period_seconds));
+        let mut tracker = SeriesTracker::with_policy(CompletionPolicy::from_config(&cfg.assemble));
         if mode == Mode::Serve {
             let n = assemble_stage::recover(&spool, &mut tracker, Instant::now());
             if n > 0 {
@@ -76,7 +79,7 @@ impl Pipeline {
         {
             let (cfg, spool) = (cfg.assemble.clone(), spool.clone());
             let offline = mode == Mode::Offline;
-            handles.push(spawn("assemble", move || assemble_stage::run(inst_rx, job_tx, cfg, spool, tracker, offline)));
+            handles.push(spawn("assemble", move || assemble_stage::run(inst_rx, assoc_rx, job_tx, cfg, spool, tracker, offline)));
         }
         for w in 0..cfg.segment.workers {
             let (rx, tx, seg_cfg, routes) = (job_rx.clone(), seg_tx.clone(), cfg.segment.clone(), cfg.routes.clone());
@@ -98,12 +101,13 @@ impl Pipeline {
                 info!(report = ?r, "send queue finished");
             }
         }));
-        Pipeline { instances: inst_tx, queue_depths, handles }
+        Pipeline { instances: inst_tx, association_events: assoc_tx, queue_depths, handles }
     }
 
     /// Close the input and wait until every stage has finished its work and exited.
     pub fn join(self) {
         drop(self.instances);
+        drop(self.association_events);
         for (name, h) in self.handles {
             if h.join().is_err() {
                 tracing::error!(stage = name, "stage thread panicked");

@@ -72,6 +72,7 @@ pub(crate) async fn run_association(
     debug!(peer = %peer_s, contexts = ?accepted, "accepted presentation contexts");
 
     let mut stats = AssociationStats::default();
+    let mut series_seen: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     // limit: the data set plus its command set (a few hundred bytes; 64 KiB allowed)
     let limit = ctx.cfg.max_instance_bytes.saturating_add(65_536).min(usize::MAX as u64) as usize;
     let mut asm = crate::dimse::MessageAssembler::with_limit(limit);
@@ -86,7 +87,7 @@ pub(crate) async fn run_association(
         };
         match event {
             Ok(AssociationEvent::Message(m)) => {
-                if let Err(e) = handle_message(&ctx, &mut assoc, m, &calling, &peer_s, &mut stats).await {
+                if let Err(e) = handle_message(&ctx, &mut assoc, m, &calling, &peer_s, &mut stats, &mut series_seen).await {
                     warn!(peer = %peer_s, calling_ae = %calling, error = %e, "DIMSE failure, aborting association");
                     abort(&mut assoc).await;
                     break "aborted: DIMSE failure";
@@ -118,6 +119,18 @@ pub(crate) async fn run_association(
         outcome,
         "association ended"
     );
+    if let (Some(tx), false) = (&ctx.association_events, series_seen.is_empty()) {
+        let event = crate::pipeline::messages::AssociationEnded {
+            calling_ae_title: calling.clone(),
+            series_instance_uids: series_seen.into_iter().collect(),
+            ended_at: std::time::SystemTime::now(),
+        };
+        let tx = tx.clone();
+        // The channel is bounded: send from the blocking pool so the runtime never stalls.
+        if let Ok(Err(_)) = tokio::task::spawn_blocking(move || tx.send(event)).await {
+            debug!(peer = %peer_s, "assemble stage is gone; association end not reported");
+        }
+    }
 }
 
 /// Send A-ABORT (service-provider, reason not specified); errors are irrelevant at this point.
@@ -134,6 +147,7 @@ async fn handle_message(
     calling: &str,
     peer: &str,
     stats: &mut AssociationStats,
+    series_seen: &mut std::collections::BTreeSet<String>,
 ) -> Result<(), DimseError> {
     let pc_id = message.presentation_context_id;
     let pc = assoc
@@ -152,6 +166,9 @@ async fn handle_message(
         command_field::C_STORE_RQ => {
             let reply: StoreReply =
                 handle_c_store(ctx.clone(), &pc.abstract_syntax, &pc.transfer_syntax, &command, message.dataset, calling).await;
+            if let Some(series) = &reply.series_instance_uid {
+                series_seen.insert(series.clone());
+            }
             match (reply.status, reply.duplicate) {
                 (status::SUCCESS, false) => stats.stored += 1,
                 (status::SUCCESS, true) => stats.duplicates += 1,

@@ -36,6 +36,9 @@ pub struct ReceiveContext {
     pub spool: Arc<crate::spool::Spool>,
     /// Channel to `assemble`; one [`InstanceStored`](crate::pipeline::messages::InstanceStored) per stored instance.
     pub tx: crossbeam_channel::Sender<crate::pipeline::messages::InstanceStored>,
+    /// Channel to `assemble` for the end of associations that stored instances (series
+    /// completion by association end); `None` = not reported.
+    pub association_events: Option<crossbeam_channel::Sender<crate::pipeline::messages::AssociationEnded>>,
 }
 
 /// Errors that stop [`serve`].

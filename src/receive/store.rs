@@ -28,11 +28,13 @@ pub struct StoreReply {
     pub comment: Option<String>,
     /// The instance was already in the spool (status is success, nothing written).
     pub duplicate: bool,
+    /// SeriesInstanceUID (0020,000E) of the stored instance (success only).
+    pub series_instance_uid: Option<String>,
 }
 
 impl StoreReply {
     fn failure(status: u16, comment: impl Into<String>) -> Self {
-        StoreReply { status, comment: Some(comment.into()), duplicate: false }
+        StoreReply { status, comment: Some(comment.into()), duplicate: false, series_instance_uid: None }
     }
 }
 
@@ -185,11 +187,12 @@ pub fn store_instance_blocking(
         received_at: SystemTime::now(),
         duplicate,
     };
+    let series_instance_uid = Some(msg.series_instance_uid.clone());
     if let Err(e) = ctx.tx.send(msg) {
         error!(sop_instance_uid = %e.0.sop_instance_uid, "assemble stage is gone; instance stays in the spool for recovery");
     }
     crate::http::metrics::instance_received(dataset.len(), duplicate);
-    StoreReply { status: status::SUCCESS, comment: None, duplicate }
+    StoreReply { status: status::SUCCESS, comment: None, duplicate, series_instance_uid }
 }
 
 /// `receive.max_instances_per_series`: a new instance of a series that already holds that many

@@ -1,0 +1,96 @@
+"""End-to-end tests of series completion in the assemble stage (issue #3).
+
+A series is complete at the first of: its quiet period, the end of the association that
+delivered it (after a grace period), the image count its headers announce, a maximum wait.
+These tests make every rule but the one under test unreachable (an hour) and check that the
+series is still processed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import support
+from support import Node, Pacs, describe
+
+HOUR = "3600"
+
+
+def test_series_completes_at_association_end(start_node, pacs: Pacs, data_dir: Path):
+    """Quiet period and maximum wait are an hour: only the end of the storing association
+    (plus the 2 s default grace period) can complete the series. The CT's headers state no
+    ImagesInAcquisition, so the expected-count rule cannot fire either."""
+    node: Node = start_node(ASSEMBLE__QUIET_PERIOD_SECONDS=HOUR, ASSEMBLE__MAX_WAIT_SECONDS=HOUR)
+    folder = data_dir / "series" / "ct-abdomen-j2k"
+    assert all(support.read_header(f).get("ImagesInAcquisition") is None for f in support.dicom_files(folder))
+
+    sent = support.storescu(node.port, node.ae_title, [folder], "SCANNER", ["-xv"])
+    assert sent.returncode == 0, describe(sent)
+
+    support.wait_for("a DICOM-SEG at the PACS", pacs.segs, timeout=300, alive=node.problem)
+    log = node.log_text()
+    assert "completed_by" in log and "association_ended" in log, "the log names the completion rule"
+    assert len(pacs.segs()) == 1
+
+
+def _write_dixon_series(src_files: list, out: Path, kind: str, image_type: list, transform) -> str:
+    """Knee slices as one Dixon channel series: real pixels transformed by `transform`, GENERATED
+    headers (new SeriesInstanceUID / SOPInstanceUIDs, Dixon ImageType, SeriesDescription);
+    same study and FrameOfReferenceUID as the knee."""
+    import numpy as np
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    out.mkdir(parents=True)
+    series_uid = generate_uid()
+    for i, f in enumerate(src_files):
+        ds = pydicom.dcmread(f)
+        px = ds.pixel_array.astype(np.int32)
+        ds.PixelData = np.asarray(transform(px), dtype=np.int16).tobytes()
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.ImageType = image_type
+        ds.SeriesDescription = f"t1_dixon_{kind}"
+        ds.SeriesNumber = 900 + len(kind)
+        ds.save_as(out / f"{i:03d}.dcm", enforce_file_format=True)
+    return series_uid
+
+
+def test_dixon_series_become_one_job(start_node, pacs: Pacs, data_dir: Path, tmp_path: Path):
+    """Four Dixon channel series (generated from the knee, see _write_dixon_series) sent in one
+    association become ONE job: one SEG, referencing the water series, and dixon.json naming all
+    four channels with in-phase = water + fat. The study window is an hour, so only pairing (all
+    four kinds present) can release the job."""
+    import json
+
+    node: Node = start_node(ASSEMBLE__STUDY_WINDOW_SECONDS=HOUR)
+    src = support.dicom_files(data_dir / "series" / "mr-knee-dess-echo1")[30:36]
+    uids = {}
+    specs = {
+        "water": (["DERIVED", "PRIMARY", "DIXON", "WATER"], lambda p: p),
+        "fat": (["DERIVED", "PRIMARY", "DIXON", "FAT"], lambda p: p // 4),
+        "in": (["DERIVED", "PRIMARY", "DIXON", "IN_PHASE"], lambda p: p + p // 4),
+        "opp": (["DERIVED", "PRIMARY", "DIXON", "OPP_PHASE"], lambda p: abs(p - p // 4)),
+    }
+    for kind, (image_type, f) in specs.items():
+        uids[kind] = _write_dixon_series(src, tmp_path / "dixon" / kind, kind, image_type, f)
+
+    sent = support.storescu(node.port, node.ae_title, [tmp_path / "dixon"], "SCANNER")
+    assert sent.returncode == 0, describe(sent)
+
+    support.wait_for("a DICOM-SEG at the PACS", pacs.segs, timeout=300, alive=node.problem)
+    segs = pacs.segs()
+    assert len(segs) == 1, f"one job for the four series, got {[p.name for p in segs]}"
+    seg = support.read_header(segs[0])
+    assert {str(i.SeriesInstanceUID) for i in seg.ReferencedSeriesSequence} == {uids["water"]}
+    job = support.wait_for("the job folder of the SEG", lambda: node.job_dir_of_seg(seg.SOPInstanceUID), timeout=30)
+    dixon = json.loads((job / "dixon.json").read_text())
+    assert {c["kind"]: c["series_instance_uid"] for c in dixon["channels"]} == {
+        "water": uids["water"],
+        "fat": uids["fat"],
+        "in_phase": uids["in"],
+        "opposed_phase": uids["opp"],
+    }
+    assert dixon["in_phase_residual_ratio"] == 0.0 and dixon["consistent"] is True
+    assert len(list((node.spool / "jobs").glob("*/seg.dcm"))) == 1
