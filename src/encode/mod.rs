@@ -14,6 +14,7 @@ pub mod codes;
 pub mod packing;
 pub mod seg;
 pub mod sr;
+pub mod sr_planar;
 pub mod stage;
 
 pub use seg::{encode_binary_seg, plan_frames, EncodedObject, FramePlan, SegOptions};
