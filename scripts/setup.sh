@@ -70,6 +70,11 @@ if ((${#missing_pkgs[@]})); then
     fi
     "${sudo_cmd[@]}" apt-get update -q </dev/null
     "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends "${missing_pkgs[@]}" </dev/null
+    # The Debian package starts a system Orthanc (DICOM 4242 on all interfaces); the
+    # tests start their own, so keep the system service off.
+    if [[ " ${missing_pkgs[*]} " == *" orthanc "* ]] && command -v systemctl >/dev/null 2>&1; then
+        "${sudo_cmd[@]}" systemctl disable --now orthanc >/dev/null 2>&1 || true
+    fi
 else
     log "system tools present (dcmtk, cmake, pkg-config, python venv): apt skipped"
 fi
