@@ -17,6 +17,32 @@
 //!
 //! Area: the polygon's area by the shoelace formula, which for an edge-traced outline
 //! equals the number of pixels enclosed: the region's pixels plus those of its holes.
+//!
+//! [`encode_planar_tid1500`] writes the planar report: the document of
+//! [`encode_tid1500`](super::sr::encode_tid1500) (same header, observer context, image
+//! library and evidence) whose Imaging Measurements hold one TID 1410 group per segment
+//! instead of the TID 1411 groups, so that viewers which draw only planar regions
+//! (OHIF 3.13) can show it. Choosing it per destination is left to the encode stage.
+
+use dicom_core::value::DataSetSequence;
+use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
+use dicom_dictionary_std::tags;
+use dicom_object::InMemDicomObject;
+use ndarray::Axis;
+
+use super::codes::{self, CodeConst};
+use super::seg::EncodedObject;
+use super::sr::{encode_tid1500, format_ds, SegReference, SrError, SrOptions};
+use crate::pipeline::messages::{Code, Findings};
+
+/// Image Region (111030, DCM): the SCOORD of a TID 1410 group (PS3.16 TID 1410 row 7).
+pub const IMAGE_REGION: CodeConst = CodeConst { value: "111030", scheme: "DCM", meaning: "Image Region" };
+/// Area (42798000, SCT), CID 7470 Linear / area / volume measurement (PS3.16).
+pub const AREA: CodeConst = CodeConst { value: "42798000", scheme: "SCT", meaning: "Area" };
+/// Square centimeter, UCUM `cm2` (CID 7181 Abstract Multi-dimensional Image Model Component Units).
+pub const UNIT_SQUARE_CENTIMETER: CodeConst = CodeConst { value: "cm2", scheme: "UCUM", meaning: "square centimeter" };
+/// SeriesDescription of the planar report.
+pub const PLANAR_SERIES_DESCRIPTION: &str = "Planar Measurement Report";
 
 /// Why an outline could not be computed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -138,6 +164,229 @@ pub fn outline_of_largest_region(mask: &[bool], rows: usize, columns: usize) -> 
     let points: Vec<(f32, f32)> = corners.iter().map(|&(c, r)| (c as f32, r as f32)).collect();
     let enclosed = polygon_area(&points).round() as u64;
     Ok(Some(Outline { points, enclosed_pixels: enclosed, region_pixels }))
+}
+
+/// Why the planar report could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanarSrError {
+    /// The volumetric report it is derived from failed.
+    #[error("{0}")]
+    Sr(#[from] SrError),
+    /// An outline or area failed (bad mask shape or pixel spacing).
+    #[error("{0}")]
+    Planar(#[from] PlanarError),
+    /// No segment has a non-empty key slice: there is nothing to draw.
+    #[error("no segment has a non-empty key slice; no planar measurement to report")]
+    NothingToReport,
+    /// The derived document could not be read back or written (dicom-rs error text).
+    #[error("re-encoding the report failed: {0}")]
+    Dicom(String),
+}
+
+/// One TID 1410 group's content: segment label, key slice `z` (index into
+/// `Volume::slices`), the outline on it and its enclosed area (cm²).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanarGroup {
+    /// SegmentLabel of the segment, used as Tracking Identifier.
+    pub label: String,
+    /// Label value in the label map.
+    pub label_value: u8,
+    /// Key slice: the measure stage's centroid slice (`SegmentMeasurements::centroid_slice`).
+    pub slice: usize,
+    /// Outline of the segment's largest region on `slice`.
+    pub outline: Outline,
+    /// Area enclosed by `outline`, cm² (row × column pixel spacing of the volume).
+    pub area_cm2: f64,
+}
+
+/// The planar groups of a job: for each measured segment with a centroid slice, the
+/// outline of its largest region on that slice and the enclosed area, in label order.
+///
+/// The label map is `(z, y, x)` with `y` = image row and `x` = image column of the
+/// source slice `z` (the grid the SEG is written on); pixel spacing is
+/// `volume.spacing[1]` (rows, mm) × `volume.spacing[2]` (columns, mm).
+///
+/// Errors: [`PlanarError::BadSpacing`] for a non-positive spacing.
+pub fn planar_groups(findings: &Findings) -> Result<Vec<PlanarGroup>, PlanarError> {
+    let seg = &findings.segmentation;
+    let labels = &seg.labels;
+    let (nz, rows, columns) = labels.dim();
+    let spacing = seg.job.volume.spacing;
+    let mut measured: Vec<_> = findings.measurements.iter().collect();
+    measured.sort_by_key(|m| m.label_value);
+    let mut out = Vec::new();
+    for m in measured {
+        let Some(z) = m.centroid_slice.filter(|&z| z < nz) else { continue };
+        let mask: Vec<bool> = labels.index_axis(Axis(0), z).iter().map(|&v| v == m.label_value).collect();
+        let Some(outline) = outline_of_largest_region(&mask, rows, columns)? else { continue };
+        let area_cm2 = outline.area_cm2(spacing[1], spacing[2])?;
+        let label = seg
+            .segments
+            .iter()
+            .find(|d| d.label_value == m.label_value)
+            .map(|d| d.label.clone())
+            .filter(|l| !l.trim().is_empty())
+            .unwrap_or_else(|| format!("Segment {}", m.label_value));
+        out.push(PlanarGroup { label, label_value: m.label_value, slice: z, outline, area_cm2 });
+    }
+    Ok(out)
+}
+
+/// Encode the planar ("viewer-friendly") measurement report: a Comprehensive 3D SR
+/// following PS3.16 TID 1500 whose Imaging Measurements container holds one TID 1410
+/// Planar ROI Measurements group per segment (see [`planar_groups`]):
+///
+/// ```text
+/// CONTAINER Measurement Group (125007, DCM), template 1410
+///   HAS OBS CONTEXT TEXT   Tracking Identifier (112039, DCM) = segment label
+///   HAS OBS CONTEXT UIDREF Tracking Unique Identifier (112040, DCM)
+///   CONTAINS CODE          Finding (121071, DCM) = the segment's property type
+///   CONTAINS SCOORD        Image Region (111030, DCM), POLYLINE, closed, image coordinates
+///     SELECTED FROM IMAGE  the key slice's source instance (and frame)
+///   CONTAINS NUM           Area (42798000, SCT), cm2
+/// ```
+///
+/// Everything else (header modules, observer context, image library, evidence) is that
+/// of [`encode_tid1500`], except SeriesDescription ([`PLANAR_SERIES_DESCRIPTION`]) and a
+/// new SOP Instance UID / Series Instance UID.
+///
+/// Errors: those of [`encode_tid1500`] and [`planar_groups`];
+/// [`PlanarSrError::NothingToReport`] when no segment has a non-empty key slice;
+/// [`PlanarSrError::Dicom`] when re-encoding fails.
+pub fn encode_planar_tid1500(
+    findings: &Findings,
+    seg: &SegReference,
+    opts: &SrOptions,
+) -> Result<EncodedObject, PlanarSrError> {
+    let groups = planar_groups(findings)?;
+    if groups.is_empty() {
+        return Err(PlanarSrError::NothingToReport);
+    }
+    let base = encode_tid1500(findings, seg, opts)?;
+    let mut file = dicom_object::from_reader(&base.bytes[128..]).map_err(|e| PlanarSrError::Dicom(e.to_string()))?;
+    file.put(el(tags::SERIES_DESCRIPTION, VR::LO, PLANAR_SERIES_DESCRIPTION));
+
+    let slices = &findings.segmentation.job.volume.slices;
+    let properties: Vec<Code> = groups
+        .iter()
+        .map(|g| {
+            findings
+                .segmentation
+                .segments
+                .iter()
+                .find(|d| d.label_value == g.label_value)
+                .map(|d| d.property_type.clone())
+                .unwrap_or_else(|| codes::ANATOMICAL_STRUCTURE.code())
+        })
+        .collect();
+    let mut items = Vec::with_capacity(groups.len());
+    for (g, property) in groups.iter().zip(&properties) {
+        let slice = slices.get(g.slice).ok_or_else(|| {
+            PlanarSrError::Dicom(format!("key slice {} has no source instance ({} slices)", g.slice, slices.len()))
+        })?;
+        let mut image = item(Some("SELECTED FROM"), "IMAGE", None);
+        let mut r = InMemDicomObject::new_empty();
+        r.put(el(tags::REFERENCED_SOP_CLASS_UID, VR::UI, slice.sop_class_uid.as_str()));
+        r.put(el(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, slice.sop_instance_uid.as_str()));
+        if let Some(f) = slice.frame_number {
+            r.put(el(tags::REFERENCED_FRAME_NUMBER, VR::IS, f.to_string()));
+        }
+        image.put(seq(tags::REFERENCED_SOP_SEQUENCE, vec![r]));
+
+        let mut scoord = item(Some("CONTAINS"), "SCOORD", Some(&IMAGE_REGION.code()));
+        scoord.put(el(tags::GRAPHIC_TYPE, VR::CS, "POLYLINE"));
+        scoord.put(DataElement::new(tags::GRAPHIC_DATA, VR::FL, PrimitiveValue::F32(g.outline.graphic_data().into())));
+        scoord.put(seq(tags::CONTENT_SEQUENCE, vec![image]));
+
+        let mut tracking = item(Some("HAS OBS CONTEXT"), "TEXT", Some(&codes::TRACKING_IDENTIFIER.code()));
+        tracking.put(el(tags::TEXT_VALUE, VR::UT, g.label.as_str()));
+        let mut tracking_uid = item(Some("HAS OBS CONTEXT"), "UIDREF", Some(&codes::TRACKING_UNIQUE_IDENTIFIER.code()));
+        tracking_uid.put(el(tags::UID, VR::UI, crate::uid::new_uid().as_str()));
+        let mut finding = item(Some("CONTAINS"), "CODE", Some(&codes::FINDING.code()));
+        finding.put(seq(tags::CONCEPT_CODE_SEQUENCE, vec![code_item(property)]));
+
+        let mut area = item(Some("CONTAINS"), "NUM", Some(&AREA.code()));
+        let ds = format_ds(g.area_cm2)?;
+        let mut mv = InMemDicomObject::new_empty();
+        mv.put(seq(tags::MEASUREMENT_UNITS_CODE_SEQUENCE, vec![code_item(&UNIT_SQUARE_CENTIMETER.code())]));
+        if ds.parse::<f64>().ok() != Some(g.area_cm2) {
+            // FloatingPointValue, Type 1C when the DS is not exact (PS3.3 C.18.1).
+            mv.put(el(tags::FLOATING_POINT_VALUE, VR::FD, g.area_cm2));
+        }
+        mv.put(el(tags::NUMERIC_VALUE, VR::DS, ds));
+        area.put(seq(tags::MEASURED_VALUE_SEQUENCE, vec![mv]));
+
+        let mut group = item(Some("CONTAINS"), "CONTAINER", Some(&codes::MEASUREMENT_GROUP.code()));
+        group.put(el(tags::CONTINUITY_OF_CONTENT, VR::CS, "SEPARATE"));
+        let mut t = InMemDicomObject::new_empty();
+        t.put(el(tags::MAPPING_RESOURCE, VR::CS, "DCMR"));
+        t.put(el(tags::TEMPLATE_IDENTIFIER, VR::CS, "1410"));
+        group.put(seq(tags::CONTENT_TEMPLATE_SEQUENCE, vec![t]));
+        group.put(seq(tags::CONTENT_SEQUENCE, vec![tracking, tracking_uid, finding, scoord, area]));
+        items.push(group);
+    }
+
+    // Replace the children of the root's Imaging Measurements container.
+    let mut root_children: Vec<InMemDicomObject> = file
+        .element(tags::CONTENT_SEQUENCE)
+        .ok()
+        .and_then(|e| e.items().map(|i| i.to_vec()))
+        .ok_or_else(|| PlanarSrError::Dicom("the volumetric report has no ContentSequence".into()))?;
+    let container = root_children
+        .iter_mut()
+        .find(|c| concept_value(c).as_deref() == Some(codes::IMAGING_MEASUREMENTS.value))
+        .ok_or_else(|| PlanarSrError::Dicom("the volumetric report has no Imaging Measurements container".into()))?;
+    container.put(seq(tags::CONTENT_SEQUENCE, items));
+    file.put(seq(tags::CONTENT_SEQUENCE, root_children));
+
+    let mut bytes = Vec::with_capacity(base.bytes.len());
+    file.write_all(&mut bytes).map_err(|e| PlanarSrError::Dicom(e.to_string()))?;
+    Ok(EncodedObject { bytes, ..base })
+}
+
+/// A content item with RelationshipType (if any), ValueType and ConceptNameCodeSequence
+/// (PS3.3 C.17.3 Document Content / Relationship Macros); the value is added by the caller.
+fn item(relationship: Option<&str>, value_type: &str, concept: Option<&Code>) -> InMemDicomObject {
+    let mut o = InMemDicomObject::new_empty();
+    if let Some(r) = relationship {
+        o.put(el(tags::RELATIONSHIP_TYPE, VR::CS, r));
+    }
+    o.put(el(tags::VALUE_TYPE, VR::CS, value_type));
+    if let Some(c) = concept {
+        o.put(seq(tags::CONCEPT_NAME_CODE_SEQUENCE, vec![code_item(c)]));
+    }
+    o
+}
+
+/// CodeValue of a content item's concept name, if any.
+fn concept_value(o: &InMemDicomObject) -> Option<String> {
+    let items = o.element(tags::CONCEPT_NAME_CODE_SEQUENCE).ok()?.items()?;
+    let v = items.first()?.element(tags::CODE_VALUE).ok()?.to_str().ok()?;
+    Some(v.trim().to_string())
+}
+
+/// Code Sequence Macro item (PS3.3 8.8): CodeValue (or LongCodeValue past 16
+/// characters, URNCodeValue for URNs), CodingSchemeDesignator, CodeMeaning.
+fn code_item(code: &Code) -> InMemDicomObject {
+    let mut o = InMemDicomObject::new_empty();
+    if code.value.contains(':') {
+        o.put(el(tags::URN_CODE_VALUE, VR::UR, code.value.as_str()));
+    } else if code.value.len() > 16 {
+        o.put(el(tags::LONG_CODE_VALUE, VR::UC, code.value.as_str()));
+    } else {
+        o.put(el(tags::CODE_VALUE, VR::SH, code.value.as_str()));
+    }
+    o.put(el(tags::CODING_SCHEME_DESIGNATOR, VR::SH, code.scheme.as_str()));
+    o.put(el(tags::CODE_MEANING, VR::LO, code.meaning.as_str()));
+    o
+}
+
+fn el(tag: Tag, vr: VR, value: impl Into<PrimitiveValue>) -> DataElement<InMemDicomObject> {
+    DataElement::new(tag, vr, value.into())
+}
+
+fn seq(tag: Tag, items: Vec<InMemDicomObject>) -> DataElement<InMemDicomObject> {
+    DataElement::new(tag, VR::SQ, DataSetSequence::from(items))
 }
 
 /// Label 4-connected regions; return (labels, label of the largest, its first pixel
