@@ -16,10 +16,12 @@ use ndarray::Array3;
 
 use myonode::encode::codes;
 use myonode::encode::sr::{SegReference, SrOptions};
-use myonode::encode::sr_planar::{encode_planar_tid1500, planar_groups, PlanarSrError, AREA, IMAGE_REGION};
+use myonode::encode::sr_planar::{
+    encode_planar_tid1500, planar_groups, PlanarSrError, AREA, IMAGE_REGION,
+};
 use myonode::pipeline::messages::{
-    AlgorithmIdentification, Code, Findings, SegmentAlgorithmType, SegmentDescription, SegmentMeasurements,
-    Segmentation, SeriesHeader, SideMeasurements, StudyJob,
+    AlgorithmIdentification, Code, Findings, SegmentAlgorithmType, SegmentDescription,
+    SegmentMeasurements, Segmentation, SeriesHeader, SideMeasurements, StudyJob,
 };
 use myonode::uid::new_uid;
 use myonode::volume::{SliceRef, Volume};
@@ -74,7 +76,11 @@ fn findings() -> Findings {
     let study_uid = new_uid();
     let series_uid = new_uid();
     let slices: Vec<SliceRef> = (0..3)
-        .map(|_| SliceRef { sop_class_uid: MR_IMAGE_STORAGE.into(), sop_instance_uid: new_uid(), frame_number: None })
+        .map(|_| SliceRef {
+            sop_class_uid: MR_IMAGE_STORAGE.into(),
+            sop_instance_uid: new_uid(),
+            frame_number: None,
+        })
         .collect();
     let volume = Volume {
         data: Array3::zeros((3, 8, 10)),
@@ -131,7 +137,11 @@ fn findings() -> Findings {
         segmentation: Segmentation {
             job,
             labels: Arc::new(labels),
-            segments: vec![segment(1, "Ring"), segment(2, "Ell"), segment(3, "Never measured")],
+            segments: vec![
+                segment(1, "Ring"),
+                segment(2, "Ell"),
+                segment(3, "Never measured"),
+            ],
             algorithm: AlgorithmIdentification {
                 family: Code::new("123110", "DCM", "Artificial Intelligence"),
                 name: "test".into(),
@@ -139,12 +149,20 @@ fn findings() -> Findings {
             },
         },
         // Out of label order; label 3 has no key slice.
-        measurements: vec![measured(2, "Ell", Some(1)), measured(1, "Ring", Some(1)), measured(3, "Never measured", None)],
+        measurements: vec![
+            measured(2, "Ell", Some(1)),
+            measured(1, "Ring", Some(1)),
+            measured(3, "Never measured", None),
+        ],
     }
 }
 
 fn seg_ref() -> SegReference {
-    SegReference { sop_class_uid: SEG_STORAGE.into(), sop_instance_uid: new_uid(), series_instance_uid: new_uid() }
+    SegReference {
+        sop_class_uid: SEG_STORAGE.into(),
+        sop_instance_uid: new_uid(),
+        series_instance_uid: new_uid(),
+    }
 }
 
 fn opts() -> SrOptions {
@@ -159,7 +177,9 @@ fn opts() -> SrOptions {
 }
 
 const RING_OUTLINE: [f32; 10] = [2.0, 1.0, 7.0, 1.0, 7.0, 5.0, 2.0, 5.0, 2.0, 1.0];
-const ELL_OUTLINE: [f32; 14] = [0.0, 6.0, 1.0, 6.0, 1.0, 7.0, 3.0, 7.0, 3.0, 8.0, 0.0, 8.0, 0.0, 6.0];
+const ELL_OUTLINE: [f32; 14] = [
+    0.0, 6.0, 1.0, 6.0, 1.0, 7.0, 3.0, 7.0, 3.0, 8.0, 0.0, 8.0, 0.0, 6.0,
+];
 
 #[test]
 fn groups_are_outlines_on_the_key_slice_in_label_order() {
@@ -178,12 +198,21 @@ fn groups_are_outlines_on_the_key_slice_in_label_order() {
 }
 
 fn items(o: &InMemDicomObject) -> Vec<InMemDicomObject> {
-    o.element(tags::CONTENT_SEQUENCE).ok().and_then(|e| e.items().map(|i| i.to_vec())).unwrap_or_default()
+    o.element(tags::CONTENT_SEQUENCE)
+        .ok()
+        .and_then(|e| e.items().map(|i| i.to_vec()))
+        .unwrap_or_default()
 }
 
 fn concept(o: &InMemDicomObject) -> String {
     let seq = o.element(tags::CONCEPT_NAME_CODE_SEQUENCE).unwrap();
-    seq.items().unwrap()[0].element(tags::CODE_VALUE).unwrap().to_str().unwrap().trim().to_string()
+    seq.items().unwrap()[0]
+        .element(tags::CODE_VALUE)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .trim()
+        .to_string()
 }
 
 fn text(o: &InMemDicomObject, tag: dicom_core::Tag) -> String {
@@ -197,33 +226,71 @@ fn document_has_tid1410_groups_with_polyline_selected_from_the_source_image() {
     assert_eq!(&enc.bytes[128..132], b"DICM");
     let obj = dicom_object::from_reader(&enc.bytes[128..]).unwrap();
     assert_eq!(text(&obj, tags::SOP_INSTANCE_UID), enc.sop_instance_uid);
-    assert_eq!(text(&obj, tags::SERIES_DESCRIPTION), "Planar Measurement Report");
+    assert_eq!(
+        text(&obj, tags::SERIES_DESCRIPTION),
+        "Planar Measurement Report"
+    );
     let root = items(&obj);
-    let measurements: Vec<_> = root.iter().filter(|c| concept(c) == codes::IMAGING_MEASUREMENTS.value).collect();
+    let measurements: Vec<_> = root
+        .iter()
+        .filter(|c| concept(c) == codes::IMAGING_MEASUREMENTS.value)
+        .collect();
     assert_eq!(measurements.len(), 1);
     let groups = items(measurements[0]);
     assert_eq!(groups.len(), 2);
     let key_slice = &f.segmentation.job.volume.slices[1].sop_instance_uid;
-    for (group, (label, outline)) in groups.iter().zip([("Ring", &RING_OUTLINE[..]), ("Ell", &ELL_OUTLINE[..])]) {
+    for (group, (label, outline)) in groups
+        .iter()
+        .zip([("Ring", &RING_OUTLINE[..]), ("Ell", &ELL_OUTLINE[..])])
+    {
         assert_eq!(concept(group), codes::MEASUREMENT_GROUP.value);
-        let tpl = group.element(tags::CONTENT_TEMPLATE_SEQUENCE).unwrap().items().unwrap()[0].clone();
+        let tpl = group
+            .element(tags::CONTENT_TEMPLATE_SEQUENCE)
+            .unwrap()
+            .items()
+            .unwrap()[0]
+            .clone();
         assert_eq!(text(&tpl, tags::TEMPLATE_IDENTIFIER), "1410");
         let children = items(group);
-        let by = |v: &str| children.iter().find(|c| concept(c) == v).unwrap_or_else(|| panic!("no {v} in {label}"));
-        assert_eq!(text(by(codes::TRACKING_IDENTIFIER.value), tags::TEXT_VALUE), label);
+        let by = |v: &str| {
+            children
+                .iter()
+                .find(|c| concept(c) == v)
+                .unwrap_or_else(|| panic!("no {v} in {label}"))
+        };
+        assert_eq!(
+            text(by(codes::TRACKING_IDENTIFIER.value), tags::TEXT_VALUE),
+            label
+        );
         // No Referenced Segment: OHIF 3.13 fails on groups that reference SEG segments.
-        assert!(children.iter().all(|c| concept(c) != codes::REFERENCED_SEGMENT.value));
+        assert!(children
+            .iter()
+            .all(|c| concept(c) != codes::REFERENCED_SEGMENT.value));
         let scoord = by(IMAGE_REGION.value);
         assert_eq!(text(scoord, tags::VALUE_TYPE), "SCOORD");
         assert_eq!(text(scoord, tags::GRAPHIC_TYPE), "POLYLINE");
-        let data = scoord.element(tags::GRAPHIC_DATA).unwrap().to_multi_float32().unwrap();
+        let data = scoord
+            .element(tags::GRAPHIC_DATA)
+            .unwrap()
+            .to_multi_float32()
+            .unwrap();
         assert_eq!(data, outline);
         let image = &items(scoord)[0];
         assert_eq!(text(image, tags::RELATIONSHIP_TYPE), "SELECTED FROM");
-        let r = image.element(tags::REFERENCED_SOP_SEQUENCE).unwrap().items().unwrap()[0].clone();
+        let r = image
+            .element(tags::REFERENCED_SOP_SEQUENCE)
+            .unwrap()
+            .items()
+            .unwrap()[0]
+            .clone();
         assert_eq!(&text(&r, tags::REFERENCED_SOP_INSTANCE_UID), key_slice);
         let area = by(AREA.value);
-        let mv = area.element(tags::MEASURED_VALUE_SEQUENCE).unwrap().items().unwrap()[0].clone();
+        let mv = area
+            .element(tags::MEASURED_VALUE_SEQUENCE)
+            .unwrap()
+            .items()
+            .unwrap()[0]
+            .clone();
         let value: f64 = text(&mv, tags::NUMERIC_VALUE).parse().unwrap();
         let expected = if label == "Ring" { 0.025 } else { 0.005 };
         assert!((value - expected).abs() < 1e-12, "{label}: area {value}");
@@ -236,13 +303,22 @@ fn nothing_to_report_is_a_typed_error() {
     for m in &mut f.measurements {
         m.centroid_slice = None;
     }
-    assert!(matches!(encode_planar_tid1500(&f, &seg_ref(), &opts()), Err(PlanarSrError::NothingToReport)));
+    assert!(matches!(
+        encode_planar_tid1500(&f, &seg_ref(), &opts()),
+        Err(PlanarSrError::NothingToReport)
+    ));
 }
 
 fn python() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let python = std::env::var_os("MYONODE_PYTHON").map(PathBuf::from).unwrap_or_else(|| root.join(".venv/bin/python"));
-    assert!(python.exists(), "Python {} not found: set MYONODE_PYTHON (pydicom, highdicom, dciodvfy)", python.display());
+    let python = std::env::var_os("MYONODE_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join(".venv/bin/python"));
+    assert!(
+        python.exists(),
+        "Python {} not found: set MYONODE_PYTHON (pydicom, highdicom, dciodvfy)",
+        python.display()
+    );
     python
 }
 
@@ -258,16 +334,35 @@ fn dciodvfy_dsrdump_and_highdicom_accept_the_planar_report() {
     let python = python();
 
     let dciodvfy = python.parent().unwrap().join("dciodvfy");
-    let dciodvfy = if dciodvfy.exists() { dciodvfy } else { PathBuf::from("dciodvfy") };
-    let out = Command::new(&dciodvfy).arg(&path).output().unwrap_or_else(|e| panic!("cannot run dciodvfy: {e}"));
-    let report = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    let dciodvfy = if dciodvfy.exists() {
+        dciodvfy
+    } else {
+        PathBuf::from("dciodvfy")
+    };
+    let out = Command::new(&dciodvfy)
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run dciodvfy: {e}"));
+    let report =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     let errors: Vec<&str> = report.lines().filter(|l| l.starts_with("Error")).collect();
     assert!(errors.is_empty(), "dciodvfy errors:\n{report}");
 
-    let out = Command::new("dsrdump").args(["-v", "+Pt"]).arg(&path).output().expect("DCMTK dsrdump on PATH");
+    let out = Command::new("dsrdump")
+        .args(["-v", "+Pt"])
+        .arg(&path)
+        .output()
+        .expect("DCMTK dsrdump on PATH");
     let dump = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "dsrdump failed:\n{dump}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(dump.contains("SCOORD") && dump.contains("POLYLINE"), "{dump}");
+    assert!(
+        out.status.success(),
+        "dsrdump failed:\n{dump}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        dump.contains("SCOORD") && dump.contains("POLYLINE"),
+        "{dump}"
+    );
 
     let script = r#"
 import sys, highdicom as hd
@@ -280,12 +375,29 @@ for g in groups:
     m = g.get_measurements()[0]
     print(g.tracking_identifier, region.GraphicType, refs, m.name.value, m.value, m.unit.value)
 "#;
-    let out = Command::new(&python).arg("-c").arg(script).arg(&path).output().expect("python");
+    let out = Command::new(&python)
+        .arg("-c")
+        .arg(script)
+        .arg(&path)
+        .output()
+        .expect("python");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "highdicom could not read the planar report:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "highdicom could not read the planar report:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let key_slice = &f.segmentation.job.volume.slices[1].sop_instance_uid;
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 2, "{stdout}");
-    assert_eq!(lines[0], format!("Ring POLYLINE {key_slice} 42798000 0.025 cm2"), "{stdout}");
-    assert_eq!(lines[1], format!("Ell POLYLINE {key_slice} 42798000 0.005 cm2"), "{stdout}");
+    assert_eq!(
+        lines[0],
+        format!("Ring POLYLINE {key_slice} 42798000 0.025 cm2"),
+        "{stdout}"
+    );
+    assert_eq!(
+        lines[1],
+        format!("Ell POLYLINE {key_slice} 42798000 0.005 cm2"),
+        "{stdout}"
+    );
 }

@@ -36,11 +36,23 @@ use super::sr::{encode_tid1500, format_ds, SegReference, SrError, SrOptions};
 use crate::pipeline::messages::{Code, Findings};
 
 /// Image Region (111030, DCM): the SCOORD of a TID 1410 group (PS3.16 TID 1410 row 7).
-pub const IMAGE_REGION: CodeConst = CodeConst { value: "111030", scheme: "DCM", meaning: "Image Region" };
+pub const IMAGE_REGION: CodeConst = CodeConst {
+    value: "111030",
+    scheme: "DCM",
+    meaning: "Image Region",
+};
 /// Area (42798000, SCT), CID 7470 Linear / area / volume measurement (PS3.16).
-pub const AREA: CodeConst = CodeConst { value: "42798000", scheme: "SCT", meaning: "Area" };
+pub const AREA: CodeConst = CodeConst {
+    value: "42798000",
+    scheme: "SCT",
+    meaning: "Area",
+};
 /// Square centimeter, UCUM `cm2` (CID 7181 Abstract Multi-dimensional Image Model Component Units).
-pub const UNIT_SQUARE_CENTIMETER: CodeConst = CodeConst { value: "cm2", scheme: "UCUM", meaning: "square centimeter" };
+pub const UNIT_SQUARE_CENTIMETER: CodeConst = CodeConst {
+    value: "cm2",
+    scheme: "UCUM",
+    meaning: "square centimeter",
+};
 /// SeriesDescription of the planar report.
 pub const PLANAR_SERIES_DESCRIPTION: &str = "Planar Measurement Report";
 
@@ -49,7 +61,11 @@ pub const PLANAR_SERIES_DESCRIPTION: &str = "Planar Measurement Report";
 pub enum PlanarError {
     /// The mask slice has `len` elements, not `rows × columns`.
     #[error("mask has {len} elements, expected rows {rows} × columns {columns}")]
-    ShapeMismatch { len: usize, rows: usize, columns: usize },
+    ShapeMismatch {
+        len: usize,
+        rows: usize,
+        columns: usize,
+    },
     /// Pixel spacing must be finite and > 0 (mm).
     #[error("pixel spacing {row_mm} mm × {column_mm} mm is not positive and finite")]
     BadSpacing { row_mm: f64, column_mm: f64 },
@@ -108,9 +124,17 @@ pub fn polygon_area(points: &[(f32, f32)]) -> f64 {
 /// mask has no set pixel.
 ///
 /// Errors: [`PlanarError::ShapeMismatch`] when `mask.len() != rows * columns`.
-pub fn outline_of_largest_region(mask: &[bool], rows: usize, columns: usize) -> Result<Option<Outline>, PlanarError> {
+pub fn outline_of_largest_region(
+    mask: &[bool],
+    rows: usize,
+    columns: usize,
+) -> Result<Option<Outline>, PlanarError> {
     if rows.checked_mul(columns) != Some(mask.len()) {
-        return Err(PlanarError::ShapeMismatch { len: mask.len(), rows, columns });
+        return Err(PlanarError::ShapeMismatch {
+            len: mask.len(),
+            rows,
+            columns,
+        });
     }
     let Some((labels, label, start, region_pixels)) = largest_region(mask, rows, columns) else {
         return Ok(None);
@@ -142,7 +166,12 @@ pub fn outline_of_largest_region(mask: &[bool], rows: usize, columns: usize) -> 
         // Right of d on screen (y down) is r = (-dy, dx); the pixel containing the
         // point vertex + d/2 ± r/2 is its floor, computed in half units.
         let (rx, ry) = (-dy, dx);
-        let pixel_at = |ox: i64, oy: i64| ((2 * x + dx + ox).div_euclid(2), (2 * y + dy + oy).div_euclid(2));
+        let pixel_at = |ox: i64, oy: i64| {
+            (
+                (2 * x + dx + ox).div_euclid(2),
+                (2 * y + dy + oy).div_euclid(2),
+            )
+        };
         let (frc, frr) = pixel_at(rx, ry);
         let (flc, flr) = pixel_at(-rx, -ry);
         let (ndx, ndy) = if !inside(frc, frr) {
@@ -163,7 +192,11 @@ pub fn outline_of_largest_region(mask: &[bool], rows: usize, columns: usize) -> 
     corners.push((x0, y0));
     let points: Vec<(f32, f32)> = corners.iter().map(|&(c, r)| (c as f32, r as f32)).collect();
     let enclosed = polygon_area(&points).round() as u64;
-    Ok(Some(Outline { points, enclosed_pixels: enclosed, region_pixels }))
+    Ok(Some(Outline {
+        points,
+        enclosed_pixels: enclosed,
+        region_pixels,
+    }))
 }
 
 /// Why the planar report could not be written.
@@ -216,9 +249,17 @@ pub fn planar_groups(findings: &Findings) -> Result<Vec<PlanarGroup>, PlanarErro
     measured.sort_by_key(|m| m.label_value);
     let mut out = Vec::new();
     for m in measured {
-        let Some(z) = m.centroid_slice.filter(|&z| z < nz) else { continue };
-        let mask: Vec<bool> = labels.index_axis(Axis(0), z).iter().map(|&v| v == m.label_value).collect();
-        let Some(outline) = outline_of_largest_region(&mask, rows, columns)? else { continue };
+        let Some(z) = m.centroid_slice.filter(|&z| z < nz) else {
+            continue;
+        };
+        let mask: Vec<bool> = labels
+            .index_axis(Axis(0), z)
+            .iter()
+            .map(|&v| v == m.label_value)
+            .collect();
+        let Some(outline) = outline_of_largest_region(&mask, rows, columns)? else {
+            continue;
+        };
         let area_cm2 = outline.area_cm2(spacing[1], spacing[2])?;
         let label = seg
             .segments
@@ -227,7 +268,13 @@ pub fn planar_groups(findings: &Findings) -> Result<Vec<PlanarGroup>, PlanarErro
             .map(|d| d.label.clone())
             .filter(|l| !l.trim().is_empty())
             .unwrap_or_else(|| format!("Segment {}", m.label_value));
-        out.push(PlanarGroup { label, label_value: m.label_value, slice: z, outline, area_cm2 });
+        out.push(PlanarGroup {
+            label,
+            label_value: m.label_value,
+            slice: z,
+            outline,
+            area_cm2,
+        });
     }
     Ok(out)
 }
@@ -263,8 +310,13 @@ pub fn encode_planar_tid1500(
         return Err(PlanarSrError::NothingToReport);
     }
     let base = encode_tid1500(findings, seg, opts)?;
-    let mut file = dicom_object::from_reader(&base.bytes[128..]).map_err(|e| PlanarSrError::Dicom(e.to_string()))?;
-    file.put(el(tags::SERIES_DESCRIPTION, VR::LO, PLANAR_SERIES_DESCRIPTION));
+    let mut file = dicom_object::from_reader(&base.bytes[128..])
+        .map_err(|e| PlanarSrError::Dicom(e.to_string()))?;
+    file.put(el(
+        tags::SERIES_DESCRIPTION,
+        VR::LO,
+        PLANAR_SERIES_DESCRIPTION,
+    ));
 
     let slices = &findings.segmentation.job.volume.slices;
     let properties: Vec<Code> = groups
@@ -282,12 +334,24 @@ pub fn encode_planar_tid1500(
     let mut items = Vec::with_capacity(groups.len());
     for (g, property) in groups.iter().zip(&properties) {
         let slice = slices.get(g.slice).ok_or_else(|| {
-            PlanarSrError::Dicom(format!("key slice {} has no source instance ({} slices)", g.slice, slices.len()))
+            PlanarSrError::Dicom(format!(
+                "key slice {} has no source instance ({} slices)",
+                g.slice,
+                slices.len()
+            ))
         })?;
         let mut image = item(Some("SELECTED FROM"), "IMAGE", None);
         let mut r = InMemDicomObject::new_empty();
-        r.put(el(tags::REFERENCED_SOP_CLASS_UID, VR::UI, slice.sop_class_uid.as_str()));
-        r.put(el(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, slice.sop_instance_uid.as_str()));
+        r.put(el(
+            tags::REFERENCED_SOP_CLASS_UID,
+            VR::UI,
+            slice.sop_class_uid.as_str(),
+        ));
+        r.put(el(
+            tags::REFERENCED_SOP_INSTANCE_UID,
+            VR::UI,
+            slice.sop_instance_uid.as_str(),
+        ));
         if let Some(f) = slice.frame_number {
             r.put(el(tags::REFERENCED_FRAME_NUMBER, VR::IS, f.to_string()));
         }
@@ -295,12 +359,24 @@ pub fn encode_planar_tid1500(
 
         let mut scoord = item(Some("CONTAINS"), "SCOORD", Some(&IMAGE_REGION.code()));
         scoord.put(el(tags::GRAPHIC_TYPE, VR::CS, "POLYLINE"));
-        scoord.put(DataElement::new(tags::GRAPHIC_DATA, VR::FL, PrimitiveValue::F32(g.outline.graphic_data().into())));
+        scoord.put(DataElement::new(
+            tags::GRAPHIC_DATA,
+            VR::FL,
+            PrimitiveValue::F32(g.outline.graphic_data().into()),
+        ));
         scoord.put(seq(tags::CONTENT_SEQUENCE, vec![image]));
 
-        let mut tracking = item(Some("HAS OBS CONTEXT"), "TEXT", Some(&codes::TRACKING_IDENTIFIER.code()));
+        let mut tracking = item(
+            Some("HAS OBS CONTEXT"),
+            "TEXT",
+            Some(&codes::TRACKING_IDENTIFIER.code()),
+        );
         tracking.put(el(tags::TEXT_VALUE, VR::UT, g.label.as_str()));
-        let mut tracking_uid = item(Some("HAS OBS CONTEXT"), "UIDREF", Some(&codes::TRACKING_UNIQUE_IDENTIFIER.code()));
+        let mut tracking_uid = item(
+            Some("HAS OBS CONTEXT"),
+            "UIDREF",
+            Some(&codes::TRACKING_UNIQUE_IDENTIFIER.code()),
+        );
         tracking_uid.put(el(tags::UID, VR::UI, crate::uid::new_uid().as_str()));
         let mut finding = item(Some("CONTAINS"), "CODE", Some(&codes::FINDING.code()));
         finding.put(seq(tags::CONCEPT_CODE_SEQUENCE, vec![code_item(property)]));
@@ -308,7 +384,10 @@ pub fn encode_planar_tid1500(
         let mut area = item(Some("CONTAINS"), "NUM", Some(&AREA.code()));
         let ds = format_ds(g.area_cm2)?;
         let mut mv = InMemDicomObject::new_empty();
-        mv.put(seq(tags::MEASUREMENT_UNITS_CODE_SEQUENCE, vec![code_item(&UNIT_SQUARE_CENTIMETER.code())]));
+        mv.put(seq(
+            tags::MEASUREMENT_UNITS_CODE_SEQUENCE,
+            vec![code_item(&UNIT_SQUARE_CENTIMETER.code())],
+        ));
         if ds.parse::<f64>().ok() != Some(g.area_cm2) {
             // FloatingPointValue, Type 1C when the DS is not exact (PS3.3 C.18.1).
             mv.put(el(tags::FLOATING_POINT_VALUE, VR::FD, g.area_cm2));
@@ -316,13 +395,20 @@ pub fn encode_planar_tid1500(
         mv.put(el(tags::NUMERIC_VALUE, VR::DS, ds));
         area.put(seq(tags::MEASURED_VALUE_SEQUENCE, vec![mv]));
 
-        let mut group = item(Some("CONTAINS"), "CONTAINER", Some(&codes::MEASUREMENT_GROUP.code()));
+        let mut group = item(
+            Some("CONTAINS"),
+            "CONTAINER",
+            Some(&codes::MEASUREMENT_GROUP.code()),
+        );
         group.put(el(tags::CONTINUITY_OF_CONTENT, VR::CS, "SEPARATE"));
         let mut t = InMemDicomObject::new_empty();
         t.put(el(tags::MAPPING_RESOURCE, VR::CS, "DCMR"));
         t.put(el(tags::TEMPLATE_IDENTIFIER, VR::CS, "1410"));
         group.put(seq(tags::CONTENT_TEMPLATE_SEQUENCE, vec![t]));
-        group.put(seq(tags::CONTENT_SEQUENCE, vec![tracking, tracking_uid, finding, scoord, area]));
+        group.put(seq(
+            tags::CONTENT_SEQUENCE,
+            vec![tracking, tracking_uid, finding, scoord, area],
+        ));
         items.push(group);
     }
 
@@ -331,16 +417,23 @@ pub fn encode_planar_tid1500(
         .element(tags::CONTENT_SEQUENCE)
         .ok()
         .and_then(|e| e.items().map(|i| i.to_vec()))
-        .ok_or_else(|| PlanarSrError::Dicom("the volumetric report has no ContentSequence".into()))?;
+        .ok_or_else(|| {
+            PlanarSrError::Dicom("the volumetric report has no ContentSequence".into())
+        })?;
     let container = root_children
         .iter_mut()
         .find(|c| concept_value(c).as_deref() == Some(codes::IMAGING_MEASUREMENTS.value))
-        .ok_or_else(|| PlanarSrError::Dicom("the volumetric report has no Imaging Measurements container".into()))?;
+        .ok_or_else(|| {
+            PlanarSrError::Dicom(
+                "the volumetric report has no Imaging Measurements container".into(),
+            )
+        })?;
     container.put(seq(tags::CONTENT_SEQUENCE, items));
     file.put(seq(tags::CONTENT_SEQUENCE, root_children));
 
     let mut bytes = Vec::with_capacity(base.bytes.len());
-    file.write_all(&mut bytes).map_err(|e| PlanarSrError::Dicom(e.to_string()))?;
+    file.write_all(&mut bytes)
+        .map_err(|e| PlanarSrError::Dicom(e.to_string()))?;
     Ok(EncodedObject { bytes, ..base })
 }
 
@@ -361,7 +454,12 @@ fn item(relationship: Option<&str>, value_type: &str, concept: Option<&Code>) ->
 /// CodeValue of a content item's concept name, if any.
 fn concept_value(o: &InMemDicomObject) -> Option<String> {
     let items = o.element(tags::CONCEPT_NAME_CODE_SEQUENCE).ok()?.items()?;
-    let v = items.first()?.element(tags::CODE_VALUE).ok()?.to_str().ok()?;
+    let v = items
+        .first()?
+        .element(tags::CODE_VALUE)
+        .ok()?
+        .to_str()
+        .ok()?;
     Some(v.trim().to_string())
 }
 
@@ -376,7 +474,11 @@ fn code_item(code: &Code) -> InMemDicomObject {
     } else {
         o.put(el(tags::CODE_VALUE, VR::SH, code.value.as_str()));
     }
-    o.put(el(tags::CODING_SCHEME_DESIGNATOR, VR::SH, code.scheme.as_str()));
+    o.put(el(
+        tags::CODING_SCHEME_DESIGNATOR,
+        VR::SH,
+        code.scheme.as_str(),
+    ));
     o.put(el(tags::CODE_MEANING, VR::LO, code.meaning.as_str()));
     o
 }
@@ -391,7 +493,11 @@ fn seq(tag: Tag, items: Vec<InMemDicomObject>) -> DataElement<InMemDicomObject> 
 
 /// Label 4-connected regions; return (labels, label of the largest, its first pixel
 /// index in raster order, its pixel count), or None for an empty mask. Labels start at 1.
-fn largest_region(mask: &[bool], rows: usize, columns: usize) -> Option<(Vec<u32>, u32, usize, u64)> {
+fn largest_region(
+    mask: &[bool],
+    rows: usize,
+    columns: usize,
+) -> Option<(Vec<u32>, u32, usize, u64)> {
     let mut labels = vec![0u32; mask.len()];
     let mut best: Option<(u32, usize, u64)> = None;
     let mut next = 0u32;
@@ -440,7 +546,10 @@ mod tests {
     fn mask_from(rows: &[&str]) -> (Vec<bool>, usize, usize) {
         let r = rows.len();
         let c = rows[0].len();
-        let m = rows.iter().flat_map(|s| s.chars().map(|ch| ch == '#')).collect();
+        let m = rows
+            .iter()
+            .flat_map(|s| s.chars().map(|ch| ch == '#'))
+            .collect();
         (m, r, c)
     }
 
@@ -450,7 +559,13 @@ mod tests {
     fn filled_count(mask: &[bool], rows: usize, columns: usize) -> u64 {
         let (labels, label, _, _) = largest_region(mask, rows, columns).unwrap();
         let (pr, pc) = (rows + 2, columns + 2);
-        let region = |r: usize, c: usize| r >= 1 && c >= 1 && r <= rows && c <= columns && labels[(r - 1) * columns + c - 1] == label;
+        let region = |r: usize, c: usize| {
+            r >= 1
+                && c >= 1
+                && r <= rows
+                && c <= columns
+                && labels[(r - 1) * columns + c - 1] == label
+        };
         let mut outside = vec![false; pr * pc];
         let mut stack = vec![(0usize, 0usize)];
         outside[0] = true;
@@ -476,10 +591,16 @@ mod tests {
     fn rectangle_has_four_corners_clockwise_and_its_pixel_area() {
         let (m, r, c) = mask_from(&["....", ".##.", ".##.", ".##.", "...."]);
         let o = outline_of_largest_region(&m, r, c).unwrap().unwrap();
-        assert_eq!(o.points, vec![(1.0, 1.0), (3.0, 1.0), (3.0, 4.0), (1.0, 4.0), (1.0, 1.0)]);
+        assert_eq!(
+            o.points,
+            vec![(1.0, 1.0), (3.0, 1.0), (3.0, 4.0), (1.0, 4.0), (1.0, 1.0)]
+        );
         assert_eq!(o.enclosed_pixels, 6);
         assert_eq!(o.region_pixels, 6);
-        assert_eq!(o.graphic_data(), vec![1.0, 1.0, 3.0, 1.0, 3.0, 4.0, 1.0, 4.0, 1.0, 1.0]);
+        assert_eq!(
+            o.graphic_data(),
+            vec![1.0, 1.0, 3.0, 1.0, 3.0, 4.0, 1.0, 4.0, 1.0, 1.0]
+        );
         assert!((o.area_cm2(2.0, 5.0).unwrap() - 0.6).abs() < 1e-12);
     }
 
@@ -487,7 +608,10 @@ mod tests {
     fn single_pixel_at_the_image_corner() {
         let (m, r, c) = mask_from(&["#.", ".."]);
         let o = outline_of_largest_region(&m, r, c).unwrap().unwrap();
-        assert_eq!(o.points, vec![(0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0), (0.0, 0.0)]);
+        assert_eq!(
+            o.points,
+            vec![(0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0), (0.0, 0.0)]
+        );
         assert_eq!(o.enclosed_pixels, 1);
     }
 
@@ -509,7 +633,18 @@ mod tests {
         assert_eq!(o.points.len(), 5);
         let (m, r, c) = mask_from(&["#..", "#..", "###"]);
         let o = outline_of_largest_region(&m, r, c).unwrap().unwrap();
-        assert_eq!(o.points, vec![(0.0, 0.0), (1.0, 0.0), (1.0, 2.0), (3.0, 2.0), (3.0, 3.0), (0.0, 3.0), (0.0, 0.0)]);
+        assert_eq!(
+            o.points,
+            vec![
+                (0.0, 0.0),
+                (1.0, 0.0),
+                (1.0, 2.0),
+                (3.0, 2.0),
+                (3.0, 3.0),
+                (0.0, 3.0),
+                (0.0, 0.0)
+            ]
+        );
         assert_eq!(o.enclosed_pixels, 5);
     }
 
@@ -532,12 +667,22 @@ mod tests {
         assert_eq!(outline_of_largest_region(&[false; 6], 2, 3), Ok(None));
         assert_eq!(
             outline_of_largest_region(&[true; 5], 2, 3),
-            Err(PlanarError::ShapeMismatch { len: 5, rows: 2, columns: 3 })
+            Err(PlanarError::ShapeMismatch {
+                len: 5,
+                rows: 2,
+                columns: 3
+            })
         );
         let (m, r, c) = mask_from(&["#"]);
         let o = outline_of_largest_region(&m, r, c).unwrap().unwrap();
-        assert!(matches!(o.area_cm2(0.0, 1.0), Err(PlanarError::BadSpacing { .. })));
-        assert!(matches!(o.area_cm2(f64::NAN, 1.0), Err(PlanarError::BadSpacing { .. })));
+        assert!(matches!(
+            o.area_cm2(0.0, 1.0),
+            Err(PlanarError::BadSpacing { .. })
+        ));
+        assert!(matches!(
+            o.area_cm2(f64::NAN, 1.0),
+            Err(PlanarError::BadSpacing { .. })
+        ));
     }
 
     #[test]
@@ -546,7 +691,9 @@ mod tests {
         // once so that regions have holes, pinches and concavities.
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
         let mut rnd = || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (state >> 33) as u32
         };
         for case in 0..200 {
@@ -559,7 +706,12 @@ mod tests {
                     let mut n = 0;
                     for (dr, dc) in [(0i64, 0i64), (0, 1), (1, 0), (0, -1), (-1, 0)] {
                         let (nr, nc) = (r as i64 + dr, c as i64 + dc);
-                        if nr >= 0 && nc >= 0 && (nr as usize) < rows && (nc as usize) < columns && raw[nr as usize * columns + nc as usize] {
+                        if nr >= 0
+                            && nc >= 0
+                            && (nr as usize) < rows
+                            && (nc as usize) < columns
+                            && raw[nr as usize * columns + nc as usize]
+                        {
                             n += 1;
                         }
                     }
@@ -567,15 +719,25 @@ mod tests {
                 })
                 .collect();
             let Some(o) = outline_of_largest_region(&m, rows, columns).unwrap() else {
-                assert!(!m.iter().any(|&b| b), "case {case}: no outline for a non-empty mask");
+                assert!(
+                    !m.iter().any(|&b| b),
+                    "case {case}: no outline for a non-empty mask"
+                );
                 continue;
             };
-            assert_eq!(o.enclosed_pixels, filled_count(&m, rows, columns), "case {case}: {rows}x{columns}");
+            assert_eq!(
+                o.enclosed_pixels,
+                filled_count(&m, rows, columns),
+                "case {case}: {rows}x{columns}"
+            );
             assert!(o.enclosed_pixels >= o.region_pixels);
             assert_eq!(o.points.first(), o.points.last(), "case {case}: not closed");
             // Every edge is axis-parallel and consecutive edges turn (collinear points merged).
             for w in o.points.windows(2) {
-                assert!(w[0].0 == w[1].0 || w[0].1 == w[1].1, "case {case}: diagonal edge {w:?}");
+                assert!(
+                    w[0].0 == w[1].0 || w[0].1 == w[1].1,
+                    "case {case}: diagonal edge {w:?}"
+                );
                 assert_ne!(w[0], w[1], "case {case}: repeated vertex");
             }
         }
