@@ -14,6 +14,7 @@
 # Environment:
 #   PYTHON                  interpreter that creates the venv (default: python3)
 #   MYONODE_SKIP_CARGO=1    skip step 3
+#   MYONODE_SKIP_VIEWER=1   skip the viewer test's Orthanc, Chromium, Node.js, OHIF
 #   CI                      honoured implicitly: nothing here reads stdin
 set -euo pipefail
 
@@ -52,7 +53,19 @@ command -v chromium >/dev/null 2>&1 || missing_pkgs+=(chromium)
 # systemd-analyze verify of systemd/myonode.service (tests/systemd_unit.rs).
 command -v systemd-analyze >/dev/null 2>&1 || missing_pkgs+=(systemd)
 
+# Viewer test (integration/test_viewer.py, issue #9): Orthanc with its DICOMweb
+# plugin as the PACS, Chromium driven by Node.js (playwright-core) running OHIF.
+# MYONODE_SKIP_VIEWER=1 skips these installs (the viewer test then skips too).
+if [[ ${MYONODE_SKIP_VIEWER:-0} != 1 ]]; then
+    [[ -x /usr/sbin/Orthanc ]] || command -v Orthanc >/dev/null 2>&1 || missing_pkgs+=(orthanc)
+    [[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]] || missing_pkgs+=(orthanc-dicomweb)
+    command -v chromium >/dev/null 2>&1 || missing_pkgs+=(chromium)
+    command -v node >/dev/null 2>&1 || missing_pkgs+=(nodejs)
+    command -v npm >/dev/null 2>&1 || missing_pkgs+=(npm)
+fi
+
 if ((${#missing_pkgs[@]})); then
+    mapfile -t missing_pkgs < <(printf '%s\n' "${missing_pkgs[@]}" | sort -u)
     log "installing system packages: ${missing_pkgs[*]}"
     command -v apt-get >/dev/null 2>&1 \
         || die "missing ${missing_pkgs[*]} and no apt-get: install them with your package manager"
@@ -101,6 +114,44 @@ fi
 # The node loads libonnxruntime at run time (ort load-dynamic); the config default
 # segment.onnxruntime_library points into .onnxruntime/lib/.
 log "ONNX Runtime library: $(scripts/fetch-onnxruntime.sh)"
+
+# ---------------------------------------------------------------- 3b. viewer test
+# integration/viewer/: playwright-core from package-lock.json (npm ci), and the OHIF
+# viewer's prebuilt dist/ unpacked from its registry tarball into viewer/ohif/ after
+# checking the tarball's sha512 against package.json ("ohif": package, integrity).
+# Both folders are gitignored; stamps make a second run a no-op.
+if [[ ${MYONODE_SKIP_VIEWER:-0} == 1 ]]; then
+    log "MYONODE_SKIP_VIEWER=1: viewer test dependencies skipped"
+else
+    viewer=integration/viewer
+    lock_sum=$(sha256sum "$viewer/package-lock.json" | cut -d' ' -f1)
+    if [[ ! -f $viewer/node_modules/.myonode-lock.sha256 || $(cat "$viewer/node_modules/.myonode-lock.sha256") != "$lock_sum" ]]; then
+        log "npm ci in $viewer"
+        (cd "$viewer" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error </dev/null)
+        echo "$lock_sum" >"$viewer/node_modules/.myonode-lock.sha256"
+    else
+        log "$viewer/node_modules up to date with package-lock.json"
+    fi
+    ohif_pkg=$(node -p 'require("./'"$viewer"'/package.json").ohif.package')
+    ohif_sri=$(node -p 'require("./'"$viewer"'/package.json").ohif.integrity')
+    if [[ ! -f $viewer/ohif/.myonode-integrity || $(cat "$viewer/ohif/.myonode-integrity") != "$ohif_sri" ]]; then
+        log "fetching $ohif_pkg into $viewer/ohif"
+        tmp=$(mktemp -d)
+        (cd "$tmp" && npm pack "$ohif_pkg" --silent </dev/null >/dev/null)
+        tgz=$(ls "$tmp"/*.tgz)
+        got=$(node -e 'const c = require("crypto"), f = require("fs");
+            console.log("sha512-" + c.createHash("sha512").update(f.readFileSync(process.argv[1])).digest("base64"))' "$tgz")
+        [[ $got == "$ohif_sri" ]] || { rm -rf "$tmp"; die "$ohif_pkg: tarball integrity $got, expected $ohif_sri"; }
+        rm -rf "$viewer/ohif"
+        mkdir -p "$viewer/ohif"
+        tar -xzf "$tgz" -C "$viewer/ohif" --strip-components=1
+        rm -rf "$tmp"
+        [[ -f $viewer/ohif/dist/index.html ]] || die "$ohif_pkg has no dist/index.html"
+        echo "$ohif_sri" >"$viewer/ohif/.myonode-integrity"
+    else
+        log "$viewer/ohif is $ohif_pkg"
+    fi
+fi
 
 # ---------------------------------------------------------------- 4. cargo
 if [[ ${MYONODE_SKIP_CARGO:-0} == 1 ]]; then

@@ -15,6 +15,7 @@ pub mod codes;
 pub mod packing;
 pub mod seg;
 pub mod sr;
+pub mod sr_planar;
 pub mod stage;
 
 pub use seg::{
