@@ -64,6 +64,7 @@ fn measured(label_value: u8, label: &str, centroid_slice: Option<usize>) -> Segm
         mean_intensity: 100.0,
         sd_intensity: 5.0,
         mean_attenuation_hu: None,
+        fat_fraction_percent: None,
         left: SideMeasurements::default(),
         right: SideMeasurements::default(),
     }
