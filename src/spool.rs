@@ -250,6 +250,26 @@ impl Spool {
         Ok(p)
     }
 
+    /// Like [`Spool::put_outbox`], but idempotent for re-run jobs: when `name` is already in
+    /// `sent/<destination>/` or `failed/<destination>/` nothing is written and `None` is
+    /// returned (the object was delivered or dead-lettered before); when it is already in the
+    /// outbox, its path is returned unchanged (the send stage's restart scan queued it).
+    ///
+    /// # Errors
+    /// [`SpoolError::Io`].
+    pub fn put_outbox_once(&self, destination: &str, name: &str, bytes: &[u8]) -> Result<Option<PathBuf>, SpoolError> {
+        for area in ["sent", "failed"] {
+            if self.root.join(area).join(destination).join(name).is_file() {
+                return Ok(None);
+            }
+        }
+        let p = self.root.join("outbox").join(destination).join(name);
+        if p.is_file() {
+            return Ok(Some(p));
+        }
+        self.put_outbox(destination, name, bytes).map(Some)
+    }
+
     /// Move a delivered object from the outbox to `sent/<destination>/`.
     ///
     /// # Errors

@@ -231,6 +231,48 @@ fn only_wanted_objects_are_encoded() {
 // ---------------------------------------------------------------- bad peers
 
 /// A port nobody listens on right now.
+#[test]
+fn rerun_of_an_encoded_job_version_sends_nothing_twice() {
+    // A crash after the outboxes were filled but before the series was marked done re-runs
+    // the job at restart. The re-run must re-use the objects (same SOP Instance UIDs), leave
+    // objects already delivered alone and not put a second copy anywhere.
+    let dests: &[(&str, &[OutputKind])] = &[("pacs", &[SegBinary, Sr]), ("lm", &[SegLabelmap])];
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = Arc::new(Spool::open(tmp.path().join("spool"), false).unwrap());
+    let job_dir = tmp.path().join("spool/jobs/job-1");
+    std::fs::create_dir_all(&job_dir).unwrap();
+    let ctx = |d: &[(&str, &[OutputKind])]| EncodeContext {
+        spool: spool.clone(),
+        destinations: d.iter().map(|(n, o)| EncodeDestination { name: n.to_string(), outputs: o.to_vec() }).collect(),
+        ae_title: "MYONODE".into(),
+        institution_name: String::new(),
+    };
+    let first = encode_findings(&findings(job_dir.clone()), &ctx(dests)).expect("encode");
+    assert_eq!(first.len(), 3);
+    // the SEG reached the PACS before the crash; the SR and the label map did not
+    let seg = first.iter().find(|o| o.destination == "pacs" && o.sop_class_uid == uids::SEGMENTATION_STORAGE).unwrap();
+    spool.mark_sent("pacs", &seg.path).unwrap();
+    let second = encode_findings(&findings(job_dir.clone()), &ctx(dests)).expect("re-run");
+    let uids_of = |v: &[Outbound]| {
+        let mut u: Vec<(String, String)> = v.iter().map(|o| (o.destination.clone(), o.sop_instance_uid.clone())).collect();
+        u.sort();
+        u
+    };
+    let mut expected: Vec<Outbound> = first.iter().filter(|o| o.sop_instance_uid != seg.sop_instance_uid).cloned().collect();
+    expected.sort_by(|a, b| a.path.cmp(&b.path));
+    assert_eq!(uids_of(&second), uids_of(&expected), "re-run must re-use the first run's objects, minus the delivered one");
+    for d in ["pacs", "lm"] {
+        let outbox = std::fs::read_dir(tmp.path().join("spool/outbox").join(d)).unwrap().count();
+        let sent = std::fs::read_dir(tmp.path().join("spool/sent").join(d)).map(|r| r.count()).unwrap_or(0);
+        assert_eq!(outbox + sent, of(&first, d).len(), "{d}: one copy of each object in outbox + sent");
+    }
+    // A configuration that now wants an output the first run did not encode (an SR that
+    // references the LABELMAP SEG): encode anew.
+    let third = encode_findings(&findings(job_dir), &ctx(&[("pacs", &[SegBinary, Sr]), ("lm", &[SegLabelmap, Sr])]))
+        .expect("encode anew");
+    assert!(third.iter().all(|o| first.iter().all(|f| f.sop_instance_uid != o.sop_instance_uid)), "new outputs wanted: new objects");
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

@@ -13,6 +13,12 @@
 //! to a kept object. With no destinations (offline mode) BINARY SEG and SR are written. Only then is the series marked done
 //! ([`mark_series_done`](crate::assemble::stage::mark_series_done)), so a crash
 //! before that point re-runs the series at restart and never loses a result.
+//!
+//! Exactly once across such a re-run: `job.json` lists under `encoded` the objects written
+//! for the job version; a re-run of the same job id and version re-uses them (same SOP
+//! Instance UIDs) instead of encoding new ones, and places in each outbox only what is not
+//! already there, in `sent/` or in `failed/` ([`Spool::put_outbox_once`]). Only when the
+//! configuration now wants an output that was not encoded then is the job encoded anew.
 
 use std::sync::Arc;
 
@@ -115,6 +121,32 @@ pub fn encode_findings(f: &Findings, ctx: &EncodeContext) -> Result<Vec<Outbound
     // BINARY also when an SR must reference some SEG and nobody takes a SEG at all.
     let want_binary = wants(OutputKind::SegBinary) || (want_sr && !want_labelmap);
 
+    // Which SRs are needed (the SR each destination gets references the SEG it receives, see
+    // the module docs).
+    let sr_binary_needed = want_sr
+        && want_binary
+        && (offline
+            || ctx.destinations.iter().any(|d| {
+                d.outputs.contains(&OutputKind::Sr)
+                    && (d.outputs.contains(&OutputKind::SegBinary) || !d.outputs.contains(&OutputKind::SegLabelmap))
+            }));
+    let sr_labelmap_needed = want_sr
+        && want_labelmap
+        && ctx.destinations.iter().any(|d| {
+            d.outputs.contains(&OutputKind::Sr)
+                && !d.outputs.contains(&OutputKind::SegBinary)
+                && (d.outputs.contains(&OutputKind::SegLabelmap) || !want_binary)
+        });
+    let wanted = Encoded { binary: want_binary, labelmap: want_labelmap, sr_binary: sr_binary_needed, sr_labelmap: sr_labelmap_needed };
+    // A re-run of a job version that was already encoded (crash after encoding, before the
+    // series was marked done): reuse its objects and UIDs, so no destination gets a second copy.
+    if let Some(prev) = previously_encoded(job, &wanted) {
+        info!(job = %job.job_id, version = job.version, "job version already encoded before a restart; re-using its objects");
+        let out = fill_outboxes(ctx, job, &prev.binary, &prev.labelmap, &prev.sr_binary, &prev.sr_labelmap)?;
+        crate::assemble::stage::mark_series_done(&ctx.spool, job, job.volume.slices.len())?;
+        return Ok(out);
+    }
+
     let binary = if want_binary {
         let enc = encode_seg(&f.segmentation, &opts, SegmentationKind::Binary)?;
         ctx.spool.write_atomically(&job.job_dir.join(SEG_FILE), &[&enc.bytes])?;
@@ -145,21 +177,6 @@ pub fn encode_findings(f: &Findings, ctx: &EncodeContext) -> Result<Vec<Outbound
         };
         Ok(encode_tid1500(f, &seg_ref, &sr_opts)?)
     };
-    // The SR each destination gets references the SEG it receives (see the module docs).
-    let sr_binary_needed = want_sr
-        && binary.is_some()
-        && (offline
-            || ctx.destinations.iter().any(|d| {
-                d.outputs.contains(&OutputKind::Sr)
-                    && (d.outputs.contains(&OutputKind::SegBinary) || !d.outputs.contains(&OutputKind::SegLabelmap))
-            }));
-    let sr_labelmap_needed = want_sr
-        && labelmap.is_some()
-        && ctx.destinations.iter().any(|d| {
-            d.outputs.contains(&OutputKind::Sr)
-                && !d.outputs.contains(&OutputKind::SegBinary)
-                && (d.outputs.contains(&OutputKind::SegLabelmap) || binary.is_none())
-        });
     let sr_binary = match (&binary, sr_binary_needed) {
         (Some(seg), true) => {
             let sr = sr_for(seg)?;
@@ -207,9 +224,86 @@ pub fn encode_findings(f: &Findings, ctx: &EncodeContext) -> Result<Vec<Outbound
         "sr": describe(if sr_binary.is_some() { &sr_binary } else { &sr_labelmap }, SR_FILE),
         "sr_labelmap": if sr_binary.is_some() { describe(&sr_labelmap, LABELMAP_SR_FILE) } else { serde_json::Value::Null },
         "labels_file": crate::segment::stage::LABELS_FILE,
+        "encoded": {
+            "seg_binary": describe(&binary, SEG_FILE),
+            "seg_labelmap": describe(&labelmap, LABELMAP_SEG_FILE),
+            "sr_binary": describe(&sr_binary, SR_FILE),
+            "sr_labelmap": describe(&sr_labelmap, if sr_binary.is_some() { LABELMAP_SR_FILE } else { SR_FILE }),
+        },
     });
     ctx.spool.write_atomically(&job.job_dir.join(JOB_FILE), &[&serde_json::to_vec_pretty(&summary).expect("json")])?;
     crate::http::preview::write_preview_logged(&f.segmentation);
+    let out = fill_outboxes(ctx, job, &binary, &labelmap, &sr_binary, &sr_labelmap)?;
+    crate::assemble::stage::mark_series_done(&ctx.spool, job, v.slices.len())?;
+    metrics::counter!("myonode_series_completed_total").increment(1);
+    info!(
+        seg = binary.as_ref().map(|o| o.sop_instance_uid.as_str()),
+        seg_labelmap = labelmap.as_ref().map(|o| o.sop_instance_uid.as_str()),
+        sr = sr_binary.as_ref().or(sr_labelmap.as_ref()).map(|o| o.sop_instance_uid.as_str()),
+        outbound = out.len(),
+        "results encoded"
+    );
+    Ok(out)
+}
+
+/// Which objects a job needs / an earlier run encoded.
+struct Encoded<T> {
+    binary: T,
+    labelmap: T,
+    sr_binary: T,
+    sr_labelmap: T,
+}
+
+/// The objects an earlier run of the same job id and version wrote into the job directory
+/// (listed in its `job.json` under `encoded`), if they cover everything `wanted` now.
+/// `None` when there was no earlier run, it was another version, a file is missing, or the
+/// configuration now wants an output that was not encoded then.
+fn previously_encoded(job: &crate::pipeline::messages::StudyJob, wanted: &Encoded<bool>) -> Option<Encoded<Option<EncodedObject>>> {
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(job.job_dir.join(JOB_FILE)).ok()?).ok()?;
+    if summary["job_id"].as_str()? != job.job_id || summary["version"].as_u64()? != u64::from(job.version) {
+        return None;
+    }
+    let enc = summary.get("encoded")?;
+    let load = |key: &str| -> Option<Option<EncodedObject>> {
+        let e = &enc[key];
+        if e.is_null() {
+            return Some(None);
+        }
+        let file = e["file"].as_str()?;
+        if file.contains('/') || file.contains("..") {
+            return None;
+        }
+        Some(Some(EncodedObject {
+            bytes: std::fs::read(job.job_dir.join(file)).ok()?,
+            sop_class_uid: e["sop_class_uid"].as_str()?.to_string(),
+            sop_instance_uid: e["sop_instance_uid"].as_str()?.to_string(),
+            series_instance_uid: e["series_instance_uid"].as_str()?.to_string(),
+        }))
+    };
+    let prev = Encoded {
+        binary: load("seg_binary")?,
+        labelmap: load("seg_labelmap")?,
+        sr_binary: load("sr_binary")?,
+        sr_labelmap: load("sr_labelmap")?,
+    };
+    let covers = |want: bool, have: &Option<EncodedObject>| !want || have.is_some();
+    (covers(wanted.binary, &prev.binary)
+        && covers(wanted.labelmap, &prev.labelmap)
+        && covers(wanted.sr_binary, &prev.sr_binary)
+        && covers(wanted.sr_labelmap, &prev.sr_labelmap))
+    .then_some(prev)
+}
+
+/// Place each destination's objects in its outbox (SEGs first, then the SR that references
+/// one of them), idempotently ([`Spool::put_outbox_once`]).
+fn fill_outboxes(
+    ctx: &EncodeContext,
+    job: &crate::pipeline::messages::StudyJob,
+    binary: &Option<EncodedObject>,
+    labelmap: &Option<EncodedObject>,
+    sr_binary: &Option<EncodedObject>,
+    sr_labelmap: &Option<EncodedObject>,
+) -> Result<Vec<Outbound>, EncodeStageError> {
     let mut out = Vec::new();
     for dest in &ctx.destinations {
         let has = |k: OutputKind| dest.outputs.contains(&k);
@@ -230,7 +324,10 @@ pub fn encode_findings(f: &Findings, ctx: &EncodeContext) -> Result<Vec<Outbound
             objects.extend(sr);
         }
         for obj in objects {
-            let path = ctx.spool.put_outbox(&dest.name, &format!("{}.dcm", obj.sop_instance_uid), &obj.bytes)?;
+            let Some(path) = ctx.spool.put_outbox_once(&dest.name, &format!("{}.dcm", obj.sop_instance_uid), &obj.bytes)?
+            else {
+                continue; // delivered or dead-lettered before a restart
+            };
             out.push(Outbound {
                 job_id: job.job_id.clone(),
                 destination: dest.name.clone(),
@@ -240,15 +337,6 @@ pub fn encode_findings(f: &Findings, ctx: &EncodeContext) -> Result<Vec<Outbound
             });
         }
     }
-    crate::assemble::stage::mark_series_done(&ctx.spool, job, v.slices.len())?;
-    metrics::counter!("myonode_series_completed_total").increment(1);
-    info!(
-        seg = binary.as_ref().map(|o| o.sop_instance_uid.as_str()),
-        seg_labelmap = labelmap.as_ref().map(|o| o.sop_instance_uid.as_str()),
-        sr = sr_binary.as_ref().or(sr_labelmap.as_ref()).map(|o| o.sop_instance_uid.as_str()),
-        outbound = out.len(),
-        "results encoded"
-    );
     Ok(out)
 }
 
