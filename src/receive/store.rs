@@ -5,7 +5,7 @@
 //! the blocking crossbeam send, so the async runtime never stalls.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
@@ -107,6 +107,7 @@ pub fn store_instance_blocking(
     let Some(ts) = TransferSyntaxRegistry.get(transfer_syntax) else {
         return StoreReply::failure(status::ERROR_CANNOT_UNDERSTAND, format!("unknown transfer syntax {transfer_syntax}"));
     };
+    let started = Instant::now();
     let obj = match InMemDicomObject::read_dataset_with_ts(&dataset[..], ts) {
         Ok(o) => o,
         Err(e) => {
@@ -160,6 +161,7 @@ pub fn store_instance_blocking(
         sop_instance_uid: &sop_instance,
         transfer_syntax_uid: transfer_syntax,
     };
+    let parsed = Instant::now();
     let outcome = match ctx.spool.store_instance(&id, &dataset) {
         Ok(o) => o,
         Err(e @ SpoolError::InvalidUid { .. }) => {
@@ -171,7 +173,12 @@ pub fn store_instance_blocking(
         }
     };
     let duplicate = matches!(outcome, StoreOutcome::Duplicate(_));
-    debug!(sop_instance_uid = %sop_instance, path = %outcome.path().display(), duplicate, "instance stored");
+    let written = Instant::now();
+    debug!(
+        sop_instance_uid = %sop_instance, path = %outcome.path().display(), duplicate, bytes = dataset.len(),
+        parse_us = (parsed - started).as_micros() as u64, write_us = (written - parsed).as_micros() as u64,
+        "instance stored"
+    );
     let msg = InstanceStored {
         study_instance_uid: study,
         series_instance_uid: series,
