@@ -10,8 +10,13 @@
 //!
 //! ```text
 //! .venv/bin/python scripts/make-fixture-models.py bench target/bench-models
-//! cargo run --release --example bench_inference -- target/bench-models [ORT_LIBRARY] [THREADS] [SLICES] [3D_EDGE]
+//! cargo run --release --example bench_inference -- target/bench-models [ORT_LIBRARY] [THREADS] [SLICES] [3D_EDGE] [SHIPPED_MODEL_DIR]
 //! ```
+//! With SHIPPED_MODEL_DIR (e.g. `models/lumbar-vertebrae-mr`) a third row runs that model on
+//! a volume of the knee series' shape and spacing (80 x 512 x 512, 1.5 x 0.3125 x 0.3125 mm),
+//! as the node would on that series. With `BENCH_JSON=1` each row is also printed as one
+//! `JSON {...}` line (read by `integration/bench.py`).
+//!
 //! Defaults: ORT_LIBRARY `.onnxruntime/lib/libonnxruntime.so.1.31.1`, THREADS 0 (ORT default),
 //! SLICES 8 (2D volume 8 x 256 x 256, 2 channels water/fat), 3D_EDGE 128 (volume 128³ = one patch).
 //!
@@ -41,6 +46,10 @@ fn peak_rss_mib() -> f64 {
 }
 
 fn volume(shape: (usize, usize, usize), seed: u64) -> Volume {
+    volume_with_spacing(shape, [3.0, 1.0, 1.0], seed)
+}
+
+fn volume_with_spacing(shape: (usize, usize, usize), spacing: [f64; 3], seed: u64) -> Volume {
     let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     let data = Array3::from_shape_simple_fn(shape, || {
         state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -48,7 +57,7 @@ fn volume(shape: (usize, usize, usize), seed: u64) -> Volume {
     });
     Volume {
         data,
-        spacing: [3.0, 1.0, 1.0],
+        spacing,
         origin: [0.0; 3],
         row_direction: [1.0, 0.0, 0.0],
         column_direction: [0.0, 1.0, 0.0],
@@ -57,7 +66,9 @@ fn volume(shape: (usize, usize, usize), seed: u64) -> Volume {
     }
 }
 
+#[derive(serde::Serialize)]
 struct Row {
+    shipped: bool,
     model: String,
     input: String,
     runs: u64,
@@ -65,6 +76,7 @@ struct Row {
     run_ms: f64,
     unit: &'static str,
     per_unit_ms: f64,
+    #[serde(rename = "peak_rss_mib")]
     rss: f64,
 }
 
@@ -80,6 +92,7 @@ fn bench(model: &mut OnnxModel, channels: &[ChannelInput<'_>], units: usize, uni
     let timing = model.timing();
     let v = channels[0].1;
     Row {
+        shipped: false,
         model: model.manifest().name(),
         input: format!("{}x{:?}", channels.len(), v.shape()),
         runs: timing.runs,
@@ -102,6 +115,7 @@ fn main() {
     let threads: usize = args.get(3).map(|s| s.parse().expect("THREADS")).unwrap_or(0);
     let slices: usize = args.get(4).map(|s| s.parse().expect("SLICES")).unwrap_or(8);
     let edge: usize = args.get(5).map(|s| s.parse().expect("3D_EDGE")).unwrap_or(128);
+    let shipped = args.get(6).filter(|s| !s.is_empty()).map(PathBuf::from);
     let cfg = SegmentConfig {
         analysis: String::new(),
         workers: 1,
@@ -124,6 +138,15 @@ fn main() {
     let mut m3 = OnnxModel::load(&models.join("unet3d"), &cfg).expect("load unet3d");
     let v3 = volume((edge, edge, edge), 3);
     rows.push(bench(&mut m3, &[("image", &v3)], 1, "volume", false));
+    drop(m3);
+
+    if let Some(dir) = shipped {
+        let mut ms = OnnxModel::load(&dir, &cfg).expect("load the shipped model");
+        let knee = volume_with_spacing((80, 512, 512), [1.5, 0.3125, 0.3125], 4);
+        let mut row = bench(&mut ms, &[("water", &knee)], 80, "slice", true);
+        row.shipped = true;
+        rows.push(row);
+    }
 
     println!(
         "CPU inference, random-weight models, intra-op threads {} ({} cores)",
@@ -135,7 +158,11 @@ fn main() {
         "model", "input (C x z,y,x)", "runs", "total ms", "Session::run ms", "outside run %", "per unit ms", "peak RSS MiB"
     );
     println!("|{}|", ["-"; 8].map(|_| "---------").join("|"));
+    let json = std::env::var("BENCH_JSON").is_ok_and(|v| v == "1");
     for r in rows {
+        if json {
+            println!("JSON {}", serde_json::to_string(&r).expect("json"));
+        }
         println!(
             "| {:<7} | {:<22} | {:>4} | {:>10.1} | {:>15.1} | {:>13.2} | {:>9.1}/{:<6} | {:>13.0} |",
             r.model,

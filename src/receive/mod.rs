@@ -11,6 +11,7 @@
 //! [`InstanceStored`]: crate::pipeline::messages::InstanceStored
 
 pub mod association;
+pub mod scan;
 pub mod store;
 
 use std::sync::Arc;

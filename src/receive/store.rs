@@ -5,7 +5,7 @@
 //! the blocking crossbeam send, so the async runtime never stalls.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
@@ -14,6 +14,7 @@ use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use tracing::{debug, error, warn};
 
+use super::scan::{scan_data_set, DataSetEncoding, ScanOutcome};
 use super::ReceiveContext;
 use crate::dimse::{status, CommandSet};
 use crate::pipeline::messages::InstanceStored;
@@ -36,6 +37,73 @@ impl StoreReply {
     fn failure(status: u16, comment: impl Into<String>) -> Self {
         StoreReply { status, comment: Some(comment.into()), duplicate: false, series_instance_uid: None }
     }
+}
+
+/// How the data set bytes of `transfer_syntax` are encoded, if [`scan_data_set`] handles it:
+/// little endian and not deflated (PS3.5 A.1-A.4); Implicit VR Little Endian is 1.2.840.10008.1.2.
+fn data_set_encoding(transfer_syntax: &str, ts: &dicom_encoding::TransferSyntax) -> Option<DataSetEncoding> {
+    if ts.endianness() != dicom_encoding::Endianness::Little || matches!(ts.codec(), dicom_encoding::Codec::Dataset(_)) {
+        return None;
+    }
+    Some(if transfer_syntax.trim_end_matches('\0') == "1.2.840.10008.1.2" {
+        DataSetEncoding::ImplicitLittle
+    } else {
+        DataSetEncoding::ExplicitLittle
+    })
+}
+
+/// Why a data set's UIDs could not be read.
+#[derive(Debug, thiserror::Error)]
+enum ReadUidsError {
+    /// The structural scan found the data set malformed (truncated, inconsistent lengths).
+    #[error("{reason} at byte {offset}")]
+    Malformed { offset: usize, reason: String },
+    /// dicom-rs could not decode it.
+    #[error(transparent)]
+    Decode(#[from] dicom_object::ReadError),
+}
+
+/// The values of SOPClassUID, SOPInstanceUID, StudyInstanceUID and SeriesInstanceUID (in this
+/// order, as stored, padding not yet removed) of a data set encoded in `transfer_syntax`.
+///
+/// Little-endian, non-deflated data sets are checked by [`scan_data_set`]; if it reports all four
+/// values as plain text they are taken from the bytes directly, otherwise the prefix up to
+/// SeriesInstanceUID (or, for other encodings and out-of-order data sets, the whole data set) is
+/// decoded with dicom-rs.
+///
+/// # Errors
+/// [`ReadUidsError::Malformed`] from the scan, [`ReadUidsError::Decode`] from dicom-rs.
+fn read_uids(
+    dataset: &[u8],
+    transfer_syntax: &str,
+    ts: &dicom_encoding::TransferSyntax,
+) -> Result<[Option<String>; 4], ReadUidsError> {
+    let needed = [tags::SOP_CLASS_UID, tags::SOP_INSTANCE_UID, tags::STUDY_INSTANCE_UID, tags::SERIES_INSTANCE_UID];
+    let decode = |bytes: &[u8]| -> Result<[Option<String>; 4], ReadUidsError> {
+        let obj = InMemDicomObject::read_dataset_with_ts(bytes, ts)?;
+        Ok(needed.map(|t| obj.get(t).and_then(|e| e.to_str().ok()).map(|s| s.into_owned())))
+    };
+    let prefix = match data_set_encoding(transfer_syntax, ts).map(|e| scan_data_set(dataset, e)) {
+        Some(ScanOutcome::Malformed { offset, reason }) => return Err(ReadUidsError::Malformed { offset, reason }),
+        Some(ScanOutcome::WellFormed { header_end, uids }) => {
+            // UI values are ASCII digits and dots (PS3.5 6.2, 9.1); anything else goes to dicom-rs
+            let text: Vec<Option<&str>> = uids
+                .iter()
+                .map(|r| r.clone().and_then(|r| std::str::from_utf8(&dataset[r]).ok()).filter(|s| s.is_ascii()))
+                .collect();
+            if text.iter().all(Option::is_some) {
+                return Ok([0, 1, 2, 3].map(|i| text[i].map(str::to_string)));
+            }
+            header_end
+        }
+        Some(ScanOutcome::Unsupported) | None => dataset.len(),
+    };
+    let values = decode(&dataset[..prefix])?;
+    // elements out of ascending tag order (not conformant, PS3.5 7.1) may put a UID after the prefix
+    if prefix < dataset.len() && values.iter().any(Option::is_none) {
+        return decode(dataset);
+    }
+    Ok(values)
 }
 
 /// Handle a C-STORE-RQ: see [`store_instance_blocking`]; runs it on the blocking pool.
@@ -70,7 +138,10 @@ pub async fn handle_c_store(
 /// Order of checks and the status each failure gets (PS3.4 Table B.2-1):
 /// 1. no data set, or AffectedSOPClassUID / AffectedSOPInstanceUID missing → C000;
 /// 2. AffectedSOPClassUID ≠ the presentation context's abstract syntax → 0122;
-/// 3. data set unparsable in the negotiated transfer syntax (truncated, malformed) → C000;
+/// 3. data set unparsable in the negotiated transfer syntax (truncated, malformed) → C000. The
+///    whole data set is checked structurally by [`scan_data_set`] (element headers, lengths,
+///    sequences, encapsulated fragments) and only its elements up to SeriesInstanceUID are
+///    decoded, so pixel data are never decoded or copied on receipt;
 /// 4. SOPClassUID, SOPInstanceUID, StudyInstanceUID or SeriesInstanceUID missing, empty or
 ///    not a valid UID → A900;
 /// 5. SOPInstanceUID / SOPClassUID of the data set ≠ those of the command → A900;
@@ -109,19 +180,20 @@ pub fn store_instance_blocking(
     let Some(ts) = TransferSyntaxRegistry.get(transfer_syntax) else {
         return StoreReply::failure(status::ERROR_CANNOT_UNDERSTAND, format!("unknown transfer syntax {transfer_syntax}"));
     };
-    let obj = match InMemDicomObject::read_dataset_with_ts(&dataset[..], ts) {
-        Ok(o) => o,
+    let started = Instant::now();
+    // Check the structure of the whole data set without decoding values (scan.rs) and take the
+    // four UIDs from it; pixel data are never decoded or copied. Encodings the scanner does not
+    // handle, and UIDs it cannot take verbatim, are decoded with dicom-rs (only the elements up
+    // to SeriesInstanceUID when the structure is known).
+    let raw = match read_uids(&dataset, transfer_syntax, ts) {
+        Ok(v) => v,
         Err(e) => {
             debug!(error = %e, sop_instance_uid = cmd_instance, "unparsable data set");
             return StoreReply::failure(status::ERROR_CANNOT_UNDERSTAND, format!("data set cannot be parsed: {e}"));
         }
     };
-    let uid = |tag: Tag, name: &'static str| -> Result<String, StoreReply> {
-        let value = obj
-            .get(tag)
-            .and_then(|e| e.to_str().ok())
-            .map(|s| s.trim_end_matches(['\0', ' ']).trim_start().to_string())
-            .unwrap_or_default();
+    let uid = |value: &Option<String>, tag: Tag, name: &'static str| -> Result<String, StoreReply> {
+        let value = value.as_deref().map(|s| s.trim_end_matches(['\0', ' ']).trim_start().to_string()).unwrap_or_default();
         if value.is_empty() {
             Err(StoreReply::failure(status::ERROR_DATA_SET_DOES_NOT_MATCH_SOP_CLASS, format!("{name} {tag} missing or empty")))
         } else if !is_valid_uid(&value) {
@@ -132,17 +204,16 @@ pub fn store_instance_blocking(
     };
     let ids = (|| {
         Ok::<_, StoreReply>((
-            uid(tags::SOP_CLASS_UID, "SOPClassUID")?,
-            uid(tags::SOP_INSTANCE_UID, "SOPInstanceUID")?,
-            uid(tags::STUDY_INSTANCE_UID, "StudyInstanceUID")?,
-            uid(tags::SERIES_INSTANCE_UID, "SeriesInstanceUID")?,
+            uid(&raw[0], tags::SOP_CLASS_UID, "SOPClassUID")?,
+            uid(&raw[1], tags::SOP_INSTANCE_UID, "SOPInstanceUID")?,
+            uid(&raw[2], tags::STUDY_INSTANCE_UID, "StudyInstanceUID")?,
+            uid(&raw[3], tags::SERIES_INSTANCE_UID, "SeriesInstanceUID")?,
         ))
     })();
     let (sop_class, sop_instance, study, series) = match ids {
         Ok(v) => v,
         Err(reply) => return reply,
     };
-    drop(obj);
     if sop_instance != cmd_instance {
         return StoreReply::failure(
             status::ERROR_DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
@@ -165,6 +236,7 @@ pub fn store_instance_blocking(
     if let Some(reply) = series_full(ctx, &id) {
         return reply;
     }
+    let parsed = Instant::now();
     let outcome = match ctx.spool.store_instance(&id, &dataset) {
         Ok(o) => o,
         Err(e @ SpoolError::InvalidUid { .. }) => {
@@ -176,7 +248,12 @@ pub fn store_instance_blocking(
         }
     };
     let duplicate = matches!(outcome, StoreOutcome::Duplicate(_));
-    debug!(sop_instance_uid = %sop_instance, path = %outcome.path().display(), duplicate, "instance stored");
+    let written = Instant::now();
+    debug!(
+        sop_instance_uid = %sop_instance, path = %outcome.path().display(), duplicate, bytes = dataset.len(),
+        parse_us = (parsed - started).as_micros() as u64, write_us = (written - parsed).as_micros() as u64,
+        "instance stored"
+    );
     let msg = InstanceStored {
         study_instance_uid: study,
         series_instance_uid: series,

@@ -1,0 +1,368 @@
+//! Structural check of a received data set without decoding its values.
+//!
+//! A C-STORE data set is stored exactly as received; the SCP only needs four UIDs from it
+//! (SOPClassUID, SOPInstanceUID, StudyInstanceUID, SeriesInstanceUID, all in groups 0008 and
+//! 0020) and the assurance that the data set is well formed (not truncated, lengths
+//! consistent). [`scan_data_set`] walks the element headers of the whole data set — tag, VR,
+//! value length — skipping the values, and returns where the elements after
+//! SeriesInstanceUID (0020,000E) begin, so only that short prefix has to be decoded. This
+//! avoids decoding (and copying) the pixel data of every received instance.
+//!
+//! Encoding rules followed (DICOM PS3.5): data element structure with explicit VR (7.1.2,
+//! Table 7.1-1/7.1-2: 4-byte lengths for OB, OD, OF, OL, OV, OW, SQ, SV, UC, UN, UR, UT, UV)
+//! and implicit VR (7.1.3); nested data sets with defined or undefined lengths, Item
+//! (FFFE,E000), Item Delimitation (FFFE,E00D) and Sequence Delimitation (FFFE,E0DD) (7.5);
+//! encapsulated pixel data as a sequence of fragment items (A.4). Only little-endian,
+//! non-deflated transfer syntaxes are scanned; others are reported as
+//! [`ScanOutcome::Unsupported`] and the caller decodes the data set fully instead.
+
+/// The tag after which the receive path needs no more attributes: SeriesInstanceUID (0020,000E).
+const LAST_NEEDED: (u16, u16) = (0x0020, 0x000E);
+const PIXEL_DATA: (u16, u16) = (0x7FE0, 0x0010);
+/// The top-level elements whose value ranges [`ScanOutcome::WellFormed`] reports, in this order:
+/// SOPClassUID (0008,0016), SOPInstanceUID (0008,0018), StudyInstanceUID (0020,000D),
+/// SeriesInstanceUID (0020,000E).
+pub const UID_TAGS: [(u16, u16); 4] = [(0x0008, 0x0016), (0x0008, 0x0018), (0x0020, 0x000D), (0x0020, 0x000E)];
+const UNDEFINED: u32 = 0xFFFF_FFFF;
+
+/// Result of [`scan_data_set`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScanOutcome {
+    /// The data set is structurally well formed; its top-level elements up to and including
+    /// SeriesInstanceUID (0020,000E) occupy `bytes[..header_end]` (a valid data set on its own).
+    /// `uids` holds the byte ranges of the values of the top-level [`UID_TAGS`], where present.
+    WellFormed { header_end: usize, uids: [Option<std::ops::Range<usize>>; 4] },
+    /// Not well formed: the reason and the byte offset where scanning stopped.
+    Malformed { offset: usize, reason: String },
+    /// The encoding is not one this scanner handles (big endian, deflated, UN of undefined
+    /// length); decode the data set fully instead.
+    Unsupported,
+}
+
+/// How the data set bytes are encoded (from the negotiated transfer syntax).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataSetEncoding {
+    /// Explicit VR Little Endian and every encapsulated (compressed) transfer syntax.
+    ExplicitLittle,
+    /// Implicit VR Little Endian (1.2.840.10008.1.2).
+    ImplicitLittle,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Frame {
+    /// A sequence; `end` is the end offset for a defined length, `None` for undefined length.
+    Sequence { end: Option<usize> },
+    /// An item of a sequence (a nested data set).
+    Item { end: Option<usize> },
+    /// Encapsulated pixel data: fragment items until the Sequence Delimitation Item.
+    Fragments,
+}
+
+fn u16_at(b: &[u8], p: usize) -> u16 {
+    u16::from_le_bytes([b[p], b[p + 1]])
+}
+
+fn u32_at(b: &[u8], p: usize) -> u32 {
+    u32::from_le_bytes([b[p], b[p + 1], b[p + 2], b[p + 3]])
+}
+
+/// Value representations whose explicit-VR header has a reserved field and a 4-byte length
+/// (PS3.5 Table 7.1-1).
+fn has_long_length(vr: [u8; 2]) -> bool {
+    matches!(&vr, b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"SV" | b"UC" | b"UN" | b"UR" | b"UT" | b"UV")
+}
+
+/// Walk the element headers of the data set `bytes` encoded as `encoding` (see the module
+/// documentation). Never panics on any input; runs in time linear in the number of elements.
+pub fn scan_data_set(bytes: &[u8], encoding: DataSetEncoding) -> ScanOutcome {
+    let explicit = encoding == DataSetEncoding::ExplicitLittle;
+    let n = bytes.len();
+    let mut pos = 0usize;
+    let mut header_end: Option<usize> = None;
+    let mut uids: [Option<std::ops::Range<usize>>; 4] = Default::default();
+    let mut stack: Vec<Frame> = Vec::new();
+    let bad = |offset: usize, reason: &str| ScanOutcome::Malformed { offset, reason: reason.to_string() };
+    loop {
+        // close every defined-length frame that ends here
+        while let Some(Frame::Sequence { end: Some(e) } | Frame::Item { end: Some(e) }) = stack.last() {
+            if *e == pos {
+                stack.pop();
+            } else {
+                break;
+            }
+        }
+        if pos == n {
+            break;
+        }
+        // the innermost defined end that this element must not cross
+        let limit = stack
+            .iter()
+            .rev()
+            .find_map(|f| match f {
+                Frame::Sequence { end: Some(e) } | Frame::Item { end: Some(e) } => Some(*e),
+                _ => None,
+            })
+            .unwrap_or(n);
+        if limit - pos < 8 {
+            return bad(pos, "truncated element header");
+        }
+        let tag = (u16_at(bytes, pos), u16_at(bytes, pos + 2));
+        if tag.0 == 0xFFFE {
+            let len = u32_at(bytes, pos + 4);
+            match (tag.1, stack.last().copied()) {
+                (0xE000, Some(Frame::Fragments)) => {
+                    if len == UNDEFINED || (len as usize) > limit - pos - 8 {
+                        return bad(pos, "pixel data fragment length exceeds the data set");
+                    }
+                    pos += 8 + len as usize;
+                }
+                (0xE000, Some(Frame::Sequence { .. })) => {
+                    if len == UNDEFINED {
+                        stack.push(Frame::Item { end: None });
+                    } else if (len as usize) > limit - pos - 8 {
+                        return bad(pos, "item length exceeds its sequence or the data set");
+                    } else {
+                        stack.push(Frame::Item { end: Some(pos + 8 + len as usize) });
+                    }
+                    pos += 8;
+                }
+                (0xE00D, Some(Frame::Item { end: None })) => {
+                    stack.pop();
+                    pos += 8;
+                }
+                (0xE0DD, Some(Frame::Sequence { end: None } | Frame::Fragments)) => {
+                    stack.pop();
+                    pos += 8;
+                }
+                _ => return bad(pos, "item or delimitation tag where none is allowed"),
+            }
+            continue;
+        }
+        if stack.is_empty() && header_end.is_none() && tag > LAST_NEEDED {
+            header_end = Some(pos);
+        }
+        if matches!(stack.last(), Some(Frame::Sequence { .. } | Frame::Fragments)) {
+            return bad(pos, "data element directly inside a sequence (item expected)");
+        }
+        let (vr, len, header) = if explicit {
+            let vr = [bytes[pos + 4], bytes[pos + 5]];
+            if !vr.iter().all(u8::is_ascii_uppercase) {
+                return bad(pos, "invalid value representation");
+            }
+            if has_long_length(vr) {
+                if limit - pos < 12 {
+                    return bad(pos, "truncated element header");
+                }
+                (Some(vr), u32_at(bytes, pos + 8), 12usize)
+            } else {
+                (Some(vr), u32::from(u16_at(bytes, pos + 6)), 8usize)
+            }
+        } else {
+            (None, u32_at(bytes, pos + 4), 8usize)
+        };
+        if len == UNDEFINED {
+            let frame = match vr {
+                Some(v) if &v == b"SQ" => Frame::Sequence { end: None },
+                Some(v) if (&v == b"OB" || &v == b"OW") && tag == PIXEL_DATA && stack.is_empty() => Frame::Fragments,
+                // UN of undefined length holds implicit-VR content (PS3.5 6.2.2): not scanned here
+                Some(v) if &v == b"UN" => return ScanOutcome::Unsupported,
+                Some(_) => return bad(pos, "undefined length on a value representation that does not allow it"),
+                // implicit VR: only sequences may have an undefined length
+                None if tag == PIXEL_DATA => return bad(pos, "encapsulated pixel data in implicit VR"),
+                None => Frame::Sequence { end: None },
+            };
+            stack.push(frame);
+            pos += header;
+            continue;
+        }
+        let len = len as usize;
+        if len > limit - pos - header {
+            return bad(pos, "value length exceeds the data set (truncated?)");
+        }
+        if stack.is_empty() {
+            if let Some(i) = UID_TAGS.iter().position(|t| *t == tag) {
+                uids[i] = Some(pos + header..pos + header + len);
+            }
+        }
+        if vr.is_some_and(|v| &v == b"SQ") && len > 0 {
+            // enter defined-length sequences too, so their items are checked
+            stack.push(Frame::Sequence { end: Some(pos + header + len) });
+            pos += header;
+        } else {
+            pos += header + len;
+        }
+    }
+    if !stack.is_empty() {
+        return bad(n, "sequence, item or encapsulated pixel data not terminated");
+    }
+    ScanOutcome::WellFormed { header_end: header_end.unwrap_or(n), uids }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ex(tag: (u16, u16), vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&tag.0.to_le_bytes());
+        v.extend_from_slice(&tag.1.to_le_bytes());
+        v.extend_from_slice(vr);
+        if has_long_length(*vr) {
+            v.extend_from_slice(&[0, 0]);
+            v.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        } else {
+            v.extend_from_slice(&(value.len() as u16).to_le_bytes());
+        }
+        v.extend_from_slice(value);
+        v
+    }
+
+    fn raw(tag: (u16, u16), len: u32) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&tag.0.to_le_bytes());
+        v.extend_from_slice(&tag.1.to_le_bytes());
+        v.extend_from_slice(&len.to_le_bytes());
+        v
+    }
+
+    fn header() -> Vec<u8> {
+        [
+            ex((0x0008, 0x0016), b"UI", b"1.2.840.10008.5.1.4.1.1.4\0"),
+            ex((0x0008, 0x0018), b"UI", b"1.2.3.4\0"),
+            ex((0x0020, 0x000D), b"UI", b"1.2.3\0"),
+            ex((0x0020, 0x000E), b"UI", b"1.2.3.5\0"),
+        ]
+        .concat()
+    }
+
+    #[test]
+    fn native_pixel_data_prefix_ends_after_series_uid() {
+        let h = header();
+        let ds = [h.clone(), ex((0x0028, 0x0010), b"US", &[4, 0]), ex(PIXEL_DATA, b"OW", &[0u8; 32])].concat();
+        let ScanOutcome::WellFormed { header_end, uids } = scan_data_set(&ds, DataSetEncoding::ExplicitLittle) else { panic!() };
+        assert_eq!(header_end, h.len());
+        let values: Vec<&[u8]> = uids.iter().map(|r| &ds[r.clone().unwrap()]).collect();
+        assert_eq!(values, [&b"1.2.840.10008.5.1.4.1.1.4\0"[..], b"1.2.3.4\0", b"1.2.3\0", b"1.2.3.5\0"]);
+        // the prefix is itself a data set that dicom-rs decodes, with the UIDs in it
+        let ts = dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN.erased();
+        let obj = dicom_object::InMemDicomObject::read_dataset_with_ts(&ds[..h.len()], &ts).unwrap();
+        assert_eq!(obj.get(dicom_dictionary_std::tags::SERIES_INSTANCE_UID).unwrap().to_str().unwrap(), "1.2.3.5");
+        // every truncation inside an element is detected (cuts at element boundaries leave a
+        // shorter but well-formed data set)
+        let mut boundaries = vec![0usize];
+        for e in [26 + 8, 8 + 8, 6 + 8, 8 + 8, 2 + 8, 32 + 12] {
+            boundaries.push(boundaries.last().unwrap() + e);
+        }
+        assert_eq!(*boundaries.last().unwrap(), ds.len());
+        for cut in 1..ds.len() {
+            let outcome = scan_data_set(&ds[..cut], DataSetEncoding::ExplicitLittle);
+            assert_eq!(boundaries.contains(&cut), matches!(outcome, ScanOutcome::WellFormed { .. }), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn sequences_of_both_length_forms_and_encapsulated_pixel_data() {
+        let item = ex((0x0008, 0x0100), b"SH", b"T-D1\0\0");
+        let defined_seq = {
+            let mut it = raw((0xFFFE, 0xE000), item.len() as u32);
+            it.extend_from_slice(&item);
+            ex((0x0040, 0x0275), b"SQ", &it)
+        };
+        let mut undefined_seq = ex((0x0040, 0x0260), b"SQ", &[]);
+        undefined_seq.truncate(undefined_seq.len() - 4);
+        undefined_seq.extend_from_slice(&UNDEFINED.to_le_bytes());
+        undefined_seq.extend(raw((0xFFFE, 0xE000), UNDEFINED));
+        undefined_seq.extend(&item);
+        undefined_seq.extend(raw((0xFFFE, 0xE00D), 0));
+        undefined_seq.extend(raw((0xFFFE, 0xE0DD), 0));
+        let mut pixels = ex(PIXEL_DATA, b"OB", &[]);
+        pixels.truncate(pixels.len() - 4);
+        pixels.extend_from_slice(&UNDEFINED.to_le_bytes());
+        pixels.extend(raw((0xFFFE, 0xE000), 0)); // empty basic offset table
+        pixels.extend(raw((0xFFFE, 0xE000), 6));
+        pixels.extend_from_slice(&[0xFF, 0xFE, 0xE0, 0x00, 0xFF, 0xD9]); // fragment bytes that look like an item tag
+        pixels.extend(raw((0xFFFE, 0xE0DD), 0));
+        let h = header();
+        let ds = [h.clone(), undefined_seq, defined_seq, pixels].concat();
+        assert!(matches!(scan_data_set(&ds, DataSetEncoding::ExplicitLittle), ScanOutcome::WellFormed { header_end, .. } if header_end == h.len()));
+        // unterminated encapsulated pixel data (sequence delimiter cut off)
+        assert!(matches!(scan_data_set(&ds[..ds.len() - 8], DataSetEncoding::ExplicitLittle), ScanOutcome::Malformed { .. }));
+    }
+
+    #[test]
+    fn implicit_vr_and_malformed_inputs() {
+        let imp = [raw((0x0008, 0x0018), 8), b"1.2.3.4\0".to_vec(), raw((0x0020, 0x000E), 2), b"1\0".to_vec(),
+                   raw(PIXEL_DATA, 4), vec![1, 2, 3, 4]].concat();
+        let ScanOutcome::WellFormed { header_end, uids } = scan_data_set(&imp, DataSetEncoding::ImplicitLittle) else { panic!() };
+        assert_eq!((header_end, uids), (26, [None, Some(8..16), None, Some(24..26)]));
+        // a length larger than what follows
+        let mut long = imp.clone();
+        long[30..34].copy_from_slice(&1000u32.to_le_bytes());
+        assert!(matches!(scan_data_set(&long, DataSetEncoding::ImplicitLittle), ScanOutcome::Malformed { .. }));
+        // a stray item delimiter at top level, garbage VR bytes
+        assert!(matches!(scan_data_set(&raw((0xFFFE, 0xE00D), 0), DataSetEncoding::ExplicitLittle), ScanOutcome::Malformed { .. }));
+        assert!(matches!(scan_data_set(&[8, 0, 0x18, 0, 0x01, 0x02, 0, 0], DataSetEncoding::ExplicitLittle), ScanOutcome::Malformed { .. }));
+        // UN with undefined length is left to the full decoder
+        let mut un = ex((0x0009, 0x1010), b"UN", &[]);
+        un.truncate(un.len() - 4);
+        un.extend_from_slice(&UNDEFINED.to_le_bytes());
+        assert_eq!(scan_data_set(&un, DataSetEncoding::ExplicitLittle), ScanOutcome::Unsupported);
+        // empty data set: well formed, nothing to decode beyond it
+        assert_eq!(scan_data_set(&[], DataSetEncoding::ExplicitLittle), ScanOutcome::WellFormed { header_end: 0, uids: Default::default() });
+    }
+
+    /// Every DICOM file of the shared test data (real scanner output: sequences, private
+    /// elements, JPEG / JPEG 2000 encapsulated pixel data, implicit VR, enhanced multi-frame)
+    /// scans as well formed, and the decoded prefix holds the same UIDs as the whole file.
+    #[test]
+    fn real_files_scan_well_formed_with_the_same_uids() {
+        use dicom_dictionary_std::tags;
+        use dicom_encoding::TransferSyntaxIndex;
+        let data = std::env::var_os("MYONODE_DATA")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
+        if !data.join("series").is_dir() {
+            eprintln!("SKIPPED: test data not found at {} (set MYONODE_DATA)", data.display());
+            return;
+        }
+        let mut files = Vec::new();
+        let mut dirs = vec![data.join("series"), data.join("awkward")];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    dirs.push(p);
+                } else if !p.to_string_lossy().ends_with(".nii.gz") {
+                    files.push(p);
+                }
+            }
+        }
+        let mut scanned = 0;
+        for f in &files {
+            let Ok(obj) = dicom_object::open_file(f) else { continue };
+            let ts_uid = obj.meta().transfer_syntax().trim_end_matches('\0').to_string();
+            let bytes = std::fs::read(f).unwrap();
+            let start = 132 + 12 + obj.meta().information_group_length as usize;
+            let enc = if ts_uid == "1.2.840.10008.1.2" { DataSetEncoding::ImplicitLittle } else { DataSetEncoding::ExplicitLittle };
+            if ts_uid == "1.2.840.10008.1.2.2" || ts_uid == "1.2.840.10008.1.2.1.99" {
+                continue;
+            }
+            let outcome = scan_data_set(&bytes[start..], enc);
+            let ScanOutcome::WellFormed { header_end, uids } = outcome else { panic!("{}: {outcome:?}", f.display()) };
+            let ts = dicom_transfer_syntax_registry::TransferSyntaxRegistry.get(&ts_uid).unwrap();
+            let prefix = dicom_object::InMemDicomObject::read_dataset_with_ts(&bytes[start..start + header_end], ts).unwrap();
+            let all = [tags::SOP_CLASS_UID, tags::SOP_INSTANCE_UID, tags::STUDY_INSTANCE_UID, tags::SERIES_INSTANCE_UID];
+            for (i, tag) in all.into_iter().enumerate() {
+                let a = prefix.get(tag).map(|e| e.to_str().unwrap().trim_end_matches(['\0', ' ']).to_string());
+                let b = obj.get(tag).map(|e| e.to_str().unwrap().trim_end_matches(['\0', ' ']).to_string());
+                assert_eq!(a, b, "{}: {tag}", f.display());
+                let c = uids[i].clone().map(|r| String::from_utf8_lossy(&bytes[start..][r]).trim_end_matches(['\0', ' ']).to_string());
+                assert_eq!(c, b, "{}: {tag} from the scan", f.display());
+            }
+            // and every truncation of the pixel data end is detected
+            assert!(matches!(scan_data_set(&bytes[start..bytes.len() - 1], enc), ScanOutcome::Malformed { .. }), "{}", f.display());
+            scanned += 1;
+        }
+        assert!(scanned >= 200, "only {scanned} files scanned");
+    }
+}
