@@ -273,6 +273,32 @@ fn rerun_of_an_encoded_job_version_sends_nothing_twice() {
     assert!(third.iter().all(|o| first.iter().all(|f| f.sop_instance_uid != o.sop_instance_uid)), "new outputs wanted: new objects");
 }
 
+#[test]
+fn seg_and_sr_name_the_job_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = Arc::new(Spool::open(tmp.path().join("spool"), false).unwrap());
+    let job_dir = tmp.path().join("spool/jobs/job-1");
+    std::fs::create_dir_all(&job_dir).unwrap();
+    let ctx = EncodeContext {
+        spool,
+        destinations: vec![EncodeDestination { name: "pacs".into(), outputs: vec![SegBinary, Sr] }],
+        ae_title: "MYONODE".into(),
+        institution_name: String::new(),
+    };
+    let description = |o: &Outbound| {
+        let obj = dicom_object::open_file(&o.path).unwrap();
+        obj.element(tags::SERIES_DESCRIPTION).unwrap().to_str().unwrap().trim().to_string()
+    };
+    let mut f = findings(job_dir);
+    f.segmentation.job.version = 3;
+    let out = encode_findings(&f, &ctx).expect("encode");
+    assert_eq!(out.len(), 2);
+    for o in &out {
+        let d = description(o);
+        assert!(d.ends_with("result v3, supersedes v2)"), "{}: {d}", o.sop_class_uid);
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

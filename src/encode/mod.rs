@@ -25,6 +25,23 @@ pub use seg::{
 
 use dicom_core::Tag;
 
+/// How a derived object names the job version it belongs to (PS3.3 has no attribute for
+/// "this result supersedes an earlier one", so SeriesDescription / ContentDescription carry
+/// it): `"result v1"`, or `"result v3, supersedes v2"` when late instances re-opened the
+/// series (issue: a new job version replaces the old result, never a second partial one).
+pub fn result_version_note(version: u32) -> String {
+    if version > 1 {
+        format!("result v{version}, supersedes v{}", version - 1)
+    } else {
+        format!("result v{version}")
+    }
+}
+
+/// `text` cut to at most `max` characters (LO and similar VRs hold 64), at a character boundary.
+pub fn truncate_chars(text: &str, max: usize) -> String {
+    text.chars().take(max).collect()
+}
+
 /// Why a DICOM object could not be encoded.
 #[derive(Debug, thiserror::Error)]
 pub enum EncodeError {

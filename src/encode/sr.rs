@@ -842,10 +842,15 @@ pub fn encode_tid1500(
     ));
     o.put(el(tags::SERIES_DATE, VR::DA, date.as_str()));
     o.put(el(tags::SERIES_TIME, VR::TM, time.as_str()));
+    // names the job version (a result of late instances supersedes the earlier one)
     o.put(el(
         tags::SERIES_DESCRIPTION,
         VR::LO,
-        "Imaging Measurement Report",
+        format!(
+            "Imaging Measurement Report ({})",
+            super::result_version_note(findings.segmentation.job.version)
+        )
+        .as_str(),
     ));
     o.put(seq(
         tags::REFERENCED_PERFORMED_PROCEDURE_STEP_SEQUENCE,

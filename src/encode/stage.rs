@@ -106,7 +106,11 @@ pub fn encode_findings(f: &Findings, ctx: &EncodeContext) -> Result<Vec<Outbound
     let job = &f.segmentation.job;
     let opts = SegOptions {
         series_number: derived_series_number(f),
-        series_description: format!("{} (myonode)", f.segmentation.algorithm.name),
+        // SeriesDescription / ContentDescription (LO, 64 chars) name the job version
+        series_description: super::truncate_chars(
+            &format!("{} (myonode, {})", f.segmentation.algorithm.name, super::result_version_note(job.version)),
+            64,
+        ),
         content_label: "MYONODE".into(),
         manufacturer: "myonode".into(),
         manufacturer_model_name: "myonode".into(),
