@@ -94,3 +94,43 @@ def test_dixon_series_become_one_job(start_node, pacs: Pacs, data_dir: Path, tmp
     }
     assert dixon["in_phase_residual_ratio"] == 0.0 and dixon["consistent"] is True
     assert len(list((node.spool / "jobs").glob("*/seg.dcm"))) == 1
+
+
+def test_dixon_job_reports_fat_fraction_through_the_node(start_node, pacs: Pacs, data_dir: Path, tmp_path: Path):
+    """Dixon pairing (#3) feeding the fat-fraction measurement and the Dixon tissue analysis (#6)
+    end to end. Channels generated from knee pixels p with GENERATED headers (see
+    _write_dixon_series): water = 3p, fat = p, in-phase = 4p, opposed-phase = 2p, so the
+    voxel-wise fat fraction F / (F + W) is exactly 25 % wherever there is signal. The node runs
+    `dixon-composition-mr`: everything with signal is water-dominant (muscle, FF < 50 %), the
+    fat segment stays empty; the muscle segment's mean fat fraction in measurements.json and
+    in the SR (129100, DCM) must be 25 %."""
+    import json
+    import math
+
+    import highdicom as hd
+
+    node: Node = start_node(ASSEMBLE__STUDY_WINDOW_SECONDS=HOUR, SEGMENT__ANALYSIS="dixon-composition-mr")
+    src = support.dicom_files(data_dir / "series" / "mr-knee-dess-echo1")[36:42]
+    specs = {
+        "water": (["DERIVED", "PRIMARY", "DIXON", "WATER"], lambda p: 3 * p),
+        "fat": (["DERIVED", "PRIMARY", "DIXON", "FAT"], lambda p: p),
+        "in": (["DERIVED", "PRIMARY", "DIXON", "IN_PHASE"], lambda p: 4 * p),
+        "opp": (["DERIVED", "PRIMARY", "DIXON", "OPP_PHASE"], lambda p: 2 * p),
+    }
+    for kind, (image_type, f) in specs.items():
+        _write_dixon_series(src, tmp_path / "dixon" / kind, kind, image_type, f)
+    sent = support.storescu(node.port, node.ae_title, [tmp_path / "dixon"], "SCANNER")
+    assert sent.returncode == 0, describe(sent)
+
+    support.wait_for("a DICOM-SEG at the PACS", pacs.segs, timeout=300, alive=node.problem)
+    seg = support.read_header(pacs.segs()[0])
+    job = support.wait_for("the job folder of the SEG", lambda: node.job_dir_of_seg(seg.SOPInstanceUID), timeout=30)
+    measurements = {m["label"]: m for m in json.loads((job / "measurements.json").read_text())}
+    muscle = measurements["Skeletal muscle"]
+    assert muscle["voxel_count"] > 0
+    assert math.isclose(muscle["fat_fraction_percent"], 25.0, abs_tol=1e-3), muscle["fat_fraction_percent"]
+    sr_path = job / "sr.dcm"
+    sr = hd.sr.srread(sr_path)
+    groups = {g.tracking_identifier: g for g in sr.content.get_volumetric_roi_measurement_groups()}
+    got = {x.name.value: float(x.value) for x in groups["Skeletal muscle"].get_measurements()}
+    assert math.isclose(got["129100"], muscle["fat_fraction_percent"], rel_tol=1e-9), got
