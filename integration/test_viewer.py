@@ -14,6 +14,9 @@ again. The test then asserts that
   - the displayed slice is one where the SEG's mask is non-empty, and the drawn
     segmentation covers the SEG's mask of that image mapped onto the viewport
     (Dice >= MIN_OVERLAY_DICE; a flipped or transposed mask fails this).
+The node's destination also takes both measurement reports ("sr", "sr-planar"):
+the test asserts that both reach Orthanc, reference the SEG and that DCMTK
+dsrdump parses them (check_reports_in_pacs).
 Screenshots and the browser's report go to out/test/viewer/<series>/ (CI
 artefacts).
 
@@ -208,6 +211,7 @@ def start_node_to(tmp_path: Path, node_bin: Path, o: orthanc_mod.Orthanc) -> sup
         f"port = {o.dicom_port}\n"
         "max_attempts = 3\n"
         "retry_delay_seconds = 0.5\n"
+        'outputs = ["seg-binary", "sr", "sr-planar"]\n'
     )
     port = support.free_port()
     env = support.clean_env()
@@ -233,6 +237,35 @@ def start_node_to(tmp_path: Path, node_bin: Path, o: orthanc_mod.Orthanc) -> sup
     node = support.Node("MYONODE", port, root / "spool", config, log, proc, env)
     support.wait_for(f"myonode on port {port}", lambda: support.port_accepts(port), timeout=60, alive=node.problem)
     return node
+
+
+def check_reports_in_pacs(o: orthanc_mod.Orthanc, sr_ids: list[str], seg: pydicom.Dataset, tmp: Path) -> None:
+    """The two SRs in the PACS are the volumetric TID 1500 report (`sr`) and the planar one
+    (`sr-planar`, SeriesDescription "Planar Measurement Report"), both reference `seg`, and
+    DCMTK dsrdump parses them: the volumetric one reports a Volume (118565006, SCT) in cm3,
+    the planar one per segment an Image Region POLYLINE and an Area (42798000, SCT) in cm2."""
+    assert len(sr_ids) == 2, f"expected the volumetric and the planar SR in the study, Orthanc has {len(sr_ids)}"
+    by_kind: dict[str, str] = {}
+    for i in sr_ids:
+        path = tmp / f"sr-{i}.dcm"
+        path.write_bytes(o.file(i))
+        ds = pydicom.dcmread(path)
+        evidence = {
+            r.ReferencedSOPInstanceUID
+            for st in ds.CurrentRequestedProcedureEvidenceSequence
+            for se in st.ReferencedSeriesSequence
+            for r in se.ReferencedSOPSequence
+        }
+        assert seg.SOPInstanceUID in evidence, f"SR {ds.SeriesDescription!r} does not reference the SEG"
+        dump = support.run(["dsrdump", "-Ee", "-Ec", str(path)], timeout=60)
+        assert dump.returncode == 0, support.describe(dump)
+        kind = "planar" if str(ds.SeriesDescription) == "Planar Measurement Report" else "volumetric"
+        by_kind[kind] = dump.stdout
+    assert set(by_kind) == {"planar", "volumetric"}, f"SRs in the PACS: {sorted(by_kind)}"
+    vol, planar = by_kind["volumetric"], by_kind["planar"]
+    assert re.search(r'NUM:\(,,"Volume"\)="[0-9.eE+-]+" \(cm3,UCUM', vol), vol[-3000:]
+    assert re.search(r'SCOORD:\(,,"Image Region"\)=\(POLYLINE,', planar), planar[-3000:]
+    assert re.search(r'NUM:\(,,"Area"\)="[0-9.eE+-]+" \(cm2,UCUM', planar), planar[-3000:]
 
 
 # ---------------------------------------------------------------------- test
@@ -262,6 +295,14 @@ def test_viewer_draws_the_seg(tmp_path: Path, node_bin: Path, data_dir: Path, or
             lambda: orthanc.instances_of_class(study_uid, support.SEGMENTATION_STORAGE),
             alive=lambda: node.problem() or orthanc.problem(),
         )
+        # ... and both measurement reports: the volumetric one (`sr`) and the planar one (`sr-planar`).
+        sr_ids = support.wait_for(
+            f"the two SRs of {series} in Orthanc's study {study_uid}",
+            lambda: (lambda ids: ids if len(ids) >= 2 else None)(
+                orthanc.instances_of_class(study_uid, support.COMPREHENSIVE_3D_SR_STORAGE)
+            ),
+            alive=lambda: node.problem() or orthanc.problem(),
+        )
     except BaseException:
         print(f"\n----- myonode log ({node.log}) -----\n{node.log_text()[-20000:]}")
         raise
@@ -269,6 +310,7 @@ def test_viewer_draws_the_seg(tmp_path: Path, node_bin: Path, data_dir: Path, or
         support.stop(node.proc)
     assert len(seg_ids) == 1, f"expected one SEG in the study, Orthanc has {len(seg_ids)}"
     seg = pydicom.dcmread(io.BytesIO(orthanc.file(seg_ids[0])))
+    check_reports_in_pacs(orthanc, sr_ids, seg, tmp_path)
     segments = {int(s.SegmentNumber): s for s in seg.SegmentSequence}
     colours = {n: dicom_lab_to_rgb(list(s.RecommendedDisplayCIELabValue)) for n, s in segments.items()}
     labels = {n: str(s.SegmentLabel) for n, s in segments.items()}

@@ -276,6 +276,11 @@ pub enum OutputKind {
     /// `sr`: TID 1500 measurement report, Comprehensive 3D SR (PS3.16 TID 1500).
     #[serde(rename = "sr")]
     Sr,
+    /// `sr-planar`: viewer-friendly TID 1500 measurement report, Comprehensive 3D SR with one
+    /// TID 1410 Planar ROI Measurements group per segment (outline POLYLINE on the segment's
+    /// key slice + Area in cm²; PS3.16 TID 1500/1410), see `encode::sr_planar`.
+    #[serde(rename = "sr-planar")]
+    SrPlanar,
 }
 
 impl OutputKind {
@@ -285,6 +290,7 @@ impl OutputKind {
             OutputKind::SegBinary => "seg-binary",
             OutputKind::SegLabelmap => "seg-labelmap",
             OutputKind::Sr => "sr",
+            OutputKind::SrPlanar => "sr-planar",
         }
     }
 }
@@ -294,10 +300,12 @@ impl TryFrom<String> for OutputKind {
 
     /// Parse a configuration name; the error lists the accepted names.
     fn try_from(v: String) -> Result<Self, Self::Error> {
-        [OutputKind::SegBinary, OutputKind::SegLabelmap, OutputKind::Sr]
+        [OutputKind::SegBinary, OutputKind::SegLabelmap, OutputKind::Sr, OutputKind::SrPlanar]
             .into_iter()
             .find(|k| k.as_str() == v)
-            .ok_or_else(|| format!("unknown output \"{v}\"; expected one of \"seg-binary\", \"seg-labelmap\", \"sr\""))
+            .ok_or_else(|| {
+                format!("unknown output \"{v}\"; expected one of \"seg-binary\", \"seg-labelmap\", \"sr\", \"sr-planar\"")
+            })
     }
 }
 
@@ -687,6 +695,8 @@ mod destination_outputs_tests {
         let e = load(&format!("{DEST}outputs = [\"sr\", \"sr\"]\n")).unwrap_err().to_string();
         assert!(e.contains("destinations[0].outputs") && e.contains("more than once"), "{e}");
         let e = load(&format!("{DEST}outputs = [\"seg-fractional\"]\n")).unwrap_err().to_string();
-        assert!(e.contains("seg-fractional") && e.contains("seg-labelmap"), "{e}");
+        assert!(e.contains("seg-fractional") && e.contains("seg-labelmap") && e.contains("sr-planar"), "{e}");
+        let c = load(&format!("{DEST}outputs = [\"seg-binary\", \"sr\", \"sr-planar\"]\n")).unwrap();
+        assert_eq!(c.destinations[0].outputs, vec![OutputKind::SegBinary, OutputKind::Sr, OutputKind::SrPlanar]);
     }
 }

@@ -15,10 +15,11 @@ use dicom_object::InMemDicomObject;
 use ndarray::Array3;
 
 use myonode::config::DestinationConfig;
-use myonode::config::OutputKind::{self, SegBinary, SegLabelmap, Sr};
+use myonode::config::OutputKind::{self, SegBinary, SegLabelmap, Sr, SrPlanar};
+use myonode::encode::sr_planar::PLANAR_SERIES_DESCRIPTION;
 use myonode::encode::stage::{
     encode_findings, EncodeContext, EncodeDestination, JOB_FILE, LABELMAP_SEG_FILE,
-    LABELMAP_SR_FILE, SEG_FILE, SR_FILE,
+    LABELMAP_SR_FILE, PLANAR_LABELMAP_SR_FILE, PLANAR_SR_FILE, SEG_FILE, SR_FILE,
 };
 use myonode::encode::LABEL_MAP_SEGMENTATION_STORAGE;
 use myonode::pipeline::messages::{
@@ -113,6 +114,11 @@ fn findings(job_dir: PathBuf) -> Findings {
 }
 
 fn run(dests: &[(&str, &[OutputKind])]) -> (tempfile::TempDir, PathBuf, Vec<Outbound>) {
+    run_with(dests, findings)
+}
+
+/// [`run`] with other findings (built for the job directory given).
+fn run_with(dests: &[(&str, &[OutputKind])], make: fn(PathBuf) -> Findings) -> (tempfile::TempDir, PathBuf, Vec<Outbound>) {
     let tmp = tempfile::tempdir().unwrap();
     let spool = Arc::new(Spool::open(tmp.path().join("spool"), false).unwrap());
     let job_dir = tmp.path().join("spool/jobs/job-1");
@@ -126,7 +132,7 @@ fn run(dests: &[(&str, &[OutputKind])]) -> (tempfile::TempDir, PathBuf, Vec<Outb
         ae_title: "MYONODE".into(),
         institution_name: String::new(),
     };
-    let out = encode_findings(&findings(job_dir.clone()), &ctx).expect("encode");
+    let out = encode_findings(&make(job_dir.clone()), &ctx).expect("encode");
     (tmp, job_dir, out)
 }
 
@@ -151,6 +157,12 @@ fn sr_references(path: &Path) -> Vec<String> {
         }
     }
     uids
+}
+
+/// SeriesDescription of a DICOM file (tells the planar report from the volumetric one).
+fn series_description(path: &Path) -> String {
+    let o = dicom_object::open_file(path).unwrap();
+    o.element(tags::SERIES_DESCRIPTION).unwrap().to_str().unwrap().trim_end_matches(['\0', ' ']).to_string()
 }
 
 fn of<'a>(out: &'a [Outbound], dest: &str) -> Vec<&'a Outbound> {
@@ -236,7 +248,7 @@ fn rerun_of_an_encoded_job_version_sends_nothing_twice() {
     // A crash after the outboxes were filled but before the series was marked done re-runs
     // the job at restart. The re-run must re-use the objects (same SOP Instance UIDs), leave
     // objects already delivered alone and not put a second copy anywhere.
-    let dests: &[(&str, &[OutputKind])] = &[("pacs", &[SegBinary, Sr]), ("lm", &[SegLabelmap])];
+    let dests: &[(&str, &[OutputKind])] = &[("pacs", &[SegBinary, Sr, SrPlanar]), ("lm", &[SegLabelmap])];
     let tmp = tempfile::tempdir().unwrap();
     let spool = Arc::new(Spool::open(tmp.path().join("spool"), false).unwrap());
     let job_dir = tmp.path().join("spool/jobs/job-1");
@@ -248,7 +260,8 @@ fn rerun_of_an_encoded_job_version_sends_nothing_twice() {
         institution_name: String::new(),
     };
     let first = encode_findings(&findings(job_dir.clone()), &ctx(dests)).expect("encode");
-    assert_eq!(first.len(), 3);
+    assert_eq!(first.len(), 4);
+    let planar = first.iter().find(|o| series_description(&o.path) == PLANAR_SERIES_DESCRIPTION).expect("planar SR enqueued");
     // the SEG reached the PACS before the crash; the SR and the label map did not
     let seg = first.iter().find(|o| o.destination == "pacs" && o.sop_class_uid == uids::SEGMENTATION_STORAGE).unwrap();
     spool.mark_sent("pacs", &seg.path).unwrap();
@@ -261,6 +274,7 @@ fn rerun_of_an_encoded_job_version_sends_nothing_twice() {
     let mut expected: Vec<Outbound> = first.iter().filter(|o| o.sop_instance_uid != seg.sop_instance_uid).cloned().collect();
     expected.sort_by(|a, b| a.path.cmp(&b.path));
     assert_eq!(uids_of(&second), uids_of(&expected), "re-run must re-use the first run's objects, minus the delivered one");
+    assert!(second.iter().any(|o| o.sop_instance_uid == planar.sop_instance_uid), "re-run re-uses the planar SR");
     for d in ["pacs", "lm"] {
         let outbox = std::fs::read_dir(tmp.path().join("spool/outbox").join(d)).unwrap().count();
         let sent = std::fs::read_dir(tmp.path().join("spool/sent").join(d)).map(|r| r.count()).unwrap_or(0);
@@ -463,4 +477,89 @@ fn rejected_sop_class_and_refused_association_are_dead_lettered_others_unaffecte
     for d in ["noseg", "refusing"] {
         assert!(spool.pending_outbox(d).is_empty(), "{d}: outbox not empty");
     }
+}
+
+// ---------------------------------------------------------------- planar SR (sr-planar)
+
+#[test]
+fn planar_sr_goes_where_wanted_and_references_that_destinations_seg() {
+    let (_tmp, job, out) = run(&[
+        ("ohif", &[SegBinary, Sr, SrPlanar]),
+        ("lm", &[SegLabelmap, SrPlanar]),
+        ("planaronly", &[SrPlanar]),
+        ("plain", &[SegBinary, Sr]),
+    ]);
+    let classes = |d: &str| of(&out, d).iter().map(|o| o.sop_class_uid.clone()).collect::<Vec<_>>();
+    assert_eq!(classes("ohif"), [uids::SEGMENTATION_STORAGE, COMPREHENSIVE_3D_SR, COMPREHENSIVE_3D_SR]);
+    assert_eq!(classes("lm"), [LABEL_MAP_SEGMENTATION_STORAGE, COMPREHENSIVE_3D_SR]);
+    assert_eq!(classes("planaronly"), [COMPREHENSIVE_3D_SR]);
+    assert_eq!(classes("plain"), [uids::SEGMENTATION_STORAGE, COMPREHENSIVE_3D_SR]);
+    let (ohif, lm) = (of(&out, "ohif"), of(&out, "lm"));
+    let (binary, labelmap) = (ohif[0].sop_instance_uid.clone(), lm[0].sop_instance_uid.clone());
+    // the volumetric SR first, then the planar one; "plain" gets no planar report
+    assert_ne!(series_description(&ohif[1].path), PLANAR_SERIES_DESCRIPTION);
+    assert_eq!(series_description(&ohif[2].path), PLANAR_SERIES_DESCRIPTION);
+    assert_eq!(series_description(&lm[1].path), PLANAR_SERIES_DESCRIPTION);
+    assert_eq!(series_description(&of(&out, "planaronly")[0].path), PLANAR_SERIES_DESCRIPTION);
+    assert_ne!(series_description(&of(&out, "plain")[1].path), PLANAR_SERIES_DESCRIPTION);
+    assert_ne!(ohif[1].sop_instance_uid, ohif[2].sop_instance_uid);
+    assert_eq!(sr_references(&ohif[2].path), [binary.clone()]);
+    assert_eq!(sr_references(&lm[1].path), [labelmap.clone()]);
+    assert_eq!(of(&out, "planaronly")[0].sop_instance_uid, ohif[2].sop_instance_uid, "one planar SR per referenced SEG");
+    // kept in the job directory and listed in job.json
+    assert_eq!(sr_references(&job.join(PLANAR_SR_FILE)), [binary.clone()]);
+    assert_eq!(sr_references(&job.join(PLANAR_LABELMAP_SR_FILE)), [labelmap.clone()]);
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(job.join(JOB_FILE)).unwrap()).unwrap();
+    assert_eq!(summary["sr_planar"]["sop_instance_uid"], ohif[2].sop_instance_uid.as_str());
+    assert_eq!(summary["sr_planar"]["file"], PLANAR_SR_FILE);
+    assert_eq!(summary["sr_planar_labelmap"]["sop_instance_uid"], lm[1].sop_instance_uid.as_str());
+    assert_eq!(summary["encoded"]["sr_planar_binary"]["sop_instance_uid"], ohif[2].sop_instance_uid.as_str());
+    assert_eq!(summary["encoded"]["sr_planar_labelmap"]["file"], PLANAR_LABELMAP_SR_FILE);
+
+    // Only a planar SR wanted: the BINARY SEG it references is kept (not sent).
+    let (_tmp, job, out) = run(&[("p", &[SrPlanar])]);
+    assert_eq!(out.len(), 1);
+    assert!(job.join(SEG_FILE).is_file() && job.join(PLANAR_SR_FILE).is_file() && !job.join(SR_FILE).exists());
+    // Offline mode is unchanged: no planar report.
+    let (_tmp, job, _) = run(&[]);
+    assert!(!job.join(PLANAR_SR_FILE).exists());
+}
+
+/// [`findings`] with every segment empty.
+fn empty_findings(job_dir: PathBuf) -> Findings {
+    let mut f = findings(job_dir);
+    f.segmentation.labels = Arc::new(Array3::<u8>::zeros((3, 4, 5)));
+    for m in &mut f.measurements {
+        m.voxel_count = 0;
+        m.volume_ml = 0.0;
+        m.cross_sectional_area_cm2 = vec![0.0; 3];
+        m.max_cross_sectional_area_cm2 = 0.0;
+        m.centroid_slice = None;
+        m.area_at_centroid_slice_cm2 = 0.0;
+        m.centroid_lps_mm = None;
+    }
+    f
+}
+
+#[test]
+fn planar_sr_with_nothing_to_draw_is_skipped_and_a_rerun_does_not_retry_it() {
+    let dests: &[(&str, &[OutputKind])] = &[("ohif", &[SegBinary, SrPlanar])];
+    let (tmp, job, out) = run_with(dests, empty_findings);
+    // the SEG is still delivered; no planar report, no error
+    assert_eq!(out.iter().map(|o| o.sop_class_uid.as_str()).collect::<Vec<_>>(), [uids::SEGMENTATION_STORAGE]);
+    assert!(!job.join(PLANAR_SR_FILE).exists() && !job.join("ERROR.txt").exists());
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(job.join(JOB_FILE)).unwrap()).unwrap();
+    assert!(summary["sr_planar"].is_null());
+    assert!(summary["encoded"]["sr_planar_binary"]["skipped"].is_string(), "{}", summary["encoded"]);
+    // a re-run of that job version re-uses the SEG (skip recorded), nothing new is encoded
+    let ctx = EncodeContext {
+        spool: Arc::new(Spool::open(tmp.path().join("spool"), false).unwrap()),
+        destinations: dests.iter().map(|(n, o)| EncodeDestination { name: n.to_string(), outputs: o.to_vec() }).collect(),
+        ae_title: "MYONODE".into(),
+        institution_name: String::new(),
+    };
+    let again = encode_findings(&empty_findings(job.clone()), &ctx).expect("re-run");
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(again[0].sop_instance_uid, out[0].sop_instance_uid, "re-run re-uses the SEG instead of encoding anew");
+    assert_eq!(std::fs::read_dir(tmp.path().join("spool/outbox/ohif")).unwrap().count(), 1);
 }

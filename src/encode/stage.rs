@@ -19,15 +19,20 @@
 //! Instance UIDs) instead of encoding new ones, and places in each outbox only what is not
 //! already there, in `sent/` or in `failed/` ([`Spool::put_outbox_once`]). Only when the
 //! configuration now wants an output that was not encoded then is the job encoded anew.
+//!
+//! The planar report (`sr-planar`, [`encode_planar_tid1500`]) follows the same SEG-reference
+//! rule as `sr` and is kept as [`PLANAR_SR_FILE`]. When every segment is empty it is skipped
+//! with a warning (recorded as skipped in `job.json`, so a re-run does not retry it).
 
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
 use serde_json::json;
-use tracing::{error, info, info_span};
+use tracing::{error, info, info_span, warn};
 
 use super::seg::{encode_seg, EncodedObject, SegOptions, SegmentationKind};
 use super::sr::{encode_tid1500, SegReference, SrError, SrOptions};
+use super::sr_planar::{encode_planar_tid1500, PlanarSrError};
 use super::EncodeError;
 use crate::config::OutputKind;
 use crate::pipeline::messages::{Findings, Outbound};
@@ -42,6 +47,12 @@ pub const SR_FILE: &str = "sr.dcm";
 pub const LABELMAP_SEG_FILE: &str = "seg-labelmap.dcm";
 /// File name of the SR that references [`LABELMAP_SEG_FILE`], when [`SR_FILE`] references the BINARY SEG.
 pub const LABELMAP_SR_FILE: &str = "sr-labelmap.dcm";
+/// File name of the planar SR copy kept in each job directory (`sr-planar`: the planar
+/// report that references [`SEG_FILE`], or [`LABELMAP_SEG_FILE`] when no BINARY SEG was encoded).
+pub const PLANAR_SR_FILE: &str = "sr-planar.dcm";
+/// File name of the planar SR that references [`LABELMAP_SEG_FILE`], when [`PLANAR_SR_FILE`]
+/// references the BINARY SEG.
+pub const PLANAR_LABELMAP_SR_FILE: &str = "sr-planar-labelmap.dcm";
 /// File name of the job summary in each job directory.
 pub const JOB_FILE: &str = "job.json";
 
@@ -78,6 +89,8 @@ pub enum EncodeStageError {
     Encode(#[from] EncodeError),
     #[error("encoding the measurement report failed: {0}")]
     Sr(#[from] SrError),
+    #[error("encoding the planar measurement report failed: {0}")]
+    PlanarSr(#[from] PlanarSrError),
     #[error("{0}")]
     Spool(#[from] crate::spool::SpoolError),
 }
@@ -119,34 +132,50 @@ pub fn encode_findings(f: &Findings, ctx: &EncodeContext) -> Result<Vec<Outbound
         device_serial_number: ctx.ae_title.clone(),
     };
     let offline = ctx.destinations.is_empty();
-    let wants = |k: OutputKind| offline && k != OutputKind::SegLabelmap || ctx.destinations.iter().any(|d| d.outputs.contains(&k));
+    let wants = |k: OutputKind| {
+        offline && matches!(k, OutputKind::SegBinary | OutputKind::Sr) || ctx.destinations.iter().any(|d| d.outputs.contains(&k))
+    };
     let want_sr = wants(OutputKind::Sr);
+    let want_planar = wants(OutputKind::SrPlanar);
     let want_labelmap = wants(OutputKind::SegLabelmap);
     // BINARY also when an SR must reference some SEG and nobody takes a SEG at all.
-    let want_binary = wants(OutputKind::SegBinary) || (want_sr && !want_labelmap);
+    let want_binary = wants(OutputKind::SegBinary) || ((want_sr || want_planar) && !want_labelmap);
 
-    // Which SRs are needed (the SR each destination gets references the SEG it receives, see
-    // the module docs).
-    let sr_binary_needed = want_sr
-        && want_binary
-        && (offline
-            || ctx.destinations.iter().any(|d| {
-                d.outputs.contains(&OutputKind::Sr)
-                    && (d.outputs.contains(&OutputKind::SegBinary) || !d.outputs.contains(&OutputKind::SegLabelmap))
-            }));
-    let sr_labelmap_needed = want_sr
-        && want_labelmap
-        && ctx.destinations.iter().any(|d| {
-            d.outputs.contains(&OutputKind::Sr)
-                && !d.outputs.contains(&OutputKind::SegBinary)
-                && (d.outputs.contains(&OutputKind::SegLabelmap) || !want_binary)
-        });
-    let wanted = Encoded { binary: want_binary, labelmap: want_labelmap, sr_binary: sr_binary_needed, sr_labelmap: sr_labelmap_needed };
+    // Which SRs of report kind `k` (`sr` or `sr-planar`) are needed: the report each
+    // destination gets references the SEG it receives (see the module docs).
+    let report_binary_needed = |k: OutputKind| {
+        wants(k)
+            && want_binary
+            && (offline
+                || ctx.destinations.iter().any(|d| {
+                    d.outputs.contains(&k)
+                        && (d.outputs.contains(&OutputKind::SegBinary) || !d.outputs.contains(&OutputKind::SegLabelmap))
+                }))
+    };
+    let report_labelmap_needed = |k: OutputKind| {
+        wants(k)
+            && want_labelmap
+            && ctx.destinations.iter().any(|d| {
+                d.outputs.contains(&k)
+                    && !d.outputs.contains(&OutputKind::SegBinary)
+                    && (d.outputs.contains(&OutputKind::SegLabelmap) || !want_binary)
+            })
+    };
+    let sr_binary_needed = report_binary_needed(OutputKind::Sr);
+    let sr_labelmap_needed = report_labelmap_needed(OutputKind::Sr);
+    let wanted = Encoded {
+        binary: want_binary,
+        labelmap: want_labelmap,
+        sr_binary: sr_binary_needed,
+        sr_labelmap: sr_labelmap_needed,
+        planar_binary: report_binary_needed(OutputKind::SrPlanar),
+        planar_labelmap: report_labelmap_needed(OutputKind::SrPlanar),
+    };
     // A re-run of a job version that was already encoded (crash after encoding, before the
     // series was marked done): reuse its objects and UIDs, so no destination gets a second copy.
     if let Some(prev) = previously_encoded(job, &wanted) {
         info!(job = %job.job_id, version = job.version, "job version already encoded before a restart; re-using its objects");
-        let out = fill_outboxes(ctx, job, &prev.binary, &prev.labelmap, &prev.sr_binary, &prev.sr_labelmap)?;
+        let out = fill_outboxes(ctx, job, &prev)?;
         crate::assemble::stage::mark_series_done(&ctx.spool, job, job.volume.slices.len())?;
         return Ok(out);
     }
@@ -198,10 +227,42 @@ pub fn encode_findings(f: &Findings, ctx: &EncodeContext) -> Result<Vec<Outbound
         }
         _ => None,
     };
+    // The planar reports (`sr-planar`); all segments empty → nothing to draw: skip, warn.
+    let mut planar_skipped = false;
+    let mut planar_for = |seg: &Option<EncodedObject>, needed: bool, file: &str| -> Result<Option<EncodedObject>, EncodeStageError> {
+        let (Some(seg), true) = (seg, needed) else { return Ok(None) };
+        let seg_ref = SegReference {
+            sop_class_uid: seg.sop_class_uid.clone(),
+            sop_instance_uid: seg.sop_instance_uid.clone(),
+            series_instance_uid: seg.series_instance_uid.clone(),
+        };
+        let planar_opts = SrOptions { series_number: sr_opts.series_number + 1, ..sr_opts.clone() };
+        match encode_planar_tid1500(f, &seg_ref, &planar_opts) {
+            Ok(sr) => {
+                ctx.spool.write_atomically(&job.job_dir.join(file), &[&sr.bytes])?;
+                Ok(Some(sr))
+            }
+            Err(PlanarSrError::NothingToReport | PlanarSrError::Sr(SrError::NothingToReport)) => {
+                warn!(job = %job.job_id, "every segment is empty: no planar measurement report (sr-planar) to send");
+                planar_skipped = true;
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    };
+    let planar_binary = planar_for(&binary, wanted.planar_binary, PLANAR_SR_FILE)?;
+    let planar_labelmap_file = if planar_binary.is_some() { PLANAR_LABELMAP_SR_FILE } else { PLANAR_SR_FILE };
+    let planar_labelmap = planar_for(&labelmap, wanted.planar_labelmap, planar_labelmap_file)?;
     let describe = |o: &Option<EncodedObject>, file: &str| match o {
         Some(o) => json!({ "sop_class_uid": o.sop_class_uid, "sop_instance_uid": o.sop_instance_uid,
                            "series_instance_uid": o.series_instance_uid, "file": file }),
         None => serde_json::Value::Null,
+    };
+    // In `encoded`: a planar report that was wanted but skipped (nothing to report) is
+    // recorded as such, so a re-run counts it as done.
+    let describe_planar = |o: &Option<EncodedObject>, needed: bool, file: &str| match o {
+        None if needed && planar_skipped => json!({ "skipped": "every segment is empty" }),
+        _ => describe(o, file),
     };
     let v = &job.volume;
     let summary = json!({
@@ -227,23 +288,34 @@ pub fn encode_findings(f: &Findings, ctx: &EncodeContext) -> Result<Vec<Outbound
         "seg_labelmap": describe(&labelmap, LABELMAP_SEG_FILE),
         "sr": describe(if sr_binary.is_some() { &sr_binary } else { &sr_labelmap }, SR_FILE),
         "sr_labelmap": if sr_binary.is_some() { describe(&sr_labelmap, LABELMAP_SR_FILE) } else { serde_json::Value::Null },
+        "sr_planar": describe(if planar_binary.is_some() { &planar_binary } else { &planar_labelmap }, PLANAR_SR_FILE),
+        "sr_planar_labelmap": if planar_binary.is_some() {
+            describe(&planar_labelmap, PLANAR_LABELMAP_SR_FILE)
+        } else {
+            serde_json::Value::Null
+        },
         "labels_file": crate::segment::stage::LABELS_FILE,
         "encoded": {
             "seg_binary": describe(&binary, SEG_FILE),
             "seg_labelmap": describe(&labelmap, LABELMAP_SEG_FILE),
             "sr_binary": describe(&sr_binary, SR_FILE),
             "sr_labelmap": describe(&sr_labelmap, if sr_binary.is_some() { LABELMAP_SR_FILE } else { SR_FILE }),
+            "sr_planar_binary": describe_planar(&planar_binary, wanted.planar_binary, PLANAR_SR_FILE),
+            "sr_planar_labelmap": describe_planar(&planar_labelmap, wanted.planar_labelmap, planar_labelmap_file),
         },
     });
     ctx.spool.write_atomically(&job.job_dir.join(JOB_FILE), &[&serde_json::to_vec_pretty(&summary).expect("json")])?;
     crate::http::preview::write_preview_logged(&f.segmentation);
-    let out = fill_outboxes(ctx, job, &binary, &labelmap, &sr_binary, &sr_labelmap)?;
+    let encoded = Encoded { binary, labelmap, sr_binary, sr_labelmap, planar_binary, planar_labelmap };
+    let out = fill_outboxes(ctx, job, &encoded)?;
+    let Encoded { binary, labelmap, sr_binary, sr_labelmap, planar_binary, planar_labelmap } = encoded;
     crate::assemble::stage::mark_series_done(&ctx.spool, job, v.slices.len())?;
     metrics::counter!("myonode_series_completed_total").increment(1);
     info!(
         seg = binary.as_ref().map(|o| o.sop_instance_uid.as_str()),
         seg_labelmap = labelmap.as_ref().map(|o| o.sop_instance_uid.as_str()),
         sr = sr_binary.as_ref().or(sr_labelmap.as_ref()).map(|o| o.sop_instance_uid.as_str()),
+        sr_planar = planar_binary.as_ref().or(planar_labelmap.as_ref()).map(|o| o.sop_instance_uid.as_str()),
         outbound = out.len(),
         "results encoded"
     );
@@ -256,6 +328,9 @@ struct Encoded<T> {
     labelmap: T,
     sr_binary: T,
     sr_labelmap: T,
+    /// `sr-planar` referencing the BINARY / the LABELMAP SEG.
+    planar_binary: T,
+    planar_labelmap: T,
 }
 
 /// The objects an earlier run of the same job id and version wrote into the job directory
@@ -268,46 +343,59 @@ fn previously_encoded(job: &crate::pipeline::messages::StudyJob, wanted: &Encode
         return None;
     }
     let enc = summary.get("encoded")?;
-    let load = |key: &str| -> Option<Option<EncodedObject>> {
+    // Outer `None`: unusable entry; `Some((None, skipped))`: not encoded (skipped: wanted,
+    // but there was nothing to report).
+    let load_entry = |key: &str| -> Option<(Option<EncodedObject>, bool)> {
         let e = &enc[key];
         if e.is_null() {
-            return Some(None);
+            return Some((None, false));
+        }
+        if e.get("skipped").is_some() {
+            return Some((None, true));
         }
         let file = e["file"].as_str()?;
         if file.contains('/') || file.contains("..") {
             return None;
         }
-        Some(Some(EncodedObject {
-            bytes: std::fs::read(job.job_dir.join(file)).ok()?,
-            sop_class_uid: e["sop_class_uid"].as_str()?.to_string(),
-            sop_instance_uid: e["sop_instance_uid"].as_str()?.to_string(),
-            series_instance_uid: e["series_instance_uid"].as_str()?.to_string(),
-        }))
+        Some((
+            Some(EncodedObject {
+                bytes: std::fs::read(job.job_dir.join(file)).ok()?,
+                sop_class_uid: e["sop_class_uid"].as_str()?.to_string(),
+                sop_instance_uid: e["sop_instance_uid"].as_str()?.to_string(),
+                series_instance_uid: e["series_instance_uid"].as_str()?.to_string(),
+            }),
+            false,
+        ))
     };
+    let load = |key: &str| load_entry(key).map(|(o, _)| o);
+    let (planar_binary, planar_binary_skipped) = load_entry("sr_planar_binary")?;
+    let (planar_labelmap, planar_labelmap_skipped) = load_entry("sr_planar_labelmap")?;
     let prev = Encoded {
         binary: load("seg_binary")?,
         labelmap: load("seg_labelmap")?,
         sr_binary: load("sr_binary")?,
         sr_labelmap: load("sr_labelmap")?,
+        planar_binary,
+        planar_labelmap,
     };
     let covers = |want: bool, have: &Option<EncodedObject>| !want || have.is_some();
     (covers(wanted.binary, &prev.binary)
         && covers(wanted.labelmap, &prev.labelmap)
         && covers(wanted.sr_binary, &prev.sr_binary)
-        && covers(wanted.sr_labelmap, &prev.sr_labelmap))
+        && covers(wanted.sr_labelmap, &prev.sr_labelmap)
+        && (planar_binary_skipped || covers(wanted.planar_binary, &prev.planar_binary))
+        && (planar_labelmap_skipped || covers(wanted.planar_labelmap, &prev.planar_labelmap)))
     .then_some(prev)
 }
 
-/// Place each destination's objects in its outbox (SEGs first, then the SR that references
+/// Place each destination's objects in its outbox (SEGs first, then the SRs that reference
 /// one of them), idempotently ([`Spool::put_outbox_once`]).
 fn fill_outboxes(
     ctx: &EncodeContext,
     job: &crate::pipeline::messages::StudyJob,
-    binary: &Option<EncodedObject>,
-    labelmap: &Option<EncodedObject>,
-    sr_binary: &Option<EncodedObject>,
-    sr_labelmap: &Option<EncodedObject>,
+    enc: &Encoded<Option<EncodedObject>>,
 ) -> Result<Vec<Outbound>, EncodeStageError> {
+    let Encoded { binary, labelmap, sr_binary, sr_labelmap, planar_binary, planar_labelmap } = enc;
     let mut out = Vec::new();
     for dest in &ctx.destinations {
         let has = |k: OutputKind| dest.outputs.contains(&k);
@@ -324,6 +412,14 @@ fn fill_outboxes(
                 sr_binary.as_ref().or(sr_labelmap.as_ref())
             } else {
                 sr_labelmap.as_ref()
+            };
+            objects.extend(sr);
+        }
+        if has(OutputKind::SrPlanar) {
+            let sr = if has(OutputKind::SegBinary) || !has(OutputKind::SegLabelmap) {
+                planar_binary.as_ref().or(planar_labelmap.as_ref())
+            } else {
+                planar_labelmap.as_ref()
             };
             objects.extend(sr);
         }
