@@ -259,7 +259,7 @@ def check_reports_in_pacs(o: orthanc_mod.Orthanc, sr_ids: list[str], seg: pydico
         assert seg.SOPInstanceUID in evidence, f"SR {ds.SeriesDescription!r} does not reference the SEG"
         dump = support.run(["dsrdump", "-Ee", "-Ec", str(path)], timeout=60)
         assert dump.returncode == 0, support.describe(dump)
-        kind = "planar" if str(ds.SeriesDescription) == "Planar Measurement Report" else "volumetric"
+        kind = "planar" if str(ds.SeriesDescription).startswith("Planar Measurement Report") else "volumetric"
         by_kind[kind] = dump.stdout
     assert set(by_kind) == {"planar", "volumetric"}, f"SRs in the PACS: {sorted(by_kind)}"
     vol, planar = by_kind["volumetric"], by_kind["planar"]

@@ -229,7 +229,7 @@ fn document_has_tid1410_groups_with_polyline_selected_from_the_source_image() {
     assert_eq!(text(&obj, tags::SOP_INSTANCE_UID), enc.sop_instance_uid);
     assert_eq!(
         text(&obj, tags::SERIES_DESCRIPTION),
-        "Planar Measurement Report"
+        format!("Planar Measurement Report (result v{})", f.segmentation.job.version)
     );
     let root = items(&obj);
     let measurements: Vec<_> = root

@@ -312,11 +312,11 @@ pub fn encode_planar_tid1500(
     let base = encode_tid1500(findings, seg, opts)?;
     let mut file = dicom_object::from_reader(&base.bytes[128..])
         .map_err(|e| PlanarSrError::Dicom(e.to_string()))?;
-    file.put(el(
-        tags::SERIES_DESCRIPTION,
-        VR::LO,
-        PLANAR_SERIES_DESCRIPTION,
-    ));
+    let description = format!(
+        "{PLANAR_SERIES_DESCRIPTION} ({})",
+        super::result_version_note(findings.segmentation.job.version)
+    );
+    file.put(el(tags::SERIES_DESCRIPTION, VR::LO, description.as_str()));
 
     let slices = &findings.segmentation.job.volume.slices;
     let properties: Vec<Code> = groups
