@@ -239,7 +239,8 @@ pub async fn serve(
                             let options = Arc::new(scp_options_for(&ctx, Some(peer.ip())));
                             let shutdown = shutdown.clone();
                             tasks.spawn(async move {
-                                association::run_association(ctx, options, stream, peer, shutdown).await;
+                                let span = tracing::info_span!("association", peer = %peer);
+                                tracing::Instrument::instrument(association::run_association(ctx, options, stream, peer, shutdown), span).await;
                                 drop(permit);
                             });
                         }
