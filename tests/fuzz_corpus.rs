@@ -138,19 +138,11 @@ fn received_data_set_corpus_and_mutations_never_panic() {
     assert!(ok > 0 && ok < total, "mutations should both keep and break data sets ({ok}/{total})");
 }
 
-/// KNOWN GAP (found by this mutation run): a data set in Explicit VR Big Endian (selector 2,
-/// retired transfer syntax, decoded fully by dicom-rs because the structural scan handles
-/// little endian only) with a value length near 4 GiB makes the dicom-rs decoder allocate and
-/// spend seconds to tens of seconds per instance. Its mutations are skipped above until the
-/// scan covers big endian; reproducer: fuzz/regressions/received_data_set-big-endian-huge-length.
-fn is_big_endian(input: &[u8]) -> bool {
-    input.first().is_some_and(|b| (*b as usize) % myonode::fuzzing::FUZZ_TRANSFER_SYNTAXES.len() == 2)
-}
-
-/// The reproducer of the known gap above: must be refused quickly (no huge allocation).
-/// Ignored until fixed; run with `cargo test --test fuzz_corpus -- --ignored`.
+/// Regression (found by this mutation run): an Explicit VR Big Endian data set (retired
+/// transfer syntax, formerly decoded fully by dicom-rs, unscanned) with a value length near
+/// 4 GiB made the decoder allocate for it for seconds per instance; now the structural scan
+/// covers big endian and refuses it. Reproducer: fuzz/regressions/received_data_set-big-endian-huge-length.
 #[test]
-#[ignore = "known gap: Explicit VR Big Endian with a huge value length (see is_big_endian)"]
 fn big_endian_huge_length_is_refused() {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/received_data_set-big-endian-huge-length");
     assert!(!received_data_set(&std::fs::read(p).unwrap()));
@@ -166,4 +158,20 @@ fn command_with_huge_element_length_is_refused_by_the_length_check() {
     cmd.extend_from_slice(b"1.2.840.10008.1.1\0");
     let err = myonode::dimse::CommandSet::decode(&cmd).unwrap_err().to_string();
     assert!(err.contains("exceeds the command set"), "{err}");
+}
+
+/// KNOWN GAP (open): further Explicit VR Big Endian mutations still take seconds in the
+/// dicom-rs decoding path (reproducer fuzz/regressions/received_data_set-big-endian-slow-open,
+/// not analysed yet); big-endian mutations are skipped in the run above until it is fixed.
+fn is_big_endian(input: &[u8]) -> bool {
+    input.first().is_some_and(|b| (*b as usize) % myonode::fuzzing::FUZZ_TRANSFER_SYNTAXES.len() == 2)
+}
+
+/// The open reproducer: must be refused or accepted without a huge allocation. Ignored until
+/// fixed; run with `cargo test --test fuzz_corpus -- --ignored`.
+#[test]
+#[ignore = "known gap: slow Explicit VR Big Endian input (see is_big_endian)"]
+fn big_endian_slow_input_open() {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/received_data_set-big-endian-slow-open");
+    received_data_set(&std::fs::read(p).unwrap());
 }

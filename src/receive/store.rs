@@ -40,10 +40,14 @@ impl StoreReply {
 }
 
 /// How the data set bytes of `transfer_syntax` are encoded, if [`scan_data_set`] handles it:
-/// little endian and not deflated (PS3.5 A.1-A.4); Implicit VR Little Endian is 1.2.840.10008.1.2.
+/// not deflated (little endian, or Explicit VR Big Endian) (PS3.5 A.1-A.4); Implicit VR Little Endian is 1.2.840.10008.1.2.
 fn data_set_encoding(transfer_syntax: &str, ts: &dicom_encoding::TransferSyntax) -> Option<DataSetEncoding> {
-    if ts.endianness() != dicom_encoding::Endianness::Little || matches!(ts.codec(), dicom_encoding::Codec::Dataset(_)) {
+    if matches!(ts.codec(), dicom_encoding::Codec::Dataset(_)) {
         return None;
+    }
+    if ts.endianness() != dicom_encoding::Endianness::Little {
+        // Explicit VR Big Endian; scanned too, so a bogus length never reaches the decoder
+        return Some(DataSetEncoding::ExplicitBig);
     }
     Some(if transfer_syntax.trim_end_matches('\0') == "1.2.840.10008.1.2" {
         DataSetEncoding::ImplicitLittle
