@@ -125,6 +125,7 @@ def node_env(**overrides: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MYONODE__")}
     env["MYONODE__SEGMENT__MODELS_DIR"] = str(REPO / "models")
     env["MYONODE__SEGMENT__ONNXRUNTIME_LIBRARY"] = str(REPO / ".onnxruntime" / "lib" / "libonnxruntime.so.1.31.1")
+    env["MYONODE__RECEIVE__ALLOWED_CALLING_AE_TITLES"] = CALLING_AE  # allow-list is on by default
     env.pop("RUST_LOG", None)
     # as in production (systemd): with RUST_BACKTRACE set, every error value dicom-rs creates
     # internally (also on the success path) captures a backtrace, which costs ~0.1 ms each

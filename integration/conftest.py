@@ -169,5 +169,5 @@ def start_node(tmp_path: Path, node_bin: Path, pacs: support.Pacs, request) -> I
 
 @pytest.fixture
 def node(start_node) -> support.Node:
-    """`myonode serve` with the default test settings (any calling AE allowed)."""
+    """`myonode serve` with the default test settings (calling AEs `support.TEST_CALLING_AE_TITLES`)."""
     return start_node()

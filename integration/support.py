@@ -349,6 +349,12 @@ def clean_env() -> dict:
     env["MYONODE__SEGMENT__MODELS_DIR"] = str(REPO / "models")
     env["MYONODE__SEGMENT__ONNXRUNTIME_LIBRARY"] = str(REPO / ".onnxruntime" / "lib" / "libonnxruntime.so.1.31.1")
     env["MYONODE__HTTP__BIND"] = "127.0.0.1:0"  # any free port (the log says "HTTP listening on ADDR")
+    # the calling AE allow-list is on by default: admit the titles the tests send with
+    env["MYONODE__RECEIVE__ALLOWED_CALLING_AE_TITLES"] = ",".join(TEST_CALLING_AE_TITLES)
     return env
+
+
+# Calling AE titles the tests' DCMTK tools use (echoscu/storescu defaults, "SCANNER").
+TEST_CALLING_AE_TITLES = ("ECHOSCU", "STORESCU", "SCANNER")
 
 

@@ -98,7 +98,8 @@ storescp -v -aet PACS -od "$pacs_dir" +xa "$pacs_port" >"$out/storescp.log" 2>&1
 pacs_pid=$!
 
 say "starting myonode: $node_bin serve (AE MYONODE, port $node_port, spool $spool, quiet period 2 s)"
-MYONODE__ASSEMBLE__QUIET_PERIOD_SECONDS=2 MYONODE__SPOOL__DIR=$spool \
+# the calling AE allow-list is on by default: admit this demo's echoscu/storescu (AE DEMO)
+MYONODE__ASSEMBLE__QUIET_PERIOD_SECONDS=2 MYONODE__SPOOL__DIR=$spool MYONODE__RECEIVE__ALLOWED_CALLING_AE_TITLES=DEMO \
     "$node_bin" serve >"$out/myonode.log" 2>&1 </dev/null &
 node_pid=$!
 

@@ -8,6 +8,7 @@ pub mod assemble;
 pub mod config;
 pub mod dimse;
 pub mod encode;
+pub mod fuzzing;
 pub mod http;
 pub mod measure;
 pub mod node;

@@ -225,6 +225,7 @@ impl CommandSet {
     /// has the wrong type; [`DimseError::MissingCommandElement`] if CommandField or
     /// CommandDataSetType is absent.
     pub fn decode(bytes: &[u8]) -> Result<CommandSet, DimseError> {
+        check_element_lengths(bytes)?;
         let obj = InMemDicomObject::read_dataset_with_ts(bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
             .map_err(|e| DimseError::CommandDecode { message: e.to_string() })?;
         let u16_of = |tag: Tag, name: &'static str| -> Result<Option<u16>, DimseError> {
@@ -267,6 +268,28 @@ impl CommandSet {
             move_originator_message_id: u16_of(tags::MOVE_ORIGINATOR_MESSAGE_ID, "MoveOriginatorMessageID")?,
         })
     }
+}
+
+/// Walk the Implicit VR Little Endian element headers of a command set (tag, 4-byte length;
+/// PS3.5 7.1.3, PS3.7 E.1) and refuse a length beyond the bytes present or undefined
+/// (FFFFFFFFH: command sets hold no sequences), before dicom-rs decodes it: a length field
+/// near 4 GiB in a short command would otherwise make the decoder allocate for it (found by
+/// the `pdu_and_command` fuzz target).
+fn check_element_lengths(bytes: &[u8]) -> Result<(), DimseError> {
+    let mut pos = 0usize;
+    while pos < bytes.len() {
+        let Some(header) = bytes.get(pos..pos + 8) else {
+            return Err(DimseError::CommandDecode { message: format!("truncated element header at byte {pos}") });
+        };
+        let len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
+        if len > bytes.len() - pos - 8 {
+            return Err(DimseError::CommandDecode {
+                message: format!("element length {len} at byte {pos} exceeds the command set ({} bytes)", bytes.len()),
+            });
+        }
+        pos += 8 + len;
+    }
+    Ok(())
 }
 
 /// Truncate to the 64 characters LO allows, on a character boundary.

@@ -165,7 +165,12 @@ async fn handle_message(
         }
         command_field::C_STORE_RQ => {
             let reply: StoreReply =
-                handle_c_store(ctx.clone(), &pc.abstract_syntax, &pc.transfer_syntax, &command, message.dataset, calling).await;
+                tracing::Instrument::instrument(
+                    handle_c_store(ctx.clone(), &pc.abstract_syntax, &pc.transfer_syntax, &command, message.dataset, calling),
+                    tracing::info_span!("c_store", calling_ae = calling,
+                        sop_instance = command.affected_sop_instance_uid.as_deref().unwrap_or("")),
+                )
+                .await;
             if let Some(series) = &reply.series_instance_uid {
                 series_seen.insert(series.clone());
             }

@@ -144,7 +144,8 @@ impl AccessControl for CallingAeAllowList {
         if self.allows(calling_ae_title) {
             Ok(())
         } else {
-            tracing::warn!(calling_ae = calling_ae_title, called_ae = _called_ae_title, peer = ?self.peer,
+            tracing::warn!(calling_ae = calling_ae_title, called_ae = _called_ae_title,
+                peer = %self.peer.map_or_else(|| "unknown".to_string(), |p| p.to_string()),
                 "calling AE title not in the allow-list or not from its bound host; association rejected");
             Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized)
         }
@@ -212,7 +213,6 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ReceiveError> {
     let local = listener.local_addr().map_err(ReceiveError::Listener)?;
-    let options = Arc::new(scp_options(&ctx));
     let slots = Arc::new(Semaphore::new(ctx.cfg.max_associations.max(1)));
     let mut tasks: JoinSet<()> = JoinSet::new();
     info!(
@@ -234,10 +234,13 @@ pub async fn serve(
                     match slots.clone().try_acquire_owned() {
                         Ok(permit) => {
                             let ctx = ctx.clone();
-                            let options = if ctx.cfg.calling_ae_hosts.is_empty() { options.clone() } else { Arc::new(scp_options_for(&ctx, Some(peer.ip()))) };
+                            // per connection: the allow-list knows the peer address (host binding, and the
+                            // rejection log names the peer)
+                            let options = Arc::new(scp_options_for(&ctx, Some(peer.ip())));
                             let shutdown = shutdown.clone();
                             tasks.spawn(async move {
-                                association::run_association(ctx, options, stream, peer, shutdown).await;
+                                let span = tracing::info_span!("association", peer = %peer);
+                                tracing::Instrument::instrument(association::run_association(ctx, options, stream, peer, shutdown), span).await;
                                 drop(permit);
                             });
                         }

@@ -12,8 +12,8 @@
 //! Table 7.1-1/7.1-2: 4-byte lengths for OB, OD, OF, OL, OV, OW, SQ, SV, UC, UN, UR, UT, UV)
 //! and implicit VR (7.1.3); nested data sets with defined or undefined lengths, Item
 //! (FFFE,E000), Item Delimitation (FFFE,E00D) and Sequence Delimitation (FFFE,E0DD) (7.5);
-//! encapsulated pixel data as a sequence of fragment items (A.4). Only little-endian,
-//! non-deflated transfer syntaxes are scanned; others are reported as
+//! encapsulated pixel data as a sequence of fragment items (A.4). Little-endian and Explicit VR
+//! Big Endian (7.3), non-deflated transfer syntaxes are scanned; others are reported as
 //! [`ScanOutcome::Unsupported`] and the caller decodes the data set fully instead.
 
 /// The tag after which the receive path needs no more attributes: SeriesInstanceUID (0020,000E).
@@ -46,6 +46,9 @@ pub enum DataSetEncoding {
     ExplicitLittle,
     /// Implicit VR Little Endian (1.2.840.10008.1.2).
     ImplicitLittle,
+    /// Explicit VR Big Endian (1.2.840.10008.1.2.2, retired): the same structure with
+    /// big-endian tags and lengths (PS3.5 7.3).
+    ExplicitBig,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -75,7 +78,10 @@ fn has_long_length(vr: [u8; 2]) -> bool {
 /// Walk the element headers of the data set `bytes` encoded as `encoding` (see the module
 /// documentation). Never panics on any input; runs in time linear in the number of elements.
 pub fn scan_data_set(bytes: &[u8], encoding: DataSetEncoding) -> ScanOutcome {
-    let explicit = encoding == DataSetEncoding::ExplicitLittle;
+    let explicit = encoding != DataSetEncoding::ImplicitLittle;
+    let big = encoding == DataSetEncoding::ExplicitBig;
+    let u16_at = |b: &[u8], p: usize| if big { u16::from_be_bytes([b[p], b[p + 1]]) } else { u16_at(b, p) };
+    let u32_at = |b: &[u8], p: usize| if big { u32::from_be_bytes([b[p], b[p + 1], b[p + 2], b[p + 3]]) } else { u32_at(b, p) };
     let n = bytes.len();
     let mut pos = 0usize;
     let mut header_end: Option<usize> = None;

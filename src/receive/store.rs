@@ -40,10 +40,14 @@ impl StoreReply {
 }
 
 /// How the data set bytes of `transfer_syntax` are encoded, if [`scan_data_set`] handles it:
-/// little endian and not deflated (PS3.5 A.1-A.4); Implicit VR Little Endian is 1.2.840.10008.1.2.
+/// not deflated (little endian, or Explicit VR Big Endian) (PS3.5 A.1-A.4); Implicit VR Little Endian is 1.2.840.10008.1.2.
 fn data_set_encoding(transfer_syntax: &str, ts: &dicom_encoding::TransferSyntax) -> Option<DataSetEncoding> {
-    if ts.endianness() != dicom_encoding::Endianness::Little || matches!(ts.codec(), dicom_encoding::Codec::Dataset(_)) {
+    if matches!(ts.codec(), dicom_encoding::Codec::Dataset(_)) {
         return None;
+    }
+    if ts.endianness() != dicom_encoding::Endianness::Little {
+        // Explicit VR Big Endian; scanned too, so a bogus length never reaches the decoder
+        return Some(DataSetEncoding::ExplicitBig);
     }
     Some(if transfer_syntax.trim_end_matches('\0') == "1.2.840.10008.1.2" {
         DataSetEncoding::ImplicitLittle
@@ -294,4 +298,40 @@ fn series_full(ctx: &ReceiveContext, id: &InstanceIdentity<'_>) -> Option<StoreR
             format!("series already holds {count} instances (receive.max_instances_per_series = {limit})"),
         )
     })
+}
+
+/// Outcome of [`read_uids_checked`]: what the C-STORE path would do with a data set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReceivedUids {
+    /// SOPClassUID, SOPInstanceUID, StudyInstanceUID, SeriesInstanceUID (trailing NUL/space
+    /// padding removed), each a valid UID (PS3.5 9.1) and therefore safe as a file name.
+    Valid([String; 4]),
+    /// The data set would be refused; the reason (malformed, undecodable, UID missing/invalid,
+    /// unknown transfer syntax).
+    Refused(String),
+}
+
+/// The UID extraction and validation the C-STORE path applies to a received data set
+/// (`dataset` bytes in `transfer_syntax`, a transfer syntax UID): the structural scan of
+/// [`scan_data_set`], the dicom-rs decoding fallback, and [`is_valid_uid`] on the four UIDs.
+/// Never panics, for any input; the robustness entry point of the fuzz target
+/// `received_data_set` (fuzz/) and of tests/fuzz_corpus.rs.
+pub fn read_uids_checked(dataset: &[u8], transfer_syntax: &str) -> ReceivedUids {
+    let Some(ts) = TransferSyntaxRegistry.get(transfer_syntax) else {
+        return ReceivedUids::Refused(format!("unknown transfer syntax {transfer_syntax}"));
+    };
+    let raw = match read_uids(dataset, transfer_syntax, ts) {
+        Ok(r) => r,
+        Err(e) => return ReceivedUids::Refused(e.to_string()),
+    };
+    let mut out: [String; 4] = Default::default();
+    for (slot, value) in out.iter_mut().zip(raw) {
+        let Some(v) = value else { return ReceivedUids::Refused("UID missing".into()) };
+        let v = v.trim_end_matches(['\0', ' ']).trim_start().to_string();
+        if !is_valid_uid(&v) {
+            return ReceivedUids::Refused(format!("invalid UID {v:?}"));
+        }
+        *slot = v;
+    }
+    ReceivedUids::Valid(out)
 }

@@ -1,0 +1,8 @@
+//! C-STORE data set → structural scan / dicom-rs fallback → UID validation
+//! (`myonode::fuzzing::received_data_set`; first byte selects the transfer syntax).
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    myonode::fuzzing::received_data_set(data);
+});
