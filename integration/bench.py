@@ -35,7 +35,7 @@ log events (timestamps are the node's clock, microsecond resolution):
   → assembled  ("series complete, volume assembled")
   → segmented  ("segmented"; its `ms` is the analysis time, the rest is queue wait)
   → measured   (last "measured" of the job)
-  → encoded    ("SEG and SR encoded")
+  → encoded    ("results encoded"; older builds "SEG and SR encoded")
   → delivered  (last "delivered" of the job's SEG/SR: the PACS acknowledged the C-STORE).
 A warm-up series (pelvis ADC) goes first so model loading is not counted.
 
@@ -340,6 +340,10 @@ def msg(ev: dict) -> str:
     return ev.get("fields", {}).get("message", "")
 
 
+# the encode stage's event once a job's objects are in the outboxes (older builds: the first)
+ENCODED_MESSAGES = ("SEG and SR encoded", "results encoded")
+
+
 def span_field(ev: dict, key: str) -> Optional[str]:
     for sp in [ev.get("span") or {}] + list(reversed(ev.get("spans") or [])):
         if key in sp:
@@ -355,13 +359,13 @@ def series_timeline(events: list[dict], series_uid: str) -> dict:
     if not stored or not asm:
         raise BenchError(f"series {series_uid}: no receive/assemble events in the log")
     a = asm[0]
-    job = span_field(a, "job")
+    job = span_field(a, "job") or a["fields"].get("job")
     seg = [e for e in events if msg(e) == "segmented" and span_field(e, "job") == job]
     meas = [ts(e) for e in events if msg(e) == "measured" and span_field(e, "job") == job]
-    enc = [e for e in events if msg(e) == "SEG and SR encoded" and span_field(e, "job") == job]
+    enc = [e for e in events if msg(e) in ENCODED_MESSAGES and span_field(e, "job") == job]
     if not seg or not enc:
         raise BenchError(f"job {job}: no segmented/encoded events in the log")
-    uids = {enc[0]["fields"]["seg"], enc[0]["fields"]["sr"]}
+    uids = {enc[0]["fields"][k] for k in ("seg", "seg_labelmap", "sr") if enc[0]["fields"].get(k)}
     deliv = [ts(e) for e in events if msg(e) == "delivered"
              and any(u in e["fields"].get("path", "") for u in uids)]
     if len(deliv) < len(uids):
