@@ -197,7 +197,8 @@ pub struct SegmentConfig {
     /// Refuse to run (the analysis fails to load) unless a GPU provider (`cuda`/`tensorrt`) registers.
     #[serde(default)]
     pub require_gpu: bool,
-    /// Intra-op threads of each worker's ONNX Runtime session; 0 = ONNX Runtime's default (one per core).
+    /// Intra-op threads of each worker's ONNX Runtime session; 0 = automatic: ONNX Runtime's
+    /// default (one per core) with one worker, `max(1, cores / workers)` with several.
     #[serde(default)]
     pub intra_op_threads: usize,
     /// `tissue-composition-ct`: also label CT whose BodyPartExamined is not a limb (trunk or

@@ -14,6 +14,7 @@
 //!   voxels of other labels inside a hole are kept.
 
 use ndarray::{Array3, ArrayView4};
+use rayon::prelude::*;
 
 /// Label map from class scores `(K, z, y, x)`: `labels[v] = argmax_k scores[k, v]` if `k` is in
 /// `valid` (label values present in the manifest), else 0.
@@ -49,12 +50,26 @@ impl RunningArgmax {
             return;
         }
         let c = self.next as u8;
-        ndarray::Zip::from(&mut self.best).and(&mut self.idx).and(&scores).for_each(|b, i, &s| {
+        let update = |b: &mut f32, i: &mut u8, s: f32| {
             if s > *b {
                 *b = s;
                 *i = c;
             }
-        });
+        };
+        match (self.best.as_slice_mut(), self.idx.as_slice_mut(), scores.as_slice()) {
+            (Some(best), Some(idx), Some(s)) if s.len() == best.len() => {
+                // element-wise and independent: parallel chunks give the serial result
+                const CHUNK: usize = 1 << 16;
+                best.par_chunks_mut(CHUNK).zip(idx.par_chunks_mut(CHUNK)).zip(s.par_chunks(CHUNK)).for_each(
+                    |((b, i), s)| {
+                        for ((b, i), &s) in b.iter_mut().zip(i.iter_mut()).zip(s) {
+                            update(b, i, s);
+                        }
+                    },
+                );
+            }
+            _ => ndarray::Zip::from(&mut self.best).and(&mut self.idx).and(&scores).for_each(|b, i, &s| update(b, i, s)),
+        }
         self.next += 1;
     }
 
@@ -173,6 +188,30 @@ mod tests {
         let s = Array4::from_shape_vec((3, 1, 1, 3), vec![1.0, 0.0, 0.0, 1.0, 2.0, 0.0, 0.0, 2.0, 5.0]).unwrap();
         assert_eq!(argmax(s.view(), &[1, 2]).as_slice().unwrap(), &[0, 1, 2]);
         assert_eq!(argmax(s.view(), &[1]).as_slice().unwrap(), &[0, 1, 0]);
+    }
+
+    #[test]
+    fn running_argmax_parallel_matches_elementwise() {
+        // more voxels than one parallel chunk, with ties and a non-contiguous class view
+        let (k, dim) = (4usize, (3usize, 150usize, 301usize));
+        let s = Array4::from_shape_fn((k, dim.0, dim.1, dim.2), |(c, z, y, x)| ((c * 7 + z * 5 + y * 3 + x) % 11) as f32);
+        let got = argmax(s.view(), &[0, 1, 2, 3]);
+        let t = s.view().permuted_axes([0, 1, 3, 2]);
+        let mut r = RunningArgmax::new((dim.0, dim.2, dim.1));
+        for ch in t.outer_iter() {
+            r.push(ch);
+        }
+        let got_t = r.finish(&[0, 1, 2, 3]);
+        for ((z, y, x), &l) in got.indexed_iter() {
+            let mut best = 0;
+            for c in 1..k {
+                if s[[c, z, y, x]] > s[[best, z, y, x]] {
+                    best = c;
+                }
+            }
+            assert_eq!(l as usize, best, "at {z},{y},{x}");
+            assert_eq!(got_t[[z, x, y]], l);
+        }
     }
 
     #[test]

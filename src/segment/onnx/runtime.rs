@@ -112,6 +112,18 @@ fn try_register(
     }
 }
 
+/// Intra-op threads for each worker's session: `cfg.intra_op_threads` when set (> 0); with
+/// the default 0 and one worker, 0 (ONNX Runtime's own default, one per physical core); with
+/// the default 0 and `W > 1` workers, the available cores split between them,
+/// `max(1, cores / W)`, so concurrent analyses do not oversubscribe the CPU.
+pub fn effective_intra_op_threads(cfg: &SegmentConfig) -> usize {
+    if cfg.intra_op_threads > 0 || cfg.workers <= 1 {
+        return cfg.intra_op_threads;
+    }
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    (cores / cfg.workers).max(1)
+}
+
 /// Open a session for `model` with the execution providers and threads of `cfg`.
 ///
 /// Returns the session and the per-provider outcome (also stored for
@@ -125,9 +137,10 @@ pub fn open_session(model: &Path, cfg: &SegmentConfig) -> Result<(Session, Vec<E
     let env = environment(&cfg.onnxruntime_library)?;
     let sess_err = |message: String| OnnxError::Session { path: model.to_path_buf(), message };
     let mut builder = Session::builder(&env).map_err(|e| sess_err(e.to_string()))?;
-    if cfg.intra_op_threads > 0 {
+    let intra = effective_intra_op_threads(cfg);
+    if intra > 0 {
         builder = builder
-            .with_intra_threads(cfg.intra_op_threads)
+            .with_intra_threads(intra)
             .map_err(|e| sess_err(format!("intra_op_threads: {}", e.message())))?;
     }
     let mut report = Vec::new();
