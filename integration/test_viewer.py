@@ -56,6 +56,8 @@ display colour that still counts as that colour: OHIF draws segment outlines opa
 in the segment colour; the fill is blended with the image and does not count."""
 
 MIN_COLOUR_PIXELS = 100
+# OHIF 3.13.2 draws the annotations of a loaded SR in pure green.
+SR_ANNOTATION_RGB = (0, 255, 0)
 """Fewest pixels of a segment's colour in the viewport for "the segment is drawn" (an
 outline around a 1 cm² region on these series is several hundred pixels)."""
 
@@ -239,7 +241,7 @@ def start_node_to(tmp_path: Path, node_bin: Path, o: orthanc_mod.Orthanc) -> sup
     return node
 
 
-def check_reports_in_pacs(o: orthanc_mod.Orthanc, sr_ids: list[str], seg: pydicom.Dataset, tmp: Path) -> None:
+def check_reports_in_pacs(o: orthanc_mod.Orthanc, sr_ids: list[str], seg: pydicom.Dataset, tmp: Path) -> pydicom.Dataset:
     """The two SRs in the PACS are the volumetric TID 1500 report (`sr`) and the planar one
     (`sr-planar`, SeriesDescription "Planar Measurement Report"), both reference `seg`, and
     DCMTK dsrdump parses them: the volumetric one reports a Volume (118565006, SCT) in cm3,
@@ -261,11 +263,35 @@ def check_reports_in_pacs(o: orthanc_mod.Orthanc, sr_ids: list[str], seg: pydico
         assert dump.returncode == 0, support.describe(dump)
         kind = "planar" if str(ds.SeriesDescription).startswith("Planar Measurement Report") else "volumetric"
         by_kind[kind] = dump.stdout
+        if kind == "planar":
+            planar_ds = ds
     assert set(by_kind) == {"planar", "volumetric"}, f"SRs in the PACS: {sorted(by_kind)}"
     vol, planar = by_kind["volumetric"], by_kind["planar"]
     assert re.search(r'NUM:\(,,"Volume"\)="[0-9.eE+-]+" \(cm3,UCUM', vol), vol[-3000:]
     assert re.search(r'SCOORD:\(,,"Image Region"\)=\(POLYLINE,', planar), planar[-3000:]
     assert re.search(r'NUM:\(,,"Area"\)="[0-9.eE+-]+" \(cm2,UCUM', planar), planar[-3000:]
+    return planar_ds
+
+
+def planar_measurements(ds: pydicom.Dataset) -> list[tuple[float, str]]:
+    """(Area in cm², SOPInstanceUID of the image its outline is drawn on) per TID 1410 group
+    of a planar report: the NUM "Area" (42798000, SCT) and the IMAGE under the SCOORD."""
+    found: list[tuple[float, str]] = []
+
+    def walk(items):
+        for it in items:
+            children = list(getattr(it, "ContentSequence", []))
+            if it.ValueType == "CONTAINER" and children:
+                area = [float(c.MeasuredValueSequence[0].NumericValue) for c in children
+                        if c.ValueType == "NUM" and c.ConceptNameCodeSequence[0].CodeValue == "42798000"]
+                image = [g.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for c in children
+                         if c.ValueType == "SCOORD" for g in getattr(c, "ContentSequence", []) if g.ValueType == "IMAGE"]
+                if area and image:
+                    found.append((area[0], image[0]))
+                walk(children)
+
+    walk(ds.ContentSequence)
+    return found
 
 
 # ---------------------------------------------------------------------- test
@@ -310,7 +336,7 @@ def test_viewer_draws_the_seg(tmp_path: Path, node_bin: Path, data_dir: Path, or
         support.stop(node.proc)
     assert len(seg_ids) == 1, f"expected one SEG in the study, Orthanc has {len(seg_ids)}"
     seg = pydicom.dcmread(io.BytesIO(orthanc.file(seg_ids[0])))
-    check_reports_in_pacs(orthanc, sr_ids, seg, tmp_path)
+    planar_sr = check_reports_in_pacs(orthanc, sr_ids, seg, tmp_path)
     segments = {int(s.SegmentNumber): s for s in seg.SegmentSequence}
     colours = {n: dicom_lab_to_rgb(list(s.RecommendedDisplayCIELabValue)) for n, s in segments.items()}
     labels = {n: str(s.SegmentLabel) for n, s in segments.items()}
@@ -327,6 +353,7 @@ def test_viewer_draws_the_seg(tmp_path: Path, node_bin: Path, data_dir: Path, or
         "outDir": str(out),
         "chromium": CHROMIUM,
         "waitMs": 240000,
+        "planarSr": "Planar",
     }
     browser = support.run(["node", VIEWER_DIR / "view_seg.mjs", json.dumps(args)], timeout=900, cwd=VIEWER_DIR)
     (out / "view_seg.log").write_text(browser.stdout + browser.stderr)
@@ -380,4 +407,27 @@ def test_viewer_draws_the_seg(tmp_path: Path, node_bin: Path, data_dir: Path, or
     assert dice >= MIN_OVERLAY_DICE, (
         f"the segmentation OHIF draws on image {instance_number} matches the SEG's mask with Dice {dice:.3f} "
         f"< {MIN_OVERLAY_DICE} (flipped masks: {flipped}); see {out / 'after-seg.png'}"
+    )
+
+    # The planar report (sr-planar): opening it in OHIF jumps to the image its outline is drawn
+    # on, draws the outline (OHIF draws SR annotations in pure green, absent from the images
+    # before), and labels it with the report's Area.
+    measured = planar_measurements(planar_sr)
+    assert measured, "the planar SR has no Area with an outlined image"
+    text = report.get("planarBodyText", "")
+    for area, _ in measured:
+        assert f"Area: {area:.2f} cm2" in text, f"OHIF does not show 'Area: {area:.2f} cm2' for the planar SR: {text[-1500:]}"
+    m = re.search(r"I:\s*(\d+)", report.get("overlayPlanar", ""))
+    assert m, f"no InstanceNumber in the viewport overlay {report.get('overlayPlanar')!r}"
+    by_instance = {int(support.read_header(f).InstanceNumber): support.read_header(f).SOPInstanceUID for f in files}
+    assert by_instance.get(int(m.group(1))) in {uid for _, uid in measured}, (
+        f"OHIF shows image {m.group(1)}, not the image the planar outline is drawn on"
+    )
+    box = report.get("viewportPlanar") or box
+    before = colour_pixels(out / "before-seg.png", box, SR_ANNOTATION_RGB)
+    drawn = colour_pixels(out / "planar-sr.png", box, SR_ANNOTATION_RGB)
+    print(f"{series}: planar SR outline {drawn} px of {SR_ANNOTATION_RGB} (before any overlay: {before}); "
+          f"areas {[round(a, 3) for a, _ in measured]} cm2")
+    assert drawn >= MIN_COLOUR_PIXELS and before * 50 <= drawn, (
+        f"planar outline not drawn: {drawn} px of {SR_ANNOTATION_RGB} (before: {before}); see {out / 'planar-sr.png'}"
     )

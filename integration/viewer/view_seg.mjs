@@ -12,13 +12,18 @@
 //   outDir       where screenshots and report.json are written
 //   chromium     browser executable (default /usr/bin/chromium)
 //   waitMs       upper bound of every wait, ms (default 240000)
+//   planarSr     optional: regex of the planar measurement report's SeriesDescription;
+//                after the SEG, open that SR too (OHIF jumps to the measurement's image)
 //
 // Output (outDir): before-seg.png, after-seg.png (full page, 1280x800 CSS px at
 // device scale 1, so screenshot pixels = CSS px), report.json:
 //   { viewport: {x, y, width, height}   the active viewport's box in screenshot px
 //     overlayBefore, overlayAfter       its bottom-right overlay text, e.g. "I: 159 (1/80)"
 //     segmentNames: [..]                row titles of the segmentation panel
-//     segThumbnails: n, consoleErrors: [..], steps: [..] }
+//     segThumbnails: n, consoleErrors: [..], steps: [..],
+//     with planarSr (a SeriesDescription pattern): srThumbnails, srThumbnailTexts,
+//     planarBodyText (the page's text after opening that SR), overlayPlanar, viewportPlanar }
+// and planar-sr.png (the viewport after double-clicking the planar SR's thumbnail).
 // Exit status 0 when every step ran, 1 otherwise (report.json has the error).
 //
 // One origin serves OHIF's files, a generated app-config.js (one DICOMweb data
@@ -210,6 +215,27 @@ try {
   report.overlayAfter = await overlayText(page);
   await page.screenshot({ path: path.join(args.outDir, 'after-seg.png') });
   step('screenshot after-seg.png');
+
+  if (args.planarSr) {
+    // The planar measurement report (TID 1410 polylines + Area): open its SR thumbnail the
+    // way a radiologist does and record what the measurement panel / viewport say.
+    const srThumb = thumbs.filter({ has: page.locator('[data-cy="series-modality-label"]', { hasText: /^\s*SR\s*$/ }) });
+    report.srThumbnails = await srThumb.count();
+    report.srThumbnailTexts = (await srThumb.allInnerTexts()).map((t) => t.replace(/\s+/g, ' ').trim());
+    step(`${report.srThumbnails} SR thumbnails: ${JSON.stringify(report.srThumbnailTexts)}`);
+    const planar = srThumb.filter({ hasText: new RegExp(args.planarSr) });
+    await planar.first().waitFor({ state: 'visible' });
+    await planar.first().dblclick();
+    step('double-clicked the planar SR thumbnail');
+    await page.waitForLoadState('networkidle').catch(() => {});
+    await page.waitForTimeout(3000);
+    report.planarButtons = (await page.getByRole('button').allInnerTexts()).map((t) => t.trim()).filter(Boolean).slice(0, 60);
+    report.planarBodyText = (await page.locator('body').innerText()).replace(/\s+/g, ' ').slice(0, 4000);
+    report.overlayPlanar = await overlayText(page);
+    report.viewportPlanar = await viewportBox(page);
+    await page.screenshot({ path: path.join(args.outDir, 'planar-sr.png') });
+    step('screenshot planar-sr.png');
+  }
 } catch (e) {
   failed = String(e?.stack ?? e);
   report.error = failed;
