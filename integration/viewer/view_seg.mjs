@@ -228,7 +228,23 @@ try {
     await planar.first().dblclick();
     step('double-clicked the planar SR thumbnail');
     await page.waitForLoadState('networkidle').catch(() => {});
-    await page.waitForTimeout(3000);
+    // The measurement is drawn once OHIF has hydrated the SR and jumped to its image: wait
+    // for its "Area: <value>" label (bounded by WAIT), then one more render pass.
+    // OHIF sometimes draws the SR's annotations only at the next render of the viewport:
+    // hover it and step one image away and back (arrow keys) until the label is there.
+    const hasLabel = () => page.evaluate(() => /Area:\s*[0-9]/.test(document.body.innerText || ''));
+    const vp = await viewportBox(page);
+    for (let attempt = 0; attempt < 20 && !(await hasLabel()); attempt++) {
+      if (vp) await page.mouse.move(vp.x + vp.width / 2 + attempt, vp.y + vp.height / 2);
+      await page.waitForTimeout(1000);
+      if (await hasLabel()) break;
+      await page.keyboard.press('ArrowDown');
+      await page.waitForTimeout(500);
+      await page.keyboard.press('ArrowUp');
+      await page.waitForTimeout(1000);
+    }
+    step((await hasLabel()) ? 'planar measurement label shown' : 'no "Area:" label after re-renders');
+    await page.waitForTimeout(2000);
     report.planarButtons = (await page.getByRole('button').allInnerTexts()).map((t) => t.trim()).filter(Boolean).slice(0, 60);
     report.planarBodyText = (await page.locator('body').innerText()).replace(/\s+/g, ' ').slice(0, 4000);
     report.overlayPlanar = await overlayText(page);
