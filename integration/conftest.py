@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator
 
 import pytest
 
@@ -120,42 +120,8 @@ def start_node(tmp_path: Path, node_bin: Path, pacs: support.Pacs, request) -> I
     started: list[support.Node] = []
 
     def start(**overrides: str) -> support.Node:
-        n = len(started)
-        root = tmp_path / f"node{n}"
-        root.mkdir()
-        spool = root / "spool"
-        config = root / "myonode.toml"
-        config.write_text(support.node_config_text(pacs.port))
-        port = support.free_port()
-        env = support.clean_env()
-        env.update(
-            {
-                "MYONODE__RECEIVE__HOST": "127.0.0.1",
-                "MYONODE__RECEIVE__PORT": str(port),
-                "MYONODE__SPOOL__DIR": str(spool),
-                "MYONODE__ASSEMBLE__QUIET_PERIOD_SECONDS": "1",
-                "RUST_BACKTRACE": "1",
-            }
-        )
-        env.update({f"MYONODE__{k.upper()}": str(v) for k, v in overrides.items()})
-        log = root / "myonode.log"
-        with open(log, "w") as logf:
-            proc = subprocess.Popen(
-                [str(node_bin), "serve", "--config", str(config)],
-                cwd=root,
-                stdin=subprocess.DEVNULL,
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-        node = support.Node("MYONODE", port, spool, config, log, proc, env)
+        node = support.launch_node(node_bin, tmp_path / f"node{len(started)}", support.node_config_text(pacs.port), **overrides)
         started.append(node)
-        support.wait_for(
-            f"myonode to accept connections on port {port}",
-            lambda: support.port_accepts(port),
-            timeout=60,
-            alive=node.problem,
-        )
         return node
 
     yield start

@@ -266,6 +266,23 @@ class Orthanc:
         """Orthanc IDs of every stored instance."""
         return self.get("/instances")
 
+    def instance_summaries(self) -> list[dict[str, Any]]:
+        """Every stored instance as {"id", "sop_instance_uid", "sop_class_uid", "series" (Orthanc ID),
+        "study_uid"}, one entry per stored copy."""
+        out = []
+        for inst in self.get("/instances?expand"):
+            tags = self.tags(inst["ID"])
+            out.append(
+                {
+                    "id": inst["ID"],
+                    "sop_instance_uid": tags.get("SOPInstanceUID"),
+                    "sop_class_uid": tags.get("SOPClassUID"),
+                    "series": inst["ParentSeries"],
+                    "study_uid": tags.get("StudyInstanceUID"),
+                }
+            )
+        return out
+
     def tags(self, instance_orthanc_id: str) -> dict[str, Any]:
         """Simplified DICOM tags of an instance (keyword → value; sequences as lists of dicts)."""
         return self.get(f"/instances/{instance_orthanc_id}/tags?simplify")

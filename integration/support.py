@@ -327,6 +327,44 @@ class Node:
         return None
 
 
+def launch_node(node_bin: Path, root: Path, config_text: str, **overrides: str) -> Node:
+    """Start `myonode serve --config root/myonode.toml` (written from `config_text`) in `root`, on a free
+    loopback port, spool `root/spool`, quiet period 1 s, log `root/myonode.log`; wait until the port accepts.
+
+    Keyword arguments become environment overrides: `RECEIVE__MAX_ASSOCIATIONS="2"` sets
+    MYONODE__RECEIVE__MAX_ASSOCIATIONS. The caller stops the node (`stop(node.proc)`).
+    Raises AssertionError (with the log) when the node exits or does not listen within 60 s.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    config = root / "myonode.toml"
+    config.write_text(config_text)
+    port = free_port()
+    env = clean_env()
+    env.update(
+        {
+            "MYONODE__RECEIVE__HOST": "127.0.0.1",
+            "MYONODE__RECEIVE__PORT": str(port),
+            "MYONODE__SPOOL__DIR": str(root / "spool"),
+            "MYONODE__ASSEMBLE__QUIET_PERIOD_SECONDS": "1",
+            "RUST_BACKTRACE": "1",
+        }
+    )
+    env.update({f"MYONODE__{k.upper()}": str(v) for k, v in overrides.items()})
+    log = root / "myonode.log"
+    with open(log, "w") as logf:
+        proc = subprocess.Popen(
+            [str(node_bin), "serve", "--config", str(config)],
+            cwd=root,
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    node = Node("MYONODE", port, root / "spool", config, log, proc, env)
+    wait_for(f"myonode to accept connections on port {port}", lambda: port_accepts(port), timeout=60, alive=node.problem)
+    return node
+
+
 def node_config_text(pacs_port: int, max_attempts: int = 3, retry_delay: float = 0.5) -> str:
     """A --config file whose only destination is the test PACS (all destination keys given)."""
     return (

@@ -34,7 +34,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -202,10 +201,9 @@ def orthanc(tmp_path: Path, request):
 
 def start_node_to(tmp_path: Path, node_bin: Path, o: orthanc_mod.Orthanc) -> support.Node:
     """`myonode serve` on a free port whose only destination is Orthanc `o` (defaults otherwise)."""
-    root = tmp_path / "node"
-    root.mkdir()
-    config = root / "myonode.toml"
-    config.write_text(
+    return support.launch_node(
+        node_bin,
+        tmp_path / "node",
         "[[destinations]]\n"
         'name = "orthanc"\n'
         f'ae_title = "{o.ae_title}"\n'
@@ -213,32 +211,8 @@ def start_node_to(tmp_path: Path, node_bin: Path, o: orthanc_mod.Orthanc) -> sup
         f"port = {o.dicom_port}\n"
         "max_attempts = 3\n"
         "retry_delay_seconds = 0.5\n"
-        'outputs = ["seg-binary", "sr", "sr-planar"]\n'
+        'outputs = ["seg-binary", "sr", "sr-planar"]\n',
     )
-    port = support.free_port()
-    env = support.clean_env()
-    env.update(
-        {
-            "MYONODE__RECEIVE__HOST": "127.0.0.1",
-            "MYONODE__RECEIVE__PORT": str(port),
-            "MYONODE__SPOOL__DIR": str(root / "spool"),
-            "MYONODE__ASSEMBLE__QUIET_PERIOD_SECONDS": "1",
-            "RUST_BACKTRACE": "1",
-        }
-    )
-    log = root / "myonode.log"
-    with open(log, "w") as logf:
-        proc = subprocess.Popen(
-            [str(node_bin), "serve", "--config", str(config)],
-            cwd=root,
-            stdin=subprocess.DEVNULL,
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    node = support.Node("MYONODE", port, root / "spool", config, log, proc, env)
-    support.wait_for(f"myonode on port {port}", lambda: support.port_accepts(port), timeout=60, alive=node.problem)
-    return node
 
 
 def check_reports_in_pacs(o: orthanc_mod.Orthanc, sr_ids: list[str], seg: pydicom.Dataset, tmp: Path) -> pydicom.Dataset:

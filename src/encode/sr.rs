@@ -610,7 +610,8 @@ fn push_fat_fraction(items: &mut Vec<ContentItem>, m: &SegmentMeasurements, labe
 // Encoding to a data set
 // ---------------------------------------------------------------------------
 
-fn el(tag: Tag, vr: VR, value: impl Into<PrimitiveValue>) -> DataElement<InMemDicomObject> {
+/// One data element with a primitive value (shared by the SR encoders of this module).
+pub(super) fn el(tag: Tag, vr: VR, value: impl Into<PrimitiveValue>) -> DataElement<InMemDicomObject> {
     DataElement::new(tag, vr, value.into())
 }
 
@@ -618,13 +619,14 @@ fn empty(tag: Tag, vr: VR) -> DataElement<InMemDicomObject> {
     DataElement::new(tag, vr, PrimitiveValue::Empty)
 }
 
-fn seq(tag: Tag, items: Vec<InMemDicomObject>) -> DataElement<InMemDicomObject> {
+/// A sequence (SQ) element of `items`.
+pub(super) fn seq(tag: Tag, items: Vec<InMemDicomObject>) -> DataElement<InMemDicomObject> {
     DataElement::new(tag, VR::SQ, DataSetSequence::from(items))
 }
 
 /// A Code Sequence Macro item (PS3.3 8.8); values longer than 16 characters go to
 /// LongCodeValue (0008,0119), URNs/URLs to URNCodeValue (0008,0120).
-fn code_item(code: &Code) -> InMemDicomObject {
+pub(super) fn code_item(code: &Code) -> InMemDicomObject {
     let mut o = InMemDicomObject::new_empty();
     if code.value.contains(':') {
         o.put(el(tags::URN_CODE_VALUE, VR::UR, code.value.as_str()));

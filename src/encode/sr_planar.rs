@@ -24,15 +24,14 @@
 //! instead of the TID 1411 groups, so that viewers which draw only planar regions
 //! (OHIF 3.13) can show it. Choosing it per destination is left to the encode stage.
 
-use dicom_core::value::DataSetSequence;
-use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
+use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 use ndarray::Axis;
 
 use super::codes::{self, CodeConst};
 use super::seg::EncodedObject;
-use super::sr::{encode_tid1500, format_ds, SegReference, SrError, SrOptions};
+use super::sr::{code_item, el, encode_tid1500, format_ds, seq, SegReference, SrError, SrOptions};
 use crate::pipeline::messages::{Code, Findings};
 
 /// Image Region (111030, DCM): the SCOORD of a TID 1410 group (PS3.16 TID 1410 row 7).
@@ -461,34 +460,6 @@ fn concept_value(o: &InMemDicomObject) -> Option<String> {
         .to_str()
         .ok()?;
     Some(v.trim().to_string())
-}
-
-/// Code Sequence Macro item (PS3.3 8.8): CodeValue (or LongCodeValue past 16
-/// characters, URNCodeValue for URNs), CodingSchemeDesignator, CodeMeaning.
-fn code_item(code: &Code) -> InMemDicomObject {
-    let mut o = InMemDicomObject::new_empty();
-    if code.value.contains(':') {
-        o.put(el(tags::URN_CODE_VALUE, VR::UR, code.value.as_str()));
-    } else if code.value.len() > 16 {
-        o.put(el(tags::LONG_CODE_VALUE, VR::UC, code.value.as_str()));
-    } else {
-        o.put(el(tags::CODE_VALUE, VR::SH, code.value.as_str()));
-    }
-    o.put(el(
-        tags::CODING_SCHEME_DESIGNATOR,
-        VR::SH,
-        code.scheme.as_str(),
-    ));
-    o.put(el(tags::CODE_MEANING, VR::LO, code.meaning.as_str()));
-    o
-}
-
-fn el(tag: Tag, vr: VR, value: impl Into<PrimitiveValue>) -> DataElement<InMemDicomObject> {
-    DataElement::new(tag, vr, value.into())
-}
-
-fn seq(tag: Tag, items: Vec<InMemDicomObject>) -> DataElement<InMemDicomObject> {
-    DataElement::new(tag, VR::SQ, DataSetSequence::from(items))
 }
 
 /// Label 4-connected regions; return (labels, label of the largest, its first pixel
