@@ -80,6 +80,10 @@ struct Row {
     rss: f64,
     /// FNV-1a hash of the label map (bit-identity across builds).
     labels_fnv1a: String,
+    /// Normalisation + resampling to the model grid, ms.
+    preprocess_ms: f64,
+    /// Resampling back, argmax, components, ms (the rest outside Session::run is the sliding window).
+    postprocess_ms: f64,
 }
 
 fn bench(model: &mut OnnxModel, channels: &[ChannelInput<'_>], units: usize, unit: &'static str, warmup: bool) -> Row {
@@ -105,6 +109,8 @@ fn bench(model: &mut OnnxModel, channels: &[ChannelInput<'_>], units: usize, uni
         per_unit_ms: wall.as_secs_f64() * 1e3 / units as f64,
         rss: peak_rss_mib(),
         labels_fnv1a: format!("{checksum:016x}"),
+        preprocess_ms: timing.preprocess.as_secs_f64() * 1e3,
+        postprocess_ms: timing.postprocess.as_secs_f64() * 1e3,
     }
 }
 
@@ -168,7 +174,19 @@ fn main() {
     );
     println!("|{}|", ["-"; 8].map(|_| "---------").join("|"));
     let json = std::env::var("BENCH_JSON").is_ok_and(|v| v == "1");
-    let rows_checksums: Vec<String> = rows.iter().map(|r| format!("{}: {}", r.model, r.labels_fnv1a)).collect();
+    let rows_checksums: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{}: {} (pre-processing {:.1} ms, post-processing {:.1} ms, sliding window outside Session::run {:.1} ms)",
+                r.model,
+                r.labels_fnv1a,
+                r.preprocess_ms,
+                r.postprocess_ms,
+                r.total_ms - r.run_ms - r.preprocess_ms - r.postprocess_ms
+            )
+        })
+        .collect();
     for r in rows {
         if json {
             println!("JSON {}", serde_json::to_string(&r).expect("json"));

@@ -71,6 +71,10 @@ pub struct InferenceTiming {
     pub total: Duration,
     /// Number of `Session::run` calls.
     pub runs: u64,
+    /// Wall time of steps 2–3 (normalisation and resampling to the model grid).
+    pub preprocess: Duration,
+    /// Wall time of steps 5–6 (resampling back, argmax, connected components, hole filling).
+    pub postprocess: Duration,
 }
 
 /// A loaded model: manifest + one ONNX Runtime session (use one per worker thread).
@@ -440,8 +444,10 @@ impl OnnxModel {
         let started = Instant::now();
         self.check_channels(channels, modality)?;
         let input = self.preprocess(channels);
+        self.timing.preprocess += started.elapsed();
         let mut scores = self.predict(input.view())?;
         self.apply_class_weights(&mut scores);
+        let post_started = Instant::now();
         let (nz, ny, nx) = channels[0].1.shape();
         let valid: Vec<u8> = self.manifest.labels.iter().map(|l| l.value).collect();
         let mut labels = if scores.dim().1 == nz && scores.dim().2 == ny && scores.dim().3 == nx {
@@ -463,6 +469,7 @@ impl OnnxModel {
                 postprocess::fill_holes(&mut labels, l.value);
             }
         }
+        self.timing.postprocess += post_started.elapsed();
         self.timing.total += started.elapsed();
         Ok(labels)
     }
