@@ -14,7 +14,8 @@
 //! ```
 //! With SHIPPED_MODEL_DIR (e.g. `models/lumbar-vertebrae-mr`) a third row runs that model on
 //! a volume of the knee series' shape and spacing (80 x 512 x 512, 1.5 x 0.3125 x 0.3125 mm),
-//! as the node would on that series. With `BENCH_JSON=1` each row is also printed as one
+//! as the node would on that series (`BENCH_SERIES=<series folder>`: on that real series instead of
+//! random values). With `BENCH_JSON=1` each row is also printed as one
 //! `JSON {...}` line (read by `integration/bench.py`).
 //!
 //! Defaults: ORT_LIBRARY `.onnxruntime/lib/libonnxruntime.so.1.31.1`, THREADS 0 (ORT default),
@@ -157,7 +158,17 @@ fn main() {
 
     if let Some(dir) = shipped {
         let mut ms = OnnxModel::load(&dir, &cfg).expect("load the shipped model");
-        let knee = volume_with_spacing((80, 512, 512), [1.5, 0.3125, 0.3125], 4);
+        // BENCH_SERIES=<folder of a DICOM series>: the shipped model on that real volume instead
+        // of random values (label maps of real images exercise post-processing realistically)
+        let knee = match std::env::var_os("BENCH_SERIES") {
+            Some(dir) => {
+                let mut files: Vec<PathBuf> =
+                    std::fs::read_dir(&dir).expect("BENCH_SERIES folder").flatten().map(|e| e.path()).collect();
+                files.sort();
+                myonode::assemble::build_volume(&files, &myonode::config::AssembleConfig::default()).expect("BENCH_SERIES volume").1
+            }
+            None => volume_with_spacing((80, 512, 512), [1.5, 0.3125, 0.3125], 4),
+        };
         let mut row = bench(&mut ms, &[("water", &knee)], 80, "slice", true);
         row.shipped = true;
         rows.push(row);
