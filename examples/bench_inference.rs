@@ -14,7 +14,8 @@
 //! ```
 //! With SHIPPED_MODEL_DIR (e.g. `models/lumbar-vertebrae-mr`) a third row runs that model on
 //! a volume of the knee series' shape and spacing (80 x 512 x 512, 1.5 x 0.3125 x 0.3125 mm),
-//! as the node would on that series. With `BENCH_JSON=1` each row is also printed as one
+//! as the node would on that series (`BENCH_SERIES=<series folder>`: on that real series instead of
+//! random values). With `BENCH_JSON=1` each row is also printed as one
 //! `JSON {...}` line (read by `integration/bench.py`).
 //!
 //! Defaults: ORT_LIBRARY `.onnxruntime/lib/libonnxruntime.so.1.31.1`, THREADS 0 (ORT default),
@@ -78,6 +79,12 @@ struct Row {
     per_unit_ms: f64,
     #[serde(rename = "peak_rss_mib")]
     rss: f64,
+    /// FNV-1a hash of the label map (bit-identity across builds).
+    labels_fnv1a: String,
+    /// Normalisation + resampling to the model grid, ms.
+    preprocess_ms: f64,
+    /// Resampling back, argmax, components, ms (the rest outside Session::run is the sliding window).
+    postprocess_ms: f64,
 }
 
 fn bench(model: &mut OnnxModel, channels: &[ChannelInput<'_>], units: usize, unit: &'static str, warmup: bool) -> Row {
@@ -88,7 +95,8 @@ fn bench(model: &mut OnnxModel, channels: &[ChannelInput<'_>], units: usize, uni
     let t = Instant::now();
     let labels = model.segment(channels, None).expect("benchmark run");
     let wall = t.elapsed();
-    std::hint::black_box(labels);
+    // FNV-1a of the label map: equal across builds when the results are bit-identical
+    let checksum = labels.iter().fold(0xcbf29ce484222325u64, |h, &v| (h ^ v as u64).wrapping_mul(0x100000001b3));
     let timing = model.timing();
     let v = channels[0].1;
     Row {
@@ -101,6 +109,9 @@ fn bench(model: &mut OnnxModel, channels: &[ChannelInput<'_>], units: usize, uni
         unit,
         per_unit_ms: wall.as_secs_f64() * 1e3 / units as f64,
         rss: peak_rss_mib(),
+        labels_fnv1a: format!("{checksum:016x}"),
+        preprocess_ms: timing.preprocess.as_secs_f64() * 1e3,
+        postprocess_ms: timing.postprocess.as_secs_f64() * 1e3,
     }
 }
 
@@ -129,20 +140,35 @@ fn main() {
     };
     let mut rows = Vec::new();
 
-    let mut m2 = OnnxModel::load(&models.join("unet2d"), &cfg).expect("load unet2d");
-    let water = volume((slices, 256, 256), 1);
-    let fat = volume((slices, 256, 256), 2);
-    rows.push(bench(&mut m2, &[("water", &water), ("fat", &fat)], slices, "slice", true));
-    drop(m2);
+    // the random-weight U-Nets are skipped when MODELS_DIR does not hold them (shipped model only)
+    if models.join("unet2d").is_dir() {
+        let mut m2 = OnnxModel::load(&models.join("unet2d"), &cfg).expect("load unet2d");
+        let water = volume((slices, 256, 256), 1);
+        let fat = volume((slices, 256, 256), 2);
+        rows.push(bench(&mut m2, &[("water", &water), ("fat", &fat)], slices, "slice", true));
+        drop(m2);
+    }
 
-    let mut m3 = OnnxModel::load(&models.join("unet3d"), &cfg).expect("load unet3d");
-    let v3 = volume((edge, edge, edge), 3);
-    rows.push(bench(&mut m3, &[("image", &v3)], 1, "volume", false));
-    drop(m3);
+    if models.join("unet3d").is_dir() {
+        let mut m3 = OnnxModel::load(&models.join("unet3d"), &cfg).expect("load unet3d");
+        let v3 = volume((edge, edge, edge), 3);
+        rows.push(bench(&mut m3, &[("image", &v3)], 1, "volume", false));
+        drop(m3);
+    }
 
     if let Some(dir) = shipped {
         let mut ms = OnnxModel::load(&dir, &cfg).expect("load the shipped model");
-        let knee = volume_with_spacing((80, 512, 512), [1.5, 0.3125, 0.3125], 4);
+        // BENCH_SERIES=<folder of a DICOM series>: the shipped model on that real volume instead
+        // of random values (label maps of real images exercise post-processing realistically)
+        let knee = match std::env::var_os("BENCH_SERIES") {
+            Some(dir) => {
+                let mut files: Vec<PathBuf> =
+                    std::fs::read_dir(&dir).expect("BENCH_SERIES folder").flatten().map(|e| e.path()).collect();
+                files.sort();
+                myonode::assemble::build_volume(&files, &myonode::config::AssembleConfig::default()).expect("BENCH_SERIES volume").1
+            }
+            None => volume_with_spacing((80, 512, 512), [1.5, 0.3125, 0.3125], 4),
+        };
         let mut row = bench(&mut ms, &[("water", &knee)], 80, "slice", true);
         row.shipped = true;
         rows.push(row);
@@ -159,6 +185,19 @@ fn main() {
     );
     println!("|{}|", ["-"; 8].map(|_| "---------").join("|"));
     let json = std::env::var("BENCH_JSON").is_ok_and(|v| v == "1");
+    let rows_checksums: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{}: {} (pre-processing {:.1} ms, post-processing {:.1} ms, sliding window outside Session::run {:.1} ms)",
+                r.model,
+                r.labels_fnv1a,
+                r.preprocess_ms,
+                r.postprocess_ms,
+                r.total_ms - r.run_ms - r.preprocess_ms - r.postprocess_ms
+            )
+        })
+        .collect();
     for r in rows {
         if json {
             println!("JSON {}", serde_json::to_string(&r).expect("json"));
@@ -177,4 +216,7 @@ fn main() {
         );
     }
     println!("(peak RSS is the process high-water mark after each row; the 3D row includes the 2D run's peak)");
+    for r in &rows_checksums {
+        println!("labels FNV-1a {r}");
+    }
 }

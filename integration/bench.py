@@ -388,6 +388,8 @@ def series_timeline(events: list[dict], series_uid: str) -> dict:
         "encoded": e_ts,
         "delivered": max(deliv),
         "volume": [int(a["fields"].get(k, 0)) for k in ("slices", "rows", "columns")],
+        # Session::run time of this job inside the node (absent for built-in analyses and older builds)
+        "model_ms": float(seg[0]["fields"]["model_ms"]) if "model_ms" in seg[0]["fields"] else None,
         # per-instance receive work on the node (median µs): parsing the data set, spool write incl. fsync
         "receive_parse_us": statistics.median(float(e["fields"].get("parse_us", "nan")) for e in stored_ev),
         "receive_write_us": statistics.median(float(e["fields"].get("write_us", "nan")) for e in stored_ev),
@@ -417,43 +419,77 @@ def wait_delivered(node: Node, n: int, timeout: float) -> None:
 # ---------------------------------------------------------------------------- latency
 def bench_latency(args, out: Path, series: list[Path], warmup: list[Path], analyses: list[str],
                   model_compute_ms: dict) -> list[dict]:
+    """Per analysis and binary (`myonode`, and `myonode-before` with --compare-bin), repeated
+    `--latency-repeat` times interleaved; the row of the median total is reported with all totals.
+    Model compute is the node's own `model_ms` of the job when logged (same process, same job),
+    else the inference section's Session::run time."""
+    binaries = [("myonode", args.bin)] + ([("myonode-before", args.compare_bin)] if args.compare_bin else [])
     rows = []
-    quiet = args.quiet
     for analysis in analyses:
-        work = out / "latency" / analysis
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        pacs = Storescp(work / "pacs", ae="PACS")
-        node = None
-        try:
-            node = Node(args.bin, work / "node", pacs_port=pacs.port, json_log=True, debug_receive=True,
-                        MYONODE__ASSEMBLE__QUIET_PERIOD_SECONDS=str(quiet), MYONODE__SEGMENT__ANALYSIS=analysis,
-                        MYONODE__SPOOL__FSYNC="true")
-            storescu_parallel(node.port, "MYONODE", warmup, 1, work)
-            wait_delivered(node, 2, args.timeout)
-            storescu_parallel(node.port, "MYONODE", series, 1, work)
-            wait_delivered(node, 4, args.timeout)
-            import pydicom
-            uid = pydicom.dcmread(series[0], stop_before_pixels=True).SeriesInstanceUID
-            t = series_timeline(node.events(), uid)
-        finally:
-            if node:
-                node.stop()
-            pacs.stop()
-        st = stage_ms(t, quiet)
-        row = {"analysis": analysis, "quiet_period_s": quiet, "volume_zyx": t["volume"], "stages_ms": st,
-               "receive_parse_us": t["receive_parse_us"], "receive_write_us": t["receive_write_us"], "timeline": t}
-        compute = model_compute_ms.get(analysis)
-        if compute:
+        runs: dict[str, list[dict]] = {name: [] for name, _ in binaries}
+        for rep in range(args.latency_repeat):
+            for name, binary in binaries:
+                runs[name].append(latency_once(args, out / "latency" / f"{analysis}-{name}-{rep}", binary, series,
+                                               warmup, analysis, model_compute_ms))
+        # a binary that does not log model_ms (an older build) is charged the median model_ms of
+        # the runs that do: same model, same job, same machine
+        logged = [r["timeline"]["model_ms"] for rr in runs.values() for r in rr if r["timeline"].get("model_ms")]
+        for r in (r for rr in runs.values() for r in rr if not r["timeline"].get("model_ms") and logged):
+            st, compute = r["stages_ms"], statistics.median(logged)
             overhead = (st["completion_wait_minus_quiet_period"] + st["assemble"] + st["segment_queue"]
                         + (st["segment"] - compute) + st["measure"] + st["encode"] + st["send"])
-            row["model_compute_ms"] = compute
-            row["overhead_ms"] = round(overhead, 1)
-            row["overhead_pct_of_compute"] = round(100 * overhead / compute, 1)
-            row["goal_overhead_lt_10pct"] = overhead < 0.1 * compute
-        print(f"  latency {analysis}: " + ", ".join(f"{k} {v}" for k, v in st.items()), flush=True)
-        rows.append(row)
+            r.update(model_compute_ms=round(compute, 1), model_compute_source="median model_ms of the other runs",
+                     overhead_ms=round(overhead, 1), overhead_pct_of_compute=round(100 * overhead / compute, 1),
+                     goal_overhead_lt_10pct=overhead < 0.1 * compute)
+        for name, _ in binaries:
+            rs = sorted(runs[name], key=lambda r: r["stages_ms"]["total_after_last_instance"])
+            row = dict(rs[len(rs) // 2])
+            row["binary"] = name
+            row["all_totals_ms"] = [r["stages_ms"]["total_after_last_instance"] for r in runs[name]]
+            row["all_overhead_pct"] = [r.get("overhead_pct_of_compute") for r in runs[name]]
+            print(f"  latency {analysis} {name}: " + ", ".join(f"{k} {v}" for k, v in row["stages_ms"].items())
+                  + f", overhead {row.get('overhead_pct_of_compute')} % (runs: {row['all_overhead_pct']})", flush=True)
+            rows.append(row)
     return rows
+
+
+def latency_once(args, work: Path, binary: Path, series: list[Path], warmup: list[Path], analysis: str,
+                 model_compute_ms: dict) -> dict:
+    quiet = args.quiet
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    pacs = Storescp(work / "pacs", ae="PACS")
+    node = None
+    try:
+        node = Node(binary, work / "node", pacs_port=pacs.port, json_log=True, debug_receive=True,
+                    MYONODE__ASSEMBLE__QUIET_PERIOD_SECONDS=str(quiet), MYONODE__SEGMENT__ANALYSIS=analysis,
+                    MYONODE__SPOOL__FSYNC="true")
+        storescu_parallel(node.port, "MYONODE", warmup, 1, work)
+        wait_delivered(node, 2, args.timeout)
+        storescu_parallel(node.port, "MYONODE", series, 1, work)
+        wait_delivered(node, 4, args.timeout)
+        import pydicom
+        uid = pydicom.dcmread(series[0], stop_before_pixels=True).SeriesInstanceUID
+        t = series_timeline(node.events(), uid)
+    finally:
+        if node:
+            node.stop()
+        pacs.stop()
+    st = stage_ms(t, quiet)
+    row = {"analysis": analysis, "quiet_period_s": quiet, "volume_zyx": t["volume"], "stages_ms": st,
+           "receive_parse_us": t["receive_parse_us"], "receive_write_us": t["receive_write_us"], "timeline": t}
+    compute = t.get("model_ms") or model_compute_ms.get(analysis)
+    if compute:
+        overhead = (st["completion_wait_minus_quiet_period"] + st["assemble"] + st["segment_queue"]
+                    + (st["segment"] - compute) + st["measure"] + st["encode"] + st["send"])
+        row["model_compute_ms"] = round(compute, 1)
+        row["model_compute_source"] = "node log (same job)" if t.get("model_ms") else "inference section"
+        row["overhead_ms"] = round(overhead, 1)
+        row["overhead_pct_of_compute"] = round(100 * overhead / compute, 1)
+        row["goal_overhead_lt_10pct"] = overhead < 0.1 * compute
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return row
 
 
 # ---------------------------------------------------------------------------- inference
@@ -598,11 +634,12 @@ def table(res: dict) -> str:
         out.append("")
     if res.get("latency"):
         keys = list(res["latency"][0]["stages_ms"].keys())
-        out += ["## Latency per stage (ms, one series)", "", "| analysis | " + " | ".join(keys) + " | overhead % of compute |",
-                "|---|" + "---:|" * (len(keys) + 1)]
+        out += ["## Latency per stage (ms, one series)", "",
+                "| analysis | binary | " + " | ".join(keys) + " | model compute | overhead % of compute |",
+                "|---|---|" + "---:|" * (len(keys) + 2)]
         for r in res["latency"]:
-            out.append(f"| {r['analysis']} | " + " | ".join(str(r["stages_ms"][k]) for k in keys)
-                       + f" | {r.get('overhead_pct_of_compute', '')} |")
+            out.append(f"| {r['analysis']} | {r.get('binary', 'myonode')} | " + " | ".join(str(r["stages_ms"][k]) for k in keys)
+                       + f" | {r.get('model_compute_ms', '')} | {r.get('overhead_pct_of_compute', '')} |")
         out.append("")
     if res.get("inference"):
         out += ["## Inference (CPU)", "", "| model | input | threads | per unit ms | Session::run share % | peak RSS MiB |",
@@ -641,6 +678,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("MYONODE_DATA", REPO.parent / "shared" / "data")))
     ap.add_argument("--sections", default="receive,latency,inference,memory,scaling")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--latency-repeat", type=int, default=1, help="repetitions of the latency section (median reported)")
+    ap.add_argument("--analyses", default=None, help="latency analyses, comma-separated (default body-mask[,lumbar-vertebrae-mr])")
     ap.add_argument("--small", type=int, default=1000, help="number of generated small instances")
     ap.add_argument("--parallel", default="1,4")
     ap.add_argument("--quiet", type=float, default=2.0, help="completion quiet period (s) for latency/scaling")
@@ -684,7 +723,8 @@ def main(argv=None) -> int:
         res["inference"] = inference = bench_inference(args, out)
     if "latency" in sections:
         warm = copy_series(pelvis, gen / "warmup")
-        analyses = ["body-mask"] + ([] if args.quick else ["lumbar-vertebrae-mr"])
+        analyses = (args.analyses.split(",") if args.analyses
+                    else ["body-mask"] + ([] if args.quick else ["lumbar-vertebrae-mr"]))
         compute = {}
         for r in inference:
             if r.get("shipped") and r["threads"] == 2:

@@ -22,6 +22,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use rayon::prelude::*;
+
 use super::volume_builder::{
     check_identity, plan_images, read_images, AssembleError, ImageFacts, SeriesPlan, DUPLICATE_POSITION_FLOOR_MM,
     ORIENTATION_TOLERANCE, PIXEL_SPACING_TOLERANCE_MM,
@@ -212,9 +214,11 @@ pub fn read_series(files: &[PathBuf]) -> Result<Vec<ImageFacts>, AssembleError> 
     if files.is_empty() {
         return Err(AssembleError::NoFiles);
     }
+    // headers are read in parallel (rayon); results and the first error keep the file order
+    let per_file: Vec<Result<Vec<ImageFacts>, AssembleError>> = files.par_iter().map(|f| read_images(f)).collect();
     let mut images = Vec::with_capacity(files.len());
-    for f in files {
-        images.extend(read_images(f)?);
+    for r in per_file {
+        images.extend(r?);
     }
     check_identity(&images)?;
     Ok(images)

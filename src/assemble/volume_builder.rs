@@ -45,7 +45,8 @@ use std::sync::Arc;
 use dicom_dictionary_std::tags;
 use dicom_object::{InMemDicomObject, OpenFileOptions};
 use dicom_pixeldata::{ConvertOptions, PixelDecoder};
-use ndarray::{s, Array3};
+use ndarray::Array3;
+use rayon::prelude::*;
 
 use crate::config::AssembleConfig;
 use crate::pipeline::messages::SeriesHeader;
@@ -472,7 +473,7 @@ impl SeriesPlan {
         let mut data = Array3::<f32>::zeros((nz, ny, nx));
         let options = ConvertOptions::new();
         // Each file is opened and decoded once, filling every slice it holds (all frames of a
-        // multi-frame object), then dropped: one file's pixels in memory besides the volume.
+        // multi-frame object), then dropped: one file's pixels per decoding thread besides the volume.
         let mut by_file: Vec<(&PathBuf, Vec<(usize, Option<u32>)>)> = Vec::new();
         let mut index: std::collections::HashMap<&PathBuf, usize> = std::collections::HashMap::new();
         for (z, slice) in self.slices.iter().enumerate() {
@@ -482,53 +483,64 @@ impl SeriesPlan {
             });
             by_file[k].1.push((z, slice.frame_number));
         }
-        for (path, targets) in by_file {
-            let path: &PathBuf = path;
-            let obj = dicom_object::open_file(path)
-                .map_err(|source| AssembleError::Unreadable { path: path.clone(), source })?;
-            if obj.get(tags::PIXEL_DATA).is_none() {
-                return Err(AssembleError::MissingAttribute { path: path.clone(), attribute: "PixelData" });
-            }
-            let decoded = obj
-                .decode_pixel_data()
-                .map_err(|source| AssembleError::Decode { path: path.clone(), source })?;
-            let unsupported = |reason: String| AssembleError::UnsupportedPixelData { path: path.clone(), reason };
-            if decoded.samples_per_pixel() != 1 || !decoded.photometric_interpretation().is_monochrome() {
-                return Err(unsupported(format!(
-                    "decoded as {} with {} samples per pixel; only MONOCHROME1/MONOCHROME2 with 1 sample is supported",
-                    decoded.photometric_interpretation(),
-                    decoded.samples_per_pixel()
-                )));
-            }
-            if decoded.rows() as usize != ny || decoded.columns() as usize != nx {
-                return Err(unsupported(format!(
-                    "decoded frame is {}x{}, header says {}x{} (Rows x Columns)",
-                    decoded.rows(),
-                    decoded.columns(),
-                    ny,
-                    nx
-                )));
-            }
-            for (z, frame_number) in targets {
-                let frame = frame_number.map(|f| f - 1).unwrap_or(0);
-                if frame >= decoded.number_of_frames() {
+        // Files are decoded in parallel (rayon; one file's pixels per thread in memory); each
+        // file fills only its own slices, so the plane views are handed out disjointly. The
+        // first error in slice order is returned, as a serial loop would.
+        let planes: Vec<std::sync::Mutex<ndarray::ArrayViewMut2<f32>>> =
+            data.outer_iter_mut().map(std::sync::Mutex::new).collect();
+        let results: Vec<Result<(), AssembleError>> = by_file
+            .into_par_iter()
+            .map(|(path, targets)| -> Result<(), AssembleError> {
+                let path: &PathBuf = path;
+                let obj = dicom_object::open_file(path)
+                    .map_err(|source| AssembleError::Unreadable { path: path.clone(), source })?;
+                if obj.get(tags::PIXEL_DATA).is_none() {
+                    return Err(AssembleError::MissingAttribute { path: path.clone(), attribute: "PixelData" });
+                }
+                let decoded = obj
+                    .decode_pixel_data()
+                    .map_err(|source| AssembleError::Decode { path: path.clone(), source })?;
+                let unsupported = |reason: String| AssembleError::UnsupportedPixelData { path: path.clone(), reason };
+                if decoded.samples_per_pixel() != 1 || !decoded.photometric_interpretation().is_monochrome() {
                     return Err(unsupported(format!(
-                        "frame {} requested, the pixel data holds {} frame(s)",
-                        frame + 1,
-                        decoded.number_of_frames()
+                        "decoded as {} with {} samples per pixel; only MONOCHROME1/MONOCHROME2 with 1 sample is supported",
+                        decoded.photometric_interpretation(),
+                        decoded.samples_per_pixel()
                     )));
                 }
-                let values: Vec<f32> = decoded
-                    .to_vec_frame_with_options(frame, &options)
-                    .map_err(|source| AssembleError::Decode { path: path.clone(), source })?;
-                if values.len() != ny * nx {
-                    return Err(unsupported(format!("decoded {} values, expected {}", values.len(), ny * nx)));
+                if decoded.rows() as usize != ny || decoded.columns() as usize != nx {
+                    return Err(unsupported(format!(
+                        "decoded frame is {}x{}, header says {}x{} (Rows x Columns)",
+                        decoded.rows(),
+                        decoded.columns(),
+                        ny,
+                        nx
+                    )));
                 }
-                let view = ndarray::ArrayView2::from_shape((ny, nx), &values)
-                    .map_err(|e| unsupported(format!("decoded frame has an unexpected layout: {e}")))?;
-                data.slice_mut(s![z, .., ..]).assign(&view);
-            }
-        }
+                for (z, frame_number) in targets {
+                    let frame = frame_number.map(|f| f - 1).unwrap_or(0);
+                    if frame >= decoded.number_of_frames() {
+                        return Err(unsupported(format!(
+                            "frame {} requested, the pixel data holds {} frame(s)",
+                            frame + 1,
+                            decoded.number_of_frames()
+                        )));
+                    }
+                    let values: Vec<f32> = decoded
+                        .to_vec_frame_with_options(frame, &options)
+                        .map_err(|source| AssembleError::Decode { path: path.clone(), source })?;
+                    if values.len() != ny * nx {
+                        return Err(unsupported(format!("decoded {} values, expected {}", values.len(), ny * nx)));
+                    }
+                    let view = ndarray::ArrayView2::from_shape((ny, nx), &values)
+                        .map_err(|e| unsupported(format!("decoded frame has an unexpected layout: {e}")))?;
+                    planes[z].lock().expect("plane lock").assign(&view);
+                }
+                Ok(())
+            })
+            .collect();
+        results.into_iter().collect::<Result<Vec<()>, _>>()?;
+        drop(planes);
         Ok(Volume {
             data,
             spacing: self.spacing,

@@ -63,6 +63,48 @@ pub fn pack_bits(pixels: impl IntoIterator<Item = bool>) -> Vec<u8> {
     p.finish()
 }
 
+/// Pack binary frames taken from a label map `(z, y, x)`: frame `i` is plane
+/// `frames[i].0` with pixel set where the label equals `frames[i].1`, frames concatenated in
+/// order (the Pixel Data of a BINARY SEG, PS3.3 C.8.20.2.1). Same bytes as [`pack_bits`] over
+/// that pixel stream. When a frame has a whole number of bytes (`y·x` divisible by 8, as for
+/// every usual matrix) the frames are packed in parallel (rayon), 8 pixels per byte; otherwise
+/// frames share bytes and the stream is packed serially.
+pub fn pack_label_frames(labels: ndarray::ArrayView3<u8>, frames: &[(usize, u8)]) -> Vec<u8> {
+    use rayon::prelude::*;
+    let frame_pixels = labels.shape()[1] * labels.shape()[2];
+    if frame_pixels % 8 != 0 || frame_pixels == 0 {
+        let mut p = BitPacker::with_capacity(frames.len() * frame_pixels);
+        for &(z, value) in frames {
+            for &v in labels.index_axis(ndarray::Axis(0), z).iter() {
+                p.push(v == value);
+            }
+        }
+        return p.finish();
+    }
+    let frame_bytes = frame_pixels / 8;
+    let mut out = vec![0u8; frames.len() * frame_bytes + (frames.len() * frame_bytes) % 2];
+    out.par_chunks_mut(frame_bytes).zip(frames.par_iter()).for_each(|(dst, &(z, value))| {
+        let plane = labels.index_axis(ndarray::Axis(0), z);
+        let pack = |d: &mut u8, px: &mut dyn Iterator<Item = u8>| {
+            let mut b = 0u8;
+            for (bit, v) in px.enumerate() {
+                b |= u8::from(v == value) << bit;
+            }
+            *d = b;
+        };
+        match plane.as_slice() {
+            Some(px) => dst.iter_mut().zip(px.chunks_exact(8)).for_each(|(d, c)| pack(d, &mut c.iter().copied())),
+            None => {
+                let mut it = plane.iter().copied();
+                for d in dst.iter_mut() {
+                    pack(d, &mut it.by_ref().take(8));
+                }
+            }
+        }
+    });
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +146,24 @@ mod tests {
         }
         assert_eq!(p.pixel_count(), 17);
         assert_eq!(p.finish(), vec![0xFF, 0xFF, 0x01, 0x00]);
+    }
+
+    #[test]
+    fn label_frames_match_the_serial_bit_stream() {
+        let labels = ndarray::Array3::from_shape_fn((3, 4, 6), |(z, y, x)| ((z * 7 + y * 3 + x) % 4) as u8);
+        let frames = [(2, 1u8), (0, 3), (1, 1), (2, 2)];
+        let want: Vec<bool> =
+            frames.iter().flat_map(|&(z, v)| labels.index_axis(ndarray::Axis(0), z).iter().map(move |&l| l == v).collect::<Vec<_>>()).collect();
+        // 24 pixels per frame: byte-aligned, parallel path; odd frame count → padding byte
+        assert_eq!(pack_label_frames(labels.view(), &frames[..3]), pack_bits(want[..72].iter().copied()));
+        assert_eq!(pack_label_frames(labels.view(), &frames), pack_bits(want.iter().copied()));
+        // non-standard layout takes the iterator branch
+        let t = labels.view().permuted_axes([0, 2, 1]);
+        let want_t: Vec<bool> = frames.iter().flat_map(|&(z, v)| t.index_axis(ndarray::Axis(0), z).iter().map(move |&l| l == v).collect::<Vec<_>>()).collect();
+        assert_eq!(pack_label_frames(t, &frames), pack_bits(want_t));
+        // 3×5 frames: not byte-aligned, serial path
+        let odd = ndarray::Array3::from_shape_fn((2, 3, 5), |(z, y, x)| ((z + y + x) % 2) as u8);
+        let want_odd: Vec<bool> = [(1usize, 1u8), (0, 0)].iter().flat_map(|&(z, v)| odd.index_axis(ndarray::Axis(0), z).iter().map(move |&l| l == v).collect::<Vec<_>>()).collect();
+        assert_eq!(pack_label_frames(odd.view(), &[(1, 1), (0, 0)]), pack_bits(want_odd));
     }
 }

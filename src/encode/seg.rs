@@ -34,9 +34,9 @@ use dicom_dictionary_std::{tags, uids};
 use dicom_object::meta::FileMetaTableBuilder;
 use dicom_object::InMemDicomObject;
 use ndarray::{Array3, Axis};
+use rayon::prelude::*;
 
 use super::cielab::srgb_to_dicom_lab;
-use super::packing::BitPacker;
 use super::EncodeError;
 use crate::pipeline::messages::{
     AlgorithmIdentification, Code, SegmentAlgorithmType, SegmentDescription, Segmentation,
@@ -155,20 +155,33 @@ pub fn plan_frames(
         lut[v as usize] = Some(i);
     }
 
-    // present[segment][z]
+    // present[segment][z]; planes are scanned in parallel (rayon) for the values they hold,
+    // and the first undeclared voxel in [z][y][x] order is reported, as a serial scan would
+    let hits: Vec<[bool; 256]> = (0..nz)
+        .into_par_iter()
+        .map(|z| {
+            let mut hit = [false; 256];
+            for &v in labels.index_axis(Axis(0), z).iter() {
+                hit[v as usize] = true;
+            }
+            hit
+        })
+        .collect();
     let mut present = vec![vec![false; nz]; sorted.len()];
-    for (z, plane) in labels.axis_iter(Axis(0)).enumerate() {
-        for ((y, x), &v) in plane.indexed_iter() {
-            if v == 0 {
+    for (z, hit) in hits.iter().enumerate() {
+        for v in 1..256 {
+            if !hit[v] {
                 continue;
             }
-            match lut[v as usize] {
+            match lut[v] {
                 Some(s) => present[s][z] = true,
                 None => {
-                    return Err(EncodeError::UndeclaredLabelValue {
-                        value: v,
-                        voxel: [z, y, x],
-                    })
+                    let plane = labels.index_axis(Axis(0), z);
+                    let ((y, x), &value) = plane
+                        .indexed_iter()
+                        .find(|(_, &l)| l != 0 && lut[l as usize].is_none())
+                        .expect("the plane holds an undeclared value");
+                    return Err(EncodeError::UndeclaredLabelValue { value, voxel: [z, y, x] });
                 }
             }
         }
@@ -438,15 +451,8 @@ pub fn encode_seg(
     }
     let pixel_data = match kind {
         SegmentationKind::Binary => {
-            let mut packer =
-                BitPacker::with_capacity((frames.len() as u64 * frame_pixels) as usize);
-            for f in &frames {
-                let plane = labels.index_axis(Axis(0), f.slice);
-                for &v in plane.iter() {
-                    packer.push(v == f.label_value);
-                }
-            }
-            packer.finish()
+            let planes: Vec<(usize, u8)> = frames.iter().map(|f| (f.slice, f.label_value)).collect();
+            super::packing::pack_label_frames(labels.view(), &planes)
         }
         SegmentationKind::Labelmap => {
             // label value → segment number (1-based rank of the value); 0 stays 0.

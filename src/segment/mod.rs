@@ -88,6 +88,13 @@ pub trait Analysis: Send {
     fn run_job(&mut self, job: &StudyJob) -> Result<Array3<u8>, SegmentError> {
         self.run(&job.volume)
     }
+    /// Wall time spent inside model inference (ONNX Runtime `Session::run`) since the analysis
+    /// was created, for analyses that run a model; `None` for the built-in analyses. The segment
+    /// stage logs the difference per job (`model_ms`), so the work outside the model can be told
+    /// apart from model compute in one process (docs/PERFORMANCE.md).
+    fn model_time(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// Build the analysis named in config (`segment.analysis`).

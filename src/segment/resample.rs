@@ -95,6 +95,162 @@ pub fn resample_linear(src: ArrayView3<f32>, out_shape: [usize; 3]) -> Array3<f3
     cur.unwrap_or_else(|| src.to_owned())
 }
 
+/// [`resample_linear`] of `f(src)`: `f` (an element-wise map, e.g. intensity normalisation) is
+/// applied to each input value as the first pass reads it, so `f(src)` is never materialised.
+/// Bit-identical to mapping first and resampling after (each output voxel combines the same
+/// `f(src[i])` values with the same expression); with no axis to resample it is `src.mapv(f)`,
+/// computed in parallel.
+///
+/// # Panics
+/// If any input or output extent is 0.
+pub fn resample_linear_map(src: ArrayView3<f32>, out_shape: [usize; 3], f: impl Fn(f32) -> f32 + Sync) -> Array3<f32> {
+    assert!(src.iter().len() > 0 && out_shape.iter().all(|&n| n > 0), "empty grid");
+    let shape = [src.shape()[0], src.shape()[1], src.shape()[2]];
+    let axes: Vec<usize> = [2usize, 1, 0].into_iter().filter(|&a| shape[a] != out_shape[a]).collect();
+    let Some((&first, rest)) = axes.split_first() else {
+        let plane = shape[1] * shape[2];
+        let mut out = vec![0f32; shape[0] * plane];
+        out.par_chunks_mut(plane).enumerate().for_each(|(z, dst)| {
+            for (d, &v) in dst.iter_mut().zip(src.index_axis(Axis(0), z).iter()) {
+                *d = f(v);
+            }
+        });
+        return Array3::from_shape_vec(shape, out).expect("output shape");
+    };
+    let mut cur = resample_axis_linear_with(src, first, out_shape[first], &f);
+    for &axis in rest {
+        cur = resample_axis_linear(cur.view(), axis, out_shape[axis]);
+    }
+    cur
+}
+
+/// [`resample_axis_linear`] reading `f(a)` instead of `a`.
+fn resample_axis_linear_with(a: ArrayView3<f32>, axis: usize, n_out: usize, f: &(impl Fn(f32) -> f32 + Sync)) -> Array3<f32> {
+    let mut shape = [a.shape()[0], a.shape()[1], a.shape()[2]];
+    let n_in = shape[axis];
+    shape[axis] = n_out;
+    let taps = linear_taps(n_in, n_out);
+    let plane = shape[1] * shape[2];
+    let mut out = vec![0f32; shape[0] * plane];
+    out.par_chunks_mut(plane).enumerate().for_each(|(z, dst)| {
+        let mut dst = ArrayViewMut2::from_shape((shape[1], shape[2]), dst).expect("plane shape");
+        if axis == 0 {
+            let (i0, i1, w) = taps[z];
+            let (s0, s1) = (a.index_axis(Axis(0), i0), a.index_axis(Axis(0), i1));
+            ndarray::Zip::from(&mut dst).and(&s0).and(&s1).for_each(|d, &p, &q| *d = f(p) * (1.0 - w) + f(q) * w);
+        } else {
+            let src = a.index_axis(Axis(0), z);
+            let lane_axis = Axis(axis - 1);
+            let mut lane = Vec::new();
+            for (s, mut d) in src.lanes(lane_axis).into_iter().zip(dst.lanes_mut(lane_axis)) {
+                lane.clear();
+                lane.extend(s.iter().map(|&v| f(v)));
+                for (d, &(i0, i1, w)) in d.iter_mut().zip(&taps) {
+                    *d = lane[i0] * (1.0 - w) + lane[i1] * w;
+                }
+            }
+        }
+    });
+    Array3::from_shape_vec(shape, out).expect("output shape")
+}
+
+/// Label map from class scores `(K, mz, my, mx)` on a model grid, resampled back to
+/// `out_shape` `(nz, ny, nx)`: `labels[v] = argmax_k resample_linear(scores[k])[v]` (first
+/// maximum wins, as `numpy.argmax`; at most 256 classes), then class indices not in `valid`
+/// become 0. Bit-identical to resampling each class with [`resample_linear`] and taking the
+/// argmax (same per-voxel expressions in the same order), without materialising any class at
+/// the output resolution:
+///
+/// * `z` unchanged (2-D models): one output `z` plane per rayon task; per class the plane is
+///   resampled along x then y into a plane buffer and folded into the plane's running maximum.
+///   Working memory: a few planes per thread.
+/// * `z` resampled: per class, the x and y passes are materialised on the model's `z` grid and
+///   the z pass is folded into a running maximum over the whole output (one f32 + one u8
+///   per output voxel).
+///
+/// # Panics
+/// If any extent is 0.
+pub fn resample_linear_argmax(scores: ndarray::ArrayView4<f32>, out_shape: [usize; 3], valid: &[u8]) -> Array3<u8> {
+    let (k, mz, my, mx) = scores.dim();
+    assert!(k > 0 && mz * my * mx > 0 && out_shape.iter().all(|&n| n > 0), "empty grid");
+    let k = k.min(256);
+    let [nz, ny, nx] = out_shape;
+    let mut ok = [false; 256];
+    for &v in valid {
+        ok[v as usize] = true;
+    }
+    let plane = ny * nx;
+    let mut labels = vec![0u8; nz * plane];
+    let fold = |best: &mut [f32], idx: &mut [u8], vals: &[f32], c: u8| {
+        for ((b, i), &s) in best.iter_mut().zip(idx.iter_mut()).zip(vals) {
+            if s > *b {
+                *b = s;
+                *i = c;
+            }
+        }
+    };
+    if mz == nz {
+        let (tx, ty) = (linear_taps(mx, nx), linear_taps(my, ny));
+        labels.par_chunks_mut(plane).enumerate().for_each_init(
+            || (vec![0f32; my * nx], vec![0f32; plane], vec![0f32; plane]),
+            |(xbuf, vals, best), (z, idx)| {
+                best.fill(f32::NEG_INFINITY);
+                for c in 0..k {
+                    let src = scores.slice(ndarray::s![c, z, .., ..]);
+                    // x pass (skipped when nx == mx, as resample_linear skips it)
+                    let after_x: &[f32] = if nx != mx {
+                        for (row, dst) in src.outer_iter().zip(xbuf.chunks_mut(nx)) {
+                            for (d, &(i0, i1, w)) in dst.iter_mut().zip(&tx) {
+                                *d = row[i0] * (1.0 - w) + row[i1] * w;
+                            }
+                        }
+                        xbuf
+                    } else {
+                        for (row, dst) in src.outer_iter().zip(xbuf.chunks_mut(nx)) {
+                            dst.iter_mut().zip(row.iter()).for_each(|(d, &v)| *d = v);
+                        }
+                        xbuf
+                    };
+                    let plane_vals: &[f32] = if ny != my {
+                        for (y, dst) in vals.chunks_mut(nx).enumerate() {
+                            let (i0, i1, w) = ty[y];
+                            let (r0, r1) = (&after_x[i0 * nx..(i0 + 1) * nx], &after_x[i1 * nx..(i1 + 1) * nx]);
+                            for ((d, &p), &q) in dst.iter_mut().zip(r0).zip(r1) {
+                                *d = p * (1.0 - w) + q * w;
+                            }
+                        }
+                        vals
+                    } else {
+                        after_x
+                    };
+                    fold(best, idx, plane_vals, c as u8);
+                }
+                idx.iter_mut().for_each(|v| *v = if ok[*v as usize] { *v } else { 0 });
+            },
+        );
+    } else {
+        let tz = linear_taps(mz, nz);
+        let mut best = vec![f32::NEG_INFINITY; nz * plane];
+        for c in 0..k {
+            let ch = scores.index_axis(Axis(0), c);
+            let xy = if (my, mx) != (ny, nx) { resample_linear(ch, [mz, ny, nx]) } else { ch.to_owned() };
+            best.par_chunks_mut(plane).zip(labels.par_chunks_mut(plane)).enumerate().for_each_init(
+                || vec![0f32; plane],
+                |vals, (z, (best, idx))| {
+                    let (i0, i1, w) = tz[z];
+                    let (s0, s1) = (xy.index_axis(Axis(0), i0), xy.index_axis(Axis(0), i1));
+                    for ((d, &p), &q) in vals.iter_mut().zip(s0.iter()).zip(s1.iter()) {
+                        *d = p * (1.0 - w) + q * w;
+                    }
+                    fold(best, idx, vals, c as u8);
+                },
+            );
+        }
+        labels.iter_mut().for_each(|v| *v = if ok[*v as usize] { *v } else { 0 });
+    }
+    Array3::from_shape_vec(out_shape, labels).expect("output shape")
+}
+
 /// Nearest-neighbour resampling of a label map to `out_shape`: output index `o`
 /// takes input index `floor((o + 0.5) · n_in / n_out)` (clamped).
 ///
@@ -185,6 +341,35 @@ mod tests {
             let want = serial_axis(src, axis, n);
             assert_eq!(got.shape(), want.shape());
             assert!(got.iter().zip(want.iter()).all(|(g, w)| g.to_bits() == w.to_bits()), "axis {axis} -> {n}");
+        }
+    }
+
+    #[test]
+    fn map_on_read_is_bit_identical_to_map_then_resample() {
+        let a = Array3::from_shape_fn((5, 9, 11), |(z, y, x)| ((z * 31 + y * 7 + x * 3) % 23) as f32 * 1.7 - 4.0);
+        let f = |v: f32| (v - 0.3) * 1.37;
+        for shape in [[5, 9, 11], [5, 4, 23], [8, 9, 11], [3, 17, 6], [5, 9, 4]] {
+            let want = resample_linear(a.mapv(f).view(), shape);
+            let got = resample_linear_map(a.view(), shape, f);
+            assert!(got.iter().zip(want.iter()).all(|(g, w)| g.to_bits() == w.to_bits()), "{shape:?}");
+        }
+    }
+
+    #[test]
+    fn fused_argmax_is_bit_identical_to_resample_then_argmax() {
+        use crate::segment::onnx::postprocess::RunningArgmax;
+        // 4 classes with near-ties so that rounding differences would show
+        let s = ndarray::Array4::from_shape_fn((4, 3, 7, 5), |(k, z, y, x)| {
+            (((k * 13 + z * 5 + y * 3 + x) % 7) as f32) * 0.25 + (k as f32) * 1e-7
+        });
+        for out in [[3, 19, 13], [3, 7, 12], [3, 4, 5], [8, 19, 13], [2, 7, 5]] {
+            let mut r = RunningArgmax::new((out[0], out[1], out[2]));
+            for ch in s.outer_iter() {
+                r.push(resample_linear(ch, out).view());
+            }
+            let want = r.finish(&[1, 3]);
+            let got = resample_linear_argmax(s.view(), out, &[1, 3]);
+            assert_eq!(got, want, "{out:?}");
         }
     }
 }

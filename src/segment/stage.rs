@@ -47,10 +47,13 @@ pub fn run_worker(
             }
         }
         let analysis = analyses.get_mut(&analysis_name).expect("inserted above");
+        let model_before = analysis.model_time();
         match { let _t = crate::http::metrics::StageTimer::new("segment"); super::segment_job(analysis.as_mut(), job) } {
             Ok(seg) => {
                 let fg = seg.labels.iter().filter(|&&l| l != 0).count();
-                info!(worker, foreground_voxels = fg, ms = started.elapsed().as_millis() as u64, "segmented");
+                // model_ms: time inside the model (Session::run) of this job, for analyses with a model
+                let model_ms = analysis.model_time().zip(model_before).map(|(a, b)| a.saturating_sub(b).as_secs_f64() * 1e3);
+                info!(worker, foreground_voxels = fg, ms = started.elapsed().as_millis() as u64, model_ms, "segmented");
                 if let Err(e) = ndarray_npy::write_npy(job_dir.join(LABELS_FILE), seg.labels.as_ref()) {
                     error!(error = %e, "could not write labels.npy");
                 }

@@ -71,6 +71,10 @@ pub struct InferenceTiming {
     pub total: Duration,
     /// Number of `Session::run` calls.
     pub runs: u64,
+    /// Wall time of steps 2–3 (normalisation and resampling to the model grid).
+    pub preprocess: Duration,
+    /// Wall time of steps 5–6 (resampling back, argmax, connected components, hole filling).
+    pub postprocess: Duration,
 }
 
 /// A loaded model: manifest + one ONNX Runtime session (use one per worker thread).
@@ -258,9 +262,9 @@ impl OnnxModel {
         let mshape = resample::resampled_shape([nz, ny, nx], v0.spacing, target);
         let mut out = Array4::<f32>::zeros((channels.len(), mshape[0], mshape[1], mshape[2]));
         for (c, (_, v)) in channels.iter().enumerate() {
-            let mut d = v.data.as_standard_layout().into_owned();
-            preprocess::normalize(&mut d, &self.manifest.normalization);
-            let r = if mshape == [nz, ny, nx] { d } else { resample::resample_linear(d.view(), mshape) };
+            // normalise while the first resampling pass reads the source: no normalised copy
+            let norm = preprocess::Normalizer::fit(v.data.view(), &self.manifest.normalization);
+            let r = resample::resample_linear_map(v.data.view(), mshape, |x| norm.apply(x));
             out.index_axis_mut(Axis(0), c).assign(&r);
         }
         let n = self.manifest.input.context_slices;
@@ -440,29 +444,32 @@ impl OnnxModel {
         let started = Instant::now();
         self.check_channels(channels, modality)?;
         let input = self.preprocess(channels);
+        self.timing.preprocess += started.elapsed();
         let mut scores = self.predict(input.view())?;
         self.apply_class_weights(&mut scores);
+        let post_started = Instant::now();
         let (nz, ny, nx) = channels[0].1.shape();
         let valid: Vec<u8> = self.manifest.labels.iter().map(|l| l.value).collect();
         let mut labels = if scores.dim().1 == nz && scores.dim().2 == ny && scores.dim().3 == nx {
             postprocess::argmax(scores.view(), &valid)
         } else {
-            // resample one class at a time back to the source grid and keep a running argmax,
-            // so memory is two source-grid arrays rather than K
-            let mut back = postprocess::RunningArgmax::new((nz, ny, nx));
-            for ch in scores.outer_iter() {
-                back.push(resample::resample_linear(ch, [nz, ny, nx]).view());
-            }
-            back.finish(&valid)
+            // resampling back fused with the argmax: no class is materialised on the source grid
+            resample::resample_linear_argmax(scores.view(), [nz, ny, nx], &valid)
         };
+        drop(scores);
+        // components of every `largest_component` label in one pass; valid in manifest order
+        // because no step changes the voxels of a label before that label's own step
+        let largest: Vec<u8> = self.manifest.labels.iter().filter(|l| l.largest_component).map(|l| l.value).collect();
+        let mut keep = postprocess::LargestComponents::find(&labels, &largest);
         for l in &self.manifest.labels {
             if l.largest_component {
-                postprocess::keep_largest_component(&mut labels, l.value);
+                keep.apply(&mut labels, l.value);
             }
             if l.fill_holes {
                 postprocess::fill_holes(&mut labels, l.value);
             }
         }
+        self.timing.postprocess += post_started.elapsed();
         self.timing.total += started.elapsed();
         Ok(labels)
     }
@@ -518,6 +525,9 @@ impl Analysis for OnnxAnalysis {
     /// [`OnnxError::InputMismatch`]; use [`OnnxModel::segment`] for multi-channel jobs.
     fn run(&mut self, volume: &Volume) -> Result<Array3<u8>, SegmentError> {
         Ok(self.model.segment(&[("image", volume)], None)?)
+    }
+    fn model_time(&self) -> Option<Duration> {
+        Some(self.model.timing.session_run)
     }
 }
 

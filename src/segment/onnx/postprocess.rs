@@ -154,6 +154,129 @@ pub fn keep_largest_component(labels: &mut Array3<u8>, label: u8) {
     }
 }
 
+/// The largest 26-connected component of each of several labels, found in one pass
+/// ([`LargestComponents::find`]) and applied label by label ([`LargestComponents::apply`]);
+/// same result as [`keep_largest_component`] for each label in turn (ties: the component found
+/// first in `[z][y][x]` scan order wins), as long as the voxels of a label are unchanged
+/// between `find` and its `apply` (true for the manifest's post-processing order: keeping a
+/// component only clears voxels of that label, filling holes only turns background into that
+/// label). Connected components are searched only inside the bounding box of the labels' voxels.
+pub struct LargestComponents {
+    /// Bounding box `[z0, y0, x0]..[z1, y1, x1]` (exclusive) of the labels' voxels.
+    lo: [usize; 3],
+    hi: [usize; 3],
+    /// Per label value: box-local `[z][y][x]` indices of its voxels outside its largest
+    /// component (empty for a label with at most one component).
+    clear: Vec<Vec<usize>>,
+}
+
+impl LargestComponents {
+    /// Label all 26-connected components of the voxels whose value is in `labels`
+    /// (neighbours join only when they have the same value).
+    pub fn find(map: &Array3<u8>, labels: &[u8]) -> LargestComponents {
+        let mut want = [false; 256];
+        for &l in labels {
+            want[l as usize] = true;
+        }
+        let (nz, ny, nx) = map.dim();
+        // bounding box, one z plane per rayon task: per row the first and last wanted voxel
+        let per_plane: Vec<([usize; 3], [usize; 3])> = (0..nz)
+            .into_par_iter()
+            .map(|z| {
+                let (mut lo, mut hi) = ([usize::MAX; 3], [0usize; 3]);
+                for (y, row) in map.index_axis(ndarray::Axis(0), z).outer_iter().enumerate() {
+                    let Some(x0) = row.iter().position(|&v| want[v as usize]) else { continue };
+                    let x1 = row.len() - 1 - row.iter().rev().position(|&v| want[v as usize]).expect("x0 exists");
+                    lo = [z, lo[1].min(y), lo[2].min(x0)];
+                    hi = [z + 1, hi[1].max(y + 1), hi[2].max(x1 + 1)];
+                }
+                (lo, hi)
+            })
+            .collect();
+        let (mut lo, mut hi) = ([usize::MAX; 3], [0usize; 3]);
+        for (l, h) in per_plane {
+            for a in 0..3 {
+                lo[a] = lo[a].min(l[a]);
+                hi[a] = hi[a].max(h[a]);
+            }
+        }
+        let mut out = LargestComponents { lo, hi, clear: vec![Vec::new(); 256] };
+        if lo[0] == usize::MAX || labels.is_empty() || nz * ny * nx == 0 {
+            out.lo = [0; 3];
+            out.hi = [0; 3];
+            return out;
+        }
+        let [bz, by, bx] = [hi[0] - lo[0], hi[1] - lo[1], hi[2] - lo[2]];
+        let b = map.slice(ndarray::s![lo[0]..hi[0], lo[1]..hi[1], lo[2]..hi[2]]);
+        let vals: Vec<u8> = b.iter().map(|&v| if want[v as usize] { v } else { 0 }).collect();
+        let mut comp = vec![0u32; vals.len()];
+        // per component: (label, size); index 0 unused
+        let mut info: Vec<(u8, usize)> = vec![(0, 0)];
+        let mut stack = Vec::new();
+        for start in 0..vals.len() {
+            let l = vals[start];
+            if l == 0 || comp[start] != 0 {
+                continue;
+            }
+            let id = info.len() as u32;
+            let mut size = 0usize;
+            comp[start] = id;
+            stack.push(start);
+            while let Some(i) = stack.pop() {
+                size += 1;
+                let (z, y, x) = (i / (by * bx), (i / bx) % by, i % bx);
+                for zz in z.saturating_sub(1)..(z + 2).min(bz) {
+                    for yy in y.saturating_sub(1)..(y + 2).min(by) {
+                        for xx in x.saturating_sub(1)..(x + 2).min(bx) {
+                            let j = (zz * by + yy) * bx + xx;
+                            if vals[j] == l && comp[j] == 0 {
+                                comp[j] = id;
+                                stack.push(j);
+                            }
+                        }
+                    }
+                }
+            }
+            info.push((l, size));
+        }
+        // largest per label, first found on ties; only labels with more than one component
+        let mut best: [Option<(u32, usize)>; 256] = [None; 256];
+        let mut count = [0usize; 256];
+        for (id, &(l, size)) in info.iter().enumerate().skip(1) {
+            count[l as usize] += 1;
+            match best[l as usize] {
+                Some((_, s)) if s >= size => {}
+                _ => best[l as usize] = Some((id as u32, size)),
+            }
+        }
+        let keep: Vec<Option<u32>> = (0..256).map(|l| if count[l] > 1 { best[l].map(|(id, _)| id) } else { None }).collect();
+        for (i, &c) in comp.iter().enumerate() {
+            if c == 0 {
+                continue;
+            }
+            let l = info[c as usize].0 as usize;
+            if keep[l].is_some_and(|k| k != c) {
+                out.clear[l].push(i);
+            }
+        }
+        out
+    }
+
+    /// Clear (set to 0) the voxels of `label` outside its largest component; no-op for a label
+    /// with at most one component or not given to [`LargestComponents::find`].
+    pub fn apply(&mut self, map: &mut Array3<u8>, label: u8) {
+        let clear = std::mem::take(&mut self.clear[label as usize]);
+        let (lo, hi) = (self.lo, self.hi);
+        let (by, bx) = (hi[1] - lo[1], hi[2] - lo[2]);
+        for i in clear {
+            let v = &mut map[[lo[0] + i / (by * bx), lo[1] + (i / bx) % by, lo[2] + i % bx]];
+            if *v == label {
+                *v = 0;
+            }
+        }
+    }
+}
+
 /// Fill the holes of `label` (see module docs).
 pub fn fill_holes(labels: &mut Array3<u8>, label: u8) {
     let dims = [labels.dim().0, labels.dim().1, labels.dim().2];
@@ -247,5 +370,32 @@ mod tests {
         assert_eq!(v[[2, 2, 2]], 1);
         assert_eq!(v[[2, 2, 3]], 2);
         assert_eq!(v[[0, 0, 0]], 0);
+    }
+
+    #[test]
+    fn largest_components_in_one_pass_match_label_by_label() {
+        // pseudo-random labels 0..4 with many small components, ties included
+        let mut state = 12345u64;
+        let map = Array3::from_shape_simple_fn((6, 9, 11), || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let r = (state >> 33) % 10;
+            if r < 6 { 0 } else { (r - 5) as u8 }
+        });
+        let mut want = map.clone();
+        for l in [1u8, 2, 4] {
+            keep_largest_component(&mut want, l);
+        }
+        let mut got = map.clone();
+        let mut lc = LargestComponents::find(&got, &[1, 2, 4]);
+        for l in [1u8, 2, 4] {
+            lc.apply(&mut got, l);
+        }
+        assert_ne!(want, map, "the test needs several components per label");
+        assert_eq!(got, want);
+        // a map without those labels is unchanged
+        let empty = Array3::<u8>::zeros((2, 3, 4));
+        let mut e = empty.clone();
+        LargestComponents::find(&e, &[1]).apply(&mut e, 1);
+        assert_eq!(e, empty);
     }
 }

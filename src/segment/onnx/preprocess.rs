@@ -3,46 +3,93 @@
 //! Applied per channel on the source grid (before resampling to the model
 //! spacing), in `f32`, with statistics accumulated in `f64`.
 
-use ndarray::Array3;
+use ndarray::{Array3, ArrayView3, Axis};
+use rayon::prelude::*;
 
 use super::manifest::Normalization;
 
-/// Normalise `data` in place according to `n` (see [`Normalization`] for formulas).
+/// Normalise `data` in place according to `n` (see [`Normalization`] for formulas):
+/// [`Normalizer::fit`] then [`Normalizer::apply`] on every voxel.
 pub fn normalize(data: &mut Array3<f32>, n: &Normalization) {
-    match *n {
-        Normalization::None => {}
-        Normalization::Zscore { foreground_only, foreground_threshold } => {
-            let (mut count, mut sum) = (0u64, 0f64);
-            for &v in data.iter() {
-                if !foreground_only || v > foreground_threshold {
-                    count += 1;
-                    sum += v as f64;
-                }
-            }
-            if count == 0 {
-                return;
-            }
-            let mean = sum / count as f64;
-            let mut ss = 0f64;
-            for &v in data.iter() {
-                if !foreground_only || v > foreground_threshold {
-                    ss += (v as f64 - mean).powi(2);
-                }
-            }
-            let std = (ss / count as f64).sqrt().max(1e-8);
-            let (mean, inv) = (mean as f32, (1.0 / std) as f32);
-            data.mapv_inplace(|v| (v - mean) * inv);
+    let norm = Normalizer::fit(data.view(), n);
+    if !matches!(norm, Normalizer::Identity) {
+        match data.as_slice_mut() {
+            Some(d) => d.par_iter_mut().for_each(|v| *v = norm.apply(*v)),
+            None => data.mapv_inplace(|v| norm.apply(v)),
         }
-        Normalization::Ct { clip, offset, scale } => {
-            let inv = 1.0 / scale;
-            data.mapv_inplace(|v| (v.clamp(clip[0], clip[1]) - offset) * inv);
+    }
+}
+
+/// The element-wise map of one channel's normalisation, with its statistics computed from the
+/// channel ([`Normalizer::fit`]); [`Normalizer::apply`] maps one intensity. Splitting fit and
+/// apply lets the engine normalise while resampling (`resample::resample_linear_map`) instead
+/// of writing a normalised copy of the volume.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Normalizer {
+    /// No change.
+    Identity,
+    /// `(v − mean) · inv_std`.
+    Zscore { mean: f32, inv_std: f32 },
+    /// `(clamp(v, lo, hi) − offset) · inv_scale`.
+    Ct { lo: f32, hi: f32, offset: f32, inv_scale: f32 },
+    /// `(clamp(v, lo, hi) − lo) / range`, evaluated in f64.
+    Percentile { lo: f32, hi: f32, range: f32 },
+}
+
+impl Normalizer {
+    /// Statistics of `data` (any layout) for scheme `n`. Z-score sums run in f64 per `z` plane
+    /// in parallel and are combined in plane order, so the result does not depend on the
+    /// thread count. A z-score over no voxels (empty foreground) is the identity.
+    pub fn fit(data: ArrayView3<f32>, n: &Normalization) -> Normalizer {
+        match *n {
+            Normalization::None => Normalizer::Identity,
+            Normalization::Zscore { foreground_only, foreground_threshold } => {
+                let fg = |v: f32| !foreground_only || v > foreground_threshold;
+                let planes: Vec<(u64, f64)> = (0..data.shape()[0])
+                    .into_par_iter()
+                    .map(|z| {
+                        data.index_axis(Axis(0), z)
+                            .iter()
+                            .filter(|&&v| fg(v))
+                            .fold((0u64, 0f64), |(c, s), &v| (c + 1, s + v as f64))
+                    })
+                    .collect();
+                let (count, sum) = planes.iter().fold((0u64, 0f64), |(c, s), &(pc, ps)| (c + pc, s + ps));
+                if count == 0 {
+                    return Normalizer::Identity;
+                }
+                let mean = sum / count as f64;
+                let ss: f64 = (0..data.shape()[0])
+                    .into_par_iter()
+                    .map(|z| {
+                        data.index_axis(Axis(0), z).iter().filter(|&&v| fg(v)).map(|&v| (v as f64 - mean).powi(2)).sum::<f64>()
+                    })
+                    .collect::<Vec<f64>>()
+                    .iter()
+                    .sum();
+                let std = (ss / count as f64).sqrt().max(1e-8);
+                Normalizer::Zscore { mean: mean as f32, inv_std: (1.0 / std) as f32 }
+            }
+            Normalization::Ct { clip, offset, scale } => {
+                Normalizer::Ct { lo: clip[0], hi: clip[1], offset, inv_scale: 1.0 / scale }
+            }
+            Normalization::Percentile { lower, upper } => {
+                let mut values: Vec<f32> = data.iter().copied().collect();
+                let lo = percentile_unsorted(&mut values, lower as f64);
+                let hi = percentile_unsorted(&mut values, upper as f64);
+                Normalizer::Percentile { lo, hi, range: (hi - lo).max(1e-8) }
+            }
         }
-        Normalization::Percentile { lower, upper } => {
-            let mut values: Vec<f32> = data.iter().copied().collect();
-            let lo = percentile_unsorted(&mut values, lower as f64);
-            let hi = percentile_unsorted(&mut values, upper as f64);
-            let range = (hi - lo).max(1e-8);
-            data.mapv_inplace(|v| ((v.clamp(lo, hi) - lo) as f64 / range as f64) as f32);
+    }
+
+    /// The normalised value of intensity `v`.
+    #[inline]
+    pub fn apply(&self, v: f32) -> f32 {
+        match *self {
+            Normalizer::Identity => v,
+            Normalizer::Zscore { mean, inv_std } => (v - mean) * inv_std,
+            Normalizer::Ct { lo, hi, offset, inv_scale } => (v.clamp(lo, hi) - offset) * inv_scale,
+            Normalizer::Percentile { lo, hi, range } => ((v.clamp(lo, hi) - lo) as f64 / range as f64) as f32,
         }
     }
 }
