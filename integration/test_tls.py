@@ -132,7 +132,8 @@ def test_storescu_over_tls_delivers_a_seg(start_node, pacs: support.Pacs, pki: P
     seg = support.read_header(segs[0])
     src = support.read_header(support.dicom_files(folder)[0])
     assert seg.StudyInstanceUID == src.StudyInstanceUID
-    assert len(node.incoming_files()) == len(support.dicom_files(folder))
+    stored = sum(int(m) for m in re.findall(r"association ended .*tls=true stored=(\d+)", log_of(node)))
+    assert stored == len(support.dicom_files(folder)), log_of(node)
     established = [l for l in log_of(node).splitlines() if "association established" in l]
     assert established and all("tls=true" in l for l in established), "\n".join(established)
     assert any("CN=scanner1" in l for l in established), "client certificate subject missing:\n" + "\n".join(established)
