@@ -52,6 +52,8 @@ command -v Orthanc >/dev/null 2>&1 || missing_pkgs+=(orthanc)
 command -v chromium >/dev/null 2>&1 || missing_pkgs+=(chromium)
 # systemd-analyze verify of systemd/myonode.service (tests/systemd_unit.rs).
 command -v systemd-analyze >/dev/null 2>&1 || missing_pkgs+=(systemd)
+# openssl CLI: integration/test_tls.py makes a throwaway CA and certificates for DICOM TLS.
+command -v openssl >/dev/null 2>&1 || missing_pkgs+=(openssl)
 
 # Viewer test (integration/test_viewer.py, issue #9): Orthanc with its DICOMweb
 # plugin as the PACS, Chromium driven by Node.js (playwright-core) running OHIF.

@@ -25,6 +25,10 @@ pub enum ConfigError {
     /// A value is out of range or inconsistent.
     #[error("configuration key `{key}`: {message}")]
     Invalid { key: String, message: String },
+    /// A TLS certificate, key or CA file is missing or unusable (the message names the key,
+    /// e.g. `receive.tls.private_key` or `destinations[0].tls.ca`).
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// The whole configuration. Sections mirror the pipeline stages.
@@ -94,6 +98,9 @@ pub struct ReceiveConfig {
     /// here is accepted only from one of its addresses (in addition to the allow-list).
     #[serde(default)]
     pub calling_ae_hosts: std::collections::BTreeMap<String, Vec<std::net::IpAddr>>,
+    /// `[receive.tls]`: DICOM TLS listener (PS3.15 B.1); off by default.
+    #[serde(default)]
+    pub tls: ReceiveTlsConfig,
 }
 
 fn default_max_instance_bytes() -> u64 {
@@ -261,6 +268,82 @@ pub struct DestinationConfig {
     /// Which result objects this destination receives (default `["seg-binary", "sr"]`).
     #[serde(default = "default_outputs")]
     pub outputs: Vec<OutputKind>,
+    /// Send over DICOM TLS (PS3.15 B.1): `tls = { ca = "…", cert = "…", key = "…", server_name = "…" }`.
+    /// Absent = plain TCP.
+    #[serde(default)]
+    pub tls: Option<DestinationTlsConfig>,
+}
+
+/// `[receive.tls]`: the DICOM TLS listener (PS3.15 Annex B.1, TLS 1.2 or 1.3; see `crate::tls`).
+///
+/// A separate port (well-known DICOM TLS port 2762, PS3.15 B.1) next to the plain
+/// `receive.port`; `plain_listener = false` makes the node TLS-only. Every receive limit,
+/// the calling-AE allow-list and host binding apply to TLS associations as well.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiveTlsConfig {
+    /// Open the TLS listener.
+    #[serde(default)]
+    pub enabled: bool,
+    /// TCP port of the TLS listener (on `receive.host`); must differ from `receive.port`.
+    #[serde(default = "default_tls_port")]
+    pub port: u16,
+    /// Also listen for plain (unencrypted) associations on `receive.port`; `false` = TLS only.
+    #[serde(default = "default_true")]
+    pub plain_listener: bool,
+    /// PEM file with our certificate chain (leaf first, then intermediates).
+    #[serde(default)]
+    pub certificate: PathBuf,
+    /// PEM file with the private key of the certificate (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default)]
+    pub private_key: PathBuf,
+    /// PEM file with the CA certificate(s) that issue client certificates. When set, every
+    /// TLS client must present a certificate chaining to one of them (handshake refused
+    /// otherwise); unset = no client certificate requested.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+}
+
+impl Default for ReceiveTlsConfig {
+    /// TLS off, port 2762, plain listener on, no files.
+    fn default() -> Self {
+        ReceiveTlsConfig {
+            enabled: false,
+            port: default_tls_port(),
+            plain_listener: true,
+            certificate: PathBuf::new(),
+            private_key: PathBuf::new(),
+            client_ca: None,
+        }
+    }
+}
+
+fn default_tls_port() -> u16 {
+    2762
+}
+
+/// `tls` of a `[[destinations]]` entry: DICOM TLS to that destination (PS3.15 Annex B.1).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationTlsConfig {
+    /// PEM file with the CA certificate(s) the destination's server certificate must chain to.
+    pub ca: PathBuf,
+    /// PEM file with our client certificate chain (client authentication); set with `key`.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// PEM file with the private key of `cert`.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// Name the server certificate must be valid for (DNS name or IP address); default: `host`.
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+impl DestinationTlsConfig {
+    /// The name the server certificate is checked against: `server_name`, else `host`.
+    pub fn server_name_or<'a>(&'a self, host: &'a str) -> &'a str {
+        self.server_name.as_deref().filter(|s| !s.is_empty()).unwrap_or(host)
+    }
 }
 
 /// One kind of result object a destination can receive (`[[destinations]] outputs`).
@@ -373,6 +456,17 @@ impl Config {
                 return bad(&format!("receive.calling_ae_hosts.{ae}"), "list at least one IP address");
             }
         }
+        if self.receive.tls.enabled {
+            if self.receive.tls.port == 0 {
+                return bad("receive.tls.port", "must be 1..65535");
+            }
+            if self.receive.tls.plain_listener && self.receive.tls.port == self.receive.port {
+                return bad("receive.tls.port", "must differ from receive.port (or set receive.tls.plain_listener = false)");
+            }
+            crate::tls::server_config(&self.receive.tls)?;
+        } else if !self.receive.tls.plain_listener {
+            return bad("receive.tls.plain_listener", "cannot be false while receive.tls.enabled is false (no listener at all)");
+        }
         if self.receive.max_instance_bytes < 1024 {
             return bad("receive.max_instance_bytes", "must be at least 1024 bytes");
         }
@@ -473,6 +567,10 @@ impl Config {
             let mut seen_outputs = std::collections::HashSet::new();
             if let Some(dup) = d.outputs.iter().find(|o| !seen_outputs.insert(**o)) {
                 return bad(&key("outputs"), format!("lists \"{}\" more than once", dup.as_str()));
+            }
+            if let Some(tls) = &d.tls {
+                crate::tls::check_server_name(&key("tls.server_name"), tls.server_name_or(&d.host))?;
+                crate::tls::client_config(&key("tls"), tls)?;
             }
         }
         Ok(())
@@ -666,6 +764,39 @@ fn default_readiness_interval() -> f64 {
 }
 fn default_recent_jobs() -> usize {
     50
+}
+
+#[cfg(test)]
+mod tls_config_tests {
+    use super::*;
+
+    fn load(toml: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, toml).unwrap();
+        Config::load(Some(&p))
+    }
+
+    #[test]
+    fn tls_defaults_and_validation() {
+        let c = Config::load(None).unwrap();
+        assert!(!c.receive.tls.enabled && c.receive.tls.plain_listener);
+        assert_eq!(c.receive.tls.port, 2762);
+        assert!(c.destinations.iter().all(|d| d.tls.is_none()));
+        let e = load("[receive.tls]\nplain_listener = false\n").unwrap_err().to_string();
+        assert!(e.contains("receive.tls.plain_listener"), "{e}");
+        let e = load("[receive]\nport = 2762\n[receive.tls]\nenabled = true\n").unwrap_err().to_string();
+        assert!(e.contains("receive.tls.port"), "{e}");
+        let e = load("[receive.tls]\nenabled = true\ncertificate = \"/nonexistent/node.crt\"\n").unwrap_err().to_string();
+        assert!(e.contains("receive.tls.certificate") && e.contains("/nonexistent/node.crt"), "{e}");
+        let e = load("[receive.tls]\nenabled = true\nciphers = 1\n").unwrap_err().to_string();
+        assert!(e.contains("ciphers"), "{e}");
+        let dest = "[[destinations]]\nname = \"a\"\nae_title = \"A\"\nhost = \"127.0.0.1\"\nport = 104\n";
+        let e = load(&format!("{dest}tls = {{ ca = \"/nonexistent/ca.crt\" }}\n")).unwrap_err().to_string();
+        assert!(e.contains("destinations[0].tls.ca"), "{e}");
+        let e = load(&format!("{dest}tls = {{ ca = \"/x\", server_name = \"bad name\" }}\n")).unwrap_err().to_string();
+        assert!(e.contains("destinations[0].tls.server_name"), "{e}");
+    }
 }
 
 #[cfg(test)]

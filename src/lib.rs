@@ -17,5 +17,6 @@ pub mod receive;
 pub mod segment;
 pub mod send;
 pub mod spool;
+pub mod tls;
 pub mod uid;
 pub mod volume;

@@ -81,6 +81,8 @@ fn init_logging(level: &str, json: bool) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // rustls' `ring` provider as the process default (DICOM TLS, `myonode::tls`)
+    myonode::tls::install_default_provider();
     let cfg = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {

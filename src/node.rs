@@ -60,13 +60,30 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
     let stop_at2 = stop_at.clone();
     let result = rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
+        let listener = if cfg.receive.tls.plain_listener {
+            Some(tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?)
+        } else {
+            None
+        };
+        // DICOM TLS listener (`[receive.tls]`, PS3.15 B.1); the configuration was checked by Config::validate
+        let tls_listener = if cfg.receive.tls.enabled {
+            let tls_cfg = crate::tls::server_config(&cfg.receive.tls)?;
+            let l = crate::receive::bind_tls(&cfg.receive)
+                .await
+                .with_context(|| format!("binding DICOM TLS {}:{}", cfg.receive.host, cfg.receive.tls.port))?;
+            info!(address = %l.local_addr()?, ae_title = %ctx.ae_title, "DICOM TLS listening on {}", l.local_addr()?);
+            Some((l, tls_cfg))
+        } else {
+            None
+        };
         let http_listener = if cfg.http.enabled {
             Some(tokio::net::TcpListener::bind(&cfg.http.bind).await.with_context(|| format!("binding HTTP {}", cfg.http.bind))?)
         } else {
             None
         };
-        info!(address = %listener.local_addr()?, ae_title = %ctx.ae_title, "listening on {}", listener.local_addr()?);
+        if let Some(listener) = &listener {
+            info!(address = %listener.local_addr()?, ae_title = %ctx.ae_title, "listening on {}", listener.local_addr()?);
+        }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let http = http_listener.map(|l| {
             let state = crate::http::HttpState::new(cfg.clone(), metrics, queues);
@@ -81,7 +98,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         });
         notify_ready_and_start_watchdog();
         let mut stop = stop_rx.clone();
-        let receive = crate::receive::serve(ctx, listener, stop_rx);
+        let receive = crate::receive::serve_all(ctx, listener, tls_listener, stop_rx);
         tokio::pin!(receive);
         let r = tokio::select! {
             r = &mut receive => r.context("C-STORE SCP"),

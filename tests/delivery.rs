@@ -361,6 +361,7 @@ impl StoreScp {
             max_attempts: 2,
             retry_delay_seconds: 0.05,
             outputs: vec![SegBinary, Sr],
+            tls: None,
         }
     }
 

@@ -62,6 +62,7 @@ impl Scp {
             max_instance_bytes: 2 << 30,
             max_instances_per_series: 10_000,
             calling_ae_hosts: Default::default(),
+            tls: Default::default(),
         };
         let ctx = Arc::new(ReceiveContext { ae_title: "MYONODE".into(), cfg, spool: spool.clone(), tx, association_events: Some(etx) });
         let (shutdown, srx) = tokio::sync::watch::channel(false);
@@ -78,6 +79,7 @@ impl Scp {
             max_attempts: 1,
             retry_delay_seconds: 0.1,
             outputs: vec![OutputKind::SegBinary, OutputKind::Sr],
+            tls: None,
         }
     }
 

@@ -74,6 +74,7 @@ impl StoreScp {
             max_attempts: 3,
             retry_delay_seconds: 0.1,
             outputs: vec![OutputKind::SegBinary, OutputKind::Sr],
+            tls: None,
         }
     }
 
@@ -203,6 +204,7 @@ fn send_stage_retries_then_dead_letters() {
         max_attempts: 2,
         retry_delay_seconds: 0.1,
         outputs: vec![OutputKind::SegBinary, OutputKind::Sr],
+        tls: None,
     };
     let (tx, rx) = crossbeam_channel::unbounded();
     let o = outbound(&spool, "nowhere", &src);

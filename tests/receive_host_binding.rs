@@ -28,6 +28,7 @@ fn run_scp(hosts: BTreeMap<String, Vec<std::net::IpAddr>>, f: impl FnOnce(&Desti
         max_instance_bytes: 2 << 30,
         max_instances_per_series: 10_000,
         calling_ae_hosts: hosts,
+        tls: Default::default(),
     };
     let ctx = Arc::new(ReceiveContext { ae_title: "MYONODE".into(), cfg, spool, tx, association_events: None });
     let (stop, srx) = tokio::sync::watch::channel(false);
@@ -40,6 +41,7 @@ fn run_scp(hosts: BTreeMap<String, Vec<std::net::IpAddr>>, f: impl FnOnce(&Desti
         max_attempts: 1,
         retry_delay_seconds: 0.1,
         outputs: vec![myonode::config::OutputKind::SegBinary, myonode::config::OutputKind::Sr],
+        tls: None,
     };
     f(&dest);
     stop.send(true).unwrap();

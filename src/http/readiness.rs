@@ -77,7 +77,7 @@ pub fn check_destinations(cfg: &Config) -> Vec<Check> {
         .iter()
         .map(|d| {
             let name = format!("destination:{}", d.name);
-            match crate::send::c_echo(&d.ae_title, &d.host, d.port, &cfg.node.ae_title) {
+            match crate::send::c_echo_destination(d, &cfg.node.ae_title) {
                 Ok(0) => Check { name, ok: true, detail: format!("C-ECHO {}@{}:{} status 0000H", d.ae_title, d.host, d.port) },
                 Ok(s) => Check { name, ok: false, detail: format!("C-ECHO {}@{}:{} status {s:04X}H", d.ae_title, d.host, d.port) },
                 Err(e) => Check { name, ok: false, detail: format!("C-ECHO {}@{}:{}: {e}", d.ae_title, d.host, d.port) },

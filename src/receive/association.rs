@@ -13,7 +13,7 @@ use dicom_ul::pdu::{
     AbortRQServiceProviderReason, AbortRQSource, AssociationRJ, AssociationRJResult, AssociationRJServiceProviderPresentationReason,
     AssociationRJSource, Pdu, PresentationContextResultReason,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -32,27 +32,100 @@ struct AssociationStats {
     echoes: u64,
 }
 
+/// How an association's connection is carried, for logs.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Transport {
+    /// DICOM TLS (PS3.15 B.1) rather than plain TCP.
+    pub tls: bool,
+    /// Subject DN of the verified client certificate (TLS with client authentication).
+    pub client_subject: Option<String>,
+}
+
+/// `e` and its chain of sources, `: `-separated (dicom-ul's TLS errors keep the rustls cause
+/// in the source).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// Log why an association could not be established (nothing was stored on it).
+fn log_not_established(peer: &str, tls: bool, e: dicom_ul::association::Error) {
+    match e {
+        dicom_ul::association::Error::Rejected { association_rj, .. } => {
+            warn!(peer = %peer, tls, result = ?association_rj.result, source = ?association_rj.source, "association rejected");
+        }
+        e @ (dicom_ul::association::Error::TlsHandshake { .. } | dicom_ul::association::Error::TlsConnection { .. }) => {
+            warn!(peer = %peer, tls, error = %error_chain(&e), "TLS handshake failed; connection refused");
+        }
+        e @ dicom_ul::association::Error::TlsNotSupported { .. } => {
+            warn!(peer = %peer, tls, error = %error_chain(&e), "client started a TLS handshake on the plain DICOM port; connection refused");
+        }
+        e => warn!(peer = %peer, tls, error = %error_chain(&e), "association negotiation failed"),
+    }
+}
+
 /// Serve one accepted connection until release, abort, idle timeout, error or shutdown.
+///
+/// With `tls` the TLS handshake (PS3.15 B.1; `options` must carry the listener's
+/// `rustls::ServerConfig`) comes first; handshake and A-ASSOCIATE negotiation together are
+/// bounded by `receive.association_timeout_seconds`.
 pub(crate) async fn run_association(
     ctx: Arc<ReceiveContext>,
     options: Arc<ScpOptions>,
     stream: TcpStream,
     peer: SocketAddr,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
+    tls: bool,
 ) {
     let started = Instant::now();
     let peer_s = peer.to_string();
-    let mut assoc = match options.establish_async(stream).await {
-        Ok(a) => a,
-        Err(dicom_ul::association::Error::Rejected { association_rj, .. }) => {
-            warn!(peer = %peer_s, result = ?association_rj.result, source = ?association_rj.source, "association rejected");
-            return;
+    let timeout = Duration::from_secs_f64(ctx.cfg.association_timeout_seconds.max(0.001));
+    let timed_out = || warn!(peer = %peer_s, tls, timeout_s = timeout.as_secs_f64(), "no association within the timeout; connection closed");
+    if tls {
+        match tokio::time::timeout(timeout, options.establish_tls_async(stream)).await {
+            Ok(Ok(mut assoc)) => {
+                let client_subject = assoc
+                    .inner_stream()
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(crate::tls::certificate_subject);
+                let transport = Transport { tls: true, client_subject };
+                serve_established(ctx, assoc, peer_s, shutdown, started, transport).await
+            }
+            Ok(Err(e)) => log_not_established(&peer_s, tls, e),
+            Err(_) => timed_out(),
         }
-        Err(e) => {
-            warn!(peer = %peer_s, error = %e, "association negotiation failed");
-            return;
+    } else {
+        match tokio::time::timeout(timeout, options.establish_async(stream)).await {
+            Ok(Ok(assoc)) => serve_established(ctx, assoc, peer_s, shutdown, started, Transport::default()).await,
+            Ok(Err(e)) => log_not_established(&peer_s, tls, e),
+            Err(_) => timed_out(),
         }
-    };
+    }
+}
+
+/// The message loop of an established association, over any transport stream `S`
+/// (plain TCP or TLS).
+async fn serve_established<S>(
+    ctx: Arc<ReceiveContext>,
+    mut assoc: AsyncServerAssociation<S>,
+    peer_s: String,
+    mut shutdown: watch::Receiver<bool>,
+    started: Instant,
+    transport: Transport,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
     let calling = assoc.peer_ae_title().trim().to_string();
     let called = assoc.called_ae_title().trim().to_string();
     let accepted: Vec<String> = assoc
@@ -64,6 +137,8 @@ pub(crate) async fn run_association(
     metrics::counter!("myonode_associations_total").increment(1);
     info!(
         peer = %peer_s, calling_ae = %calling, called_ae = %called,
+        tls = transport.tls,
+        client_certificate = transport.client_subject.as_deref().unwrap_or(""),
         peer_max_pdu = assoc.requestor_max_pdu_length(),
         accepted_contexts = accepted.len(),
         proposed_contexts = assoc.presentation_contexts().len(),
@@ -113,7 +188,7 @@ pub(crate) async fn run_association(
     };
     let _ = assoc.inner_stream().shutdown().await;
     info!(
-        peer = %peer_s, calling_ae = %calling, called_ae = %called,
+        peer = %peer_s, calling_ae = %calling, called_ae = %called, tls = transport.tls,
         stored = stats.stored, duplicates = stats.duplicates, failed = stats.failed, echoes = stats.echoes,
         duration_ms = started.elapsed().as_millis() as u64,
         outcome,
@@ -134,15 +209,15 @@ pub(crate) async fn run_association(
 }
 
 /// Send A-ABORT (service-provider, reason not specified); errors are irrelevant at this point.
-async fn abort(assoc: &mut AsyncServerAssociation<TcpStream>) {
+async fn abort<S: AsyncRead + AsyncWrite + Unpin + Send>(assoc: &mut AsyncServerAssociation<S>) {
     let pdu = Pdu::AbortRQ { source: AbortRQSource::ServiceProvider(AbortRQServiceProviderReason::ReasonNotSpecified) };
     let _ = assoc.send(&pdu).await;
 }
 
 /// Dispatch one DIMSE request and send its response.
-async fn handle_message(
+async fn handle_message<S: AsyncRead + AsyncWrite + Unpin + Send>(
     ctx: &Arc<ReceiveContext>,
-    assoc: &mut AsyncServerAssociation<TcpStream>,
+    assoc: &mut AsyncServerAssociation<S>,
     message: DimseMessage,
     calling: &str,
     peer: &str,
@@ -205,7 +280,9 @@ async fn handle_message(
 
 /// Answer an A-ASSOCIATE-RQ with A-ASSOCIATE-RJ transient, service-provider (presentation
 /// related), "local-limit-exceeded" (PS3.8 9.3.4) because `max_associations` is reached.
-pub(crate) async fn reject_busy(mut stream: TcpStream, peer: SocketAddr, timeout: Duration) {
+///
+/// Works on any stream: the plain TCP connection, or the TLS stream after the handshake.
+pub(crate) async fn reject_busy<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, peer: SocketAddr, timeout: Duration) {
     let read = async {
         let mut header = [0u8; 6];
         stream.read_exact(&mut header).await?;

@@ -195,6 +195,14 @@ pub async fn bind(cfg: &crate::config::ReceiveConfig) -> std::io::Result<TcpList
     TcpListener::bind((cfg.host.as_str(), cfg.port)).await
 }
 
+/// Bind the DICOM TLS listening socket at `cfg.host:cfg.tls.port` (pass it to [`serve_all`]).
+///
+/// # Errors
+/// The I/O error of `bind`.
+pub async fn bind_tls(cfg: &crate::config::ReceiveConfig) -> std::io::Result<TcpListener> {
+    TcpListener::bind((cfg.host.as_str(), cfg.tls.port)).await
+}
+
 /// Accept associations on `listener` until `shutdown` becomes true (or its sender is dropped).
 ///
 /// Each accepted connection gets TCP_NODELAY and its own task. At most
@@ -210,10 +218,56 @@ pub async fn bind(cfg: &crate::config::ReceiveConfig) -> std::io::Result<TcpList
 pub async fn serve(
     ctx: Arc<ReceiveContext>,
     listener: TcpListener,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), ReceiveError> {
+    let slots = Arc::new(Semaphore::new(ctx.cfg.max_associations.max(1)));
+    serve_listener(ctx, listener, None, slots, shutdown).await
+}
+
+/// Serve the plain listener and/or the DICOM TLS listener (`[receive.tls]`, PS3.15 Annex
+/// B.1) until shutdown, like [`serve`]; `max_associations` counts the associations of both
+/// together.
+///
+/// On the TLS listener every connection first completes a TLS handshake with the
+/// `rustls::ServerConfig` (built by [`crate::tls::server_config`]; with a client CA, clients
+/// without a valid certificate are refused in the handshake and logged with their address),
+/// then runs exactly like a plain association — same allow-list, host binding, limits and
+/// logging (`tls=true` and the client certificate's subject in "association established").
+/// A busy rejection (A-ASSOCIATE-RJ) is sent inside TLS.
+///
+/// # Errors
+/// [`ReceiveError::Listener`] if a listener is unusable (returned once both have stopped).
+pub async fn serve_all(
+    ctx: Arc<ReceiveContext>,
+    plain: Option<TcpListener>,
+    tls: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), ReceiveError> {
+    let slots = Arc::new(Semaphore::new(ctx.cfg.max_associations.max(1)));
+    let plain = async {
+        match plain {
+            Some(l) => serve_listener(ctx.clone(), l, None, slots.clone(), shutdown.clone()).await,
+            None => Ok(()),
+        }
+    };
+    let tls = async {
+        match tls {
+            Some((l, cfg)) => serve_listener(ctx.clone(), l, Some(cfg), slots.clone(), shutdown.clone()).await,
+            None => Ok(()),
+        }
+    };
+    let (a, b) = tokio::join!(plain, tls);
+    a.and(b)
+}
+
+async fn serve_listener(
+    ctx: Arc<ReceiveContext>,
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    slots: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ReceiveError> {
     let local = listener.local_addr().map_err(ReceiveError::Listener)?;
-    let slots = Arc::new(Semaphore::new(ctx.cfg.max_associations.max(1)));
     let mut tasks: JoinSet<()> = JoinSet::new();
     info!(
         address = %local,
@@ -221,6 +275,8 @@ pub async fn serve(
         max_associations = ctx.cfg.max_associations,
         max_pdu_length = ctx.cfg.max_pdu_length,
         allowed_calling_ae_titles = ?ctx.cfg.allowed_calling_ae_titles,
+        tls = tls.is_some(),
+        client_certificate_required = ctx.cfg.tls.client_ca.as_ref().is_some_and(|p| !p.as_os_str().is_empty()) && tls.is_some(),
         "C-STORE SCP listening"
     );
     loop {
@@ -236,17 +292,35 @@ pub async fn serve(
                             let ctx = ctx.clone();
                             // per connection: the allow-list knows the peer address (host binding, and the
                             // rejection log names the peer)
-                            let options = Arc::new(scp_options_for(&ctx, Some(peer.ip())));
+                            let mut options = scp_options_for(&ctx, Some(peer.ip()));
+                            if let Some(t) = &tls {
+                                options = options.tls_config(t.clone());
+                            }
+                            let options = Arc::new(options);
                             let shutdown = shutdown.clone();
+                            let is_tls = tls.is_some();
                             tasks.spawn(async move {
-                                let span = tracing::info_span!("association", peer = %peer);
-                                tracing::Instrument::instrument(association::run_association(ctx, options, stream, peer, shutdown), span).await;
+                                let span = tracing::info_span!("association", peer = %peer, tls = is_tls);
+                                tracing::Instrument::instrument(association::run_association(ctx, options, stream, peer, shutdown, is_tls), span).await;
                                 drop(permit);
                             });
                         }
                         Err(_) => {
                             let timeout = Duration::from_secs_f64(ctx.cfg.association_timeout_seconds.max(0.001));
-                            tasks.spawn(association::reject_busy(stream, peer, timeout));
+                            match &tls {
+                                None => { tasks.spawn(association::reject_busy(stream, peer, timeout)); }
+                                Some(t) => {
+                                    // the rejection travels inside TLS: handshake first (bounded by the timeout)
+                                    let acceptor = tokio_rustls::TlsAcceptor::from(t.clone());
+                                    tasks.spawn(async move {
+                                        match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                                            Ok(Ok(s)) => association::reject_busy(s, peer, timeout).await,
+                                            Ok(Err(e)) => warn!(%peer, tls = true, error = %e, "TLS handshake failed; connection refused"),
+                                            Err(_) => warn!(%peer, tls = true, "TLS handshake timed out; connection closed"),
+                                        }
+                                    });
+                                }
+                            }
                         }
                     }
                 }

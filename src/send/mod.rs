@@ -19,7 +19,7 @@ use std::sync::Arc;
 use tracing::{error, info, warn};
 
 pub use queue::DestinationReport;
-pub use scu::{c_echo, c_store};
+pub use scu::{c_echo, c_echo_destination, c_store};
 
 /// Errors of the C-STORE / C-ECHO SCU.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +91,10 @@ pub enum SendError {
     /// The peer ended the association or sent an incomplete response.
     #[error("{0}")]
     UnexpectedEnd(String),
+    /// The destination's TLS files (`tls.ca`, `tls.cert`, `tls.key`) cannot be used. Retried
+    /// like a network error: the files may be fixed or rotated while the object waits.
+    #[error("DICOM TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 impl SendError {
@@ -125,18 +129,21 @@ pub fn run(
     calling_ae: String,
     spool: Arc<crate::spool::Spool>,
 ) -> Vec<DestinationReport> {
-    let mut senders: HashMap<String, crossbeam_channel::Sender<PathBuf>> = HashMap::new();
+    let mut senders: HashMap<String, crossbeam_channel::Sender<queue::QueueItem>> = HashMap::new();
     let mut workers = Vec::new();
     let mut recovered: HashSet<PathBuf> = HashSet::new();
+    let mut job_of: Option<HashMap<String, String>> = None;
     for dest in &destinations {
-        let (tx, qrx) = crossbeam_channel::unbounded::<PathBuf>();
+        let (tx, qrx) = crossbeam_channel::unbounded::<queue::QueueItem>();
         let pending = spool.pending_outbox(&dest.name);
         if !pending.is_empty() {
             info!(destination = %dest.name, count = pending.len(), "re-queueing objects left in the outbox");
         }
         for p in pending {
             recovered.insert(p.clone());
-            let _ = tx.send(p);
+            let jobs = job_of.get_or_insert_with(|| outbox_job_ids(spool.root()));
+            let job = p.file_stem().and_then(|s| s.to_str()).and_then(|uid| jobs.get(uid)).cloned().unwrap_or_default();
+            let _ = tx.send(queue::QueueItem { path: p, job });
         }
         senders.insert(dest.name.clone(), tx);
         let d = dest.clone();
@@ -157,9 +164,10 @@ pub fn run(
         if recovered.remove(&o.path) {
             continue; // already queued from the outbox scan
         }
+        let _job = tracing::info_span!("send", job = %o.job_id, destination = %o.destination).entered();
         match senders.get(&o.destination) {
             Some(tx) => {
-                if tx.send(o.path.clone()).is_err() {
+                if tx.send(queue::QueueItem { path: o.path.clone(), job: o.job_id.clone() }).is_err() {
                     error!(destination = %o.destination, path = %o.path.display(), "send queue is gone; object stays in the outbox");
                 }
             }
@@ -182,4 +190,35 @@ pub fn run(
             }
         })
         .collect()
+}
+
+/// Job ids of the objects in the outbox, for objects re-queued at start: SOP Instance UID →
+/// `job_id`, read from every `jobs/<job>/job.json` (each `sop_instance_uid` value in it, as
+/// written by `encode`). Unreadable files are skipped; unknown objects get an empty job id.
+fn outbox_job_ids(spool_root: &std::path::Path) -> HashMap<String, String> {
+    fn collect(v: &serde_json::Value, job: &str, out: &mut HashMap<String, String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    match (k.as_str(), x) {
+                        ("sop_instance_uid", serde_json::Value::String(uid)) => {
+                            out.entry(uid.clone()).or_insert_with(|| job.to_string());
+                        }
+                        _ => collect(x, job, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| collect(x, job, out)),
+            _ => {}
+        }
+    }
+    let mut out = HashMap::new();
+    let Ok(dirs) = std::fs::read_dir(spool_root.join("jobs")) else { return out };
+    for d in dirs.flatten() {
+        let Ok(text) = std::fs::read_to_string(d.path().join("job.json")) else { continue };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
+        let job = v.get("job_id").and_then(|j| j.as_str()).map(str::to_string).unwrap_or_else(|| d.file_name().to_string_lossy().into_owned());
+        collect(&v, &job, &mut out);
+    }
+    out
 }

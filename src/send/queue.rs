@@ -35,8 +35,18 @@ pub struct DestinationReport {
 struct Delayed {
     due: Instant,
     seq: u64,
-    path: PathBuf,
+    item: QueueItem,
     attempts: u32,
+}
+
+/// One object to deliver: its outbox file and the job that produced it (for the `job` span
+/// of every send log line; empty when unknown).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct QueueItem {
+    /// The Part-10 file in `outbox/<destination>/`.
+    pub path: PathBuf,
+    /// Job id (`<SeriesInstanceUID>-v<version>`), or empty.
+    pub job: String,
 }
 
 /// Delay before attempt `attempts + 1`: `retry_delay_seconds · 2^(attempts − 1)`, capped at one hour.
@@ -50,10 +60,10 @@ pub(crate) fn run_destination(
     dest: DestinationConfig,
     calling_ae: String,
     spool: Arc<Spool>,
-    rx: Receiver<PathBuf>,
+    rx: Receiver<QueueItem>,
 ) -> DestinationReport {
     let mut report = DestinationReport { name: dest.name.clone(), ..Default::default() };
-    let mut ready: VecDeque<(PathBuf, u32)> = VecDeque::new();
+    let mut ready: VecDeque<(QueueItem, u32)> = VecDeque::new();
     let mut delayed: BinaryHeap<Reverse<Delayed>> = BinaryHeap::new();
     let mut seq = 0u64;
     let mut open = true;
@@ -61,7 +71,7 @@ pub(crate) fn run_destination(
         let now = Instant::now();
         while delayed.peek().is_some_and(|d| d.0.due <= now) {
             let Reverse(d) = delayed.pop().expect("peeked");
-            ready.push_back((d.path, d.attempts));
+            ready.push_back((d.item, d.attempts));
         }
         if open {
             loop {
@@ -75,11 +85,13 @@ pub(crate) fn run_destination(
                 }
             }
         }
-        if let Some((path, attempts)) = ready.pop_front() {
-            if let Some(next) = attempt(&dest, &calling_ae, &spool, path, attempts, &mut report) {
+        if let Some((item, attempts)) = ready.pop_front() {
+            let span = tracing::info_span!("send", job = %item.job, destination = %dest.name);
+            let retry = span.in_scope(|| attempt(&dest, &calling_ae, &spool, item.path.clone(), attempts, &mut report));
+            if let Some((_, tried)) = retry {
                 seq += 1;
-                let wait = backoff(dest.retry_delay_seconds, next.1);
-                delayed.push(Reverse(Delayed { due: Instant::now() + wait, seq, path: next.0, attempts: next.1 }));
+                let wait = backoff(dest.retry_delay_seconds, tried);
+                delayed.push(Reverse(Delayed { due: Instant::now() + wait, seq, item, attempts: tried }));
             }
             continue;
         }
@@ -169,6 +181,51 @@ fn attempt(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A log sink for one thread's subscriber.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn every_send_log_line_carries_the_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Spool::open(dir.path(), false).unwrap());
+        // not a Part-10 file: a permanent failure, dead-lettered at once (no network needed)
+        let path = spool.put_outbox("d", "1.2.3.dcm", b"not dicom").unwrap();
+        let dest = DestinationConfig {
+            name: "d".into(),
+            ae_title: "D".into(),
+            host: "127.0.0.1".into(),
+            port: 9,
+            max_attempts: 3,
+            retry_delay_seconds: 0.01,
+            outputs: vec![crate::config::OutputKind::Sr],
+            tls: None,
+        };
+        let (tx, rx) = crossbeam_channel::unbounded();
+        tx.send(QueueItem { path: path.clone(), job: "1.2.840.99-v1".into() }).unwrap();
+        drop(tx);
+        let sink = Sink::default();
+        let w = sink.clone();
+        let sub = tracing_subscriber::fmt().with_ansi(false).with_max_level(tracing::Level::DEBUG).with_writer(move || w.clone()).finish();
+        let report = tracing::subscriber::with_default(sub, || run_destination(dest, "ME".into(), spool.clone(), rx));
+        assert_eq!(report.failed, 1);
+        let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains("1.2.3.dcm")).collect();
+        assert!(!lines.is_empty(), "{text}");
+        for l in lines {
+            assert!(l.contains("job=1.2.840.99-v1"), "no job span: {l}");
+        }
+    }
 
     #[test]
     fn backoff_doubles() {

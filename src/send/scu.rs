@@ -1,4 +1,5 @@
-//! C-STORE and C-ECHO SCU (PS3.4 B.2 / A.2, PS3.7 9.1.1 / 9.1.5) over dicom-ul's sync client.
+//! C-STORE and C-ECHO SCU (PS3.4 B.2 / A.2, PS3.7 9.1.1 / 9.1.5) over dicom-ul's sync client,
+//! on plain TCP or DICOM TLS (PS3.15 B.1, a destination's `tls`; see [`crate::tls`]).
 //!
 //! One association per call: A-ASSOCIATE with the needed presentation contexts, one DIMSE
 //! request and its response through [`crate::dimse`], A-RELEASE. Runs on worker threads.
@@ -12,7 +13,10 @@ use dicom_encoding::TransferSyntaxIndex;
 use dicom_object::meta::FileMetaTable;
 use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
-use dicom_ul::association::client::ClientAssociation;
+use std::io::{Read, Write};
+
+use dicom_ul::association::client::{ClientAssociation, TlsStream};
+use dicom_ul::association::CloseSocket;
 use dicom_ul::pdu::{AbortRQSource, Pdu};
 use dicom_ul::ClientAssociationOptions;
 use tracing::{debug, warn};
@@ -70,11 +74,7 @@ fn establish(
     port: u16,
 ) -> Result<ClientAssociation<TcpStream>, SendError> {
     let addr = format!("{host}:{port}");
-    let mut assoc = options
-        .max_pdu_length(SCU_MAX_PDU_LENGTH)
-        .connection_timeout(CONNECT_TIMEOUT)
-        .read_timeout(IO_TIMEOUT)
-        .write_timeout(IO_TIMEOUT)
+    let mut assoc = with_timeouts(options)
         .establish((host, port))
         .map_err(|e| SendError::Association { address: addr.clone(), source: Box::new(e) })?;
     if let Err(e) = assoc.inner_stream().set_nodelay(true) {
@@ -83,9 +83,39 @@ fn establish(
     Ok(assoc)
 }
 
+fn with_timeouts(options: ClientAssociationOptions<'_>) -> ClientAssociationOptions<'_> {
+    options
+        .max_pdu_length(SCU_MAX_PDU_LENGTH)
+        .connection_timeout(CONNECT_TIMEOUT)
+        .read_timeout(IO_TIMEOUT)
+        .write_timeout(IO_TIMEOUT)
+}
+
+/// Connect, complete the TLS handshake (PS3.15 B.1; server certificate checked against
+/// `tls.ca` and the server name, client certificate sent when configured), then A-ASSOCIATE.
+fn establish_tls(
+    options: ClientAssociationOptions<'_>,
+    host: &str,
+    port: u16,
+    tls: &crate::config::DestinationTlsConfig,
+    key_prefix: &str,
+) -> Result<ClientAssociation<TlsStream>, SendError> {
+    let addr = format!("{host}:{port}");
+    let config = crate::tls::client_config(key_prefix, tls)?;
+    let mut assoc = with_timeouts(options)
+        .tls_config(config)
+        .server_name(tls.server_name_or(host))
+        .establish_tls((host, port))
+        .map_err(|e| SendError::Association { address: addr.clone(), source: Box::new(e) })?;
+    if let Err(e) = assoc.inner_stream().sock.set_nodelay(true) {
+        warn!(address = %addr, error = %e, "cannot set TCP_NODELAY");
+    }
+    Ok(assoc)
+}
+
 /// Send `request` and wait for the response to it; then release the association.
-fn request_response(
-    mut assoc: ClientAssociation<TcpStream>,
+fn request_response<S: Read + Write + CloseSocket>(
+    mut assoc: ClientAssociation<S>,
     pc_id: u8,
     request: &CommandSet,
     dataset: Option<&[u8]>,
@@ -163,21 +193,48 @@ pub fn c_store(dest: &crate::config::DestinationConfig, calling_ae: &str, file: 
             .with_presentation_context(sop_class.clone(), vec![ts.clone()])
             .with_presentation_context(sop_class.clone(), vec![EXPLICIT_LE.to_string(), IMPLICIT_LE.to_string()]);
     }
-    let mut assoc = match establish(options, &dest.host, dest.port) {
-        Err(SendError::Association { address, source })
-            if matches!(*source, dicom_ul::association::Error::NoAcceptedPresentationContexts { .. }) =>
-        {
-            return Err(SendError::SopClassNotAccepted { destination: dest.name.clone(), address, sop_class_uid: sop_class });
+    fn map_no_context<T>(r: Result<T, SendError>, destination: &str, sop_class: &str) -> Result<T, SendError> {
+        match r {
+            Err(SendError::Association { address, source })
+                if matches!(*source, dicom_ul::association::Error::NoAcceptedPresentationContexts { .. }) =>
+            {
+                Err(SendError::SopClassNotAccepted { destination: destination.to_string(), address, sop_class_uid: sop_class.to_string() })
+            }
+            other => other,
         }
-        other => other?,
+    }
+    let status = match &dest.tls {
+        None => {
+            let assoc = map_no_context(establish(options, &dest.host, dest.port), &dest.name, &sop_class)?;
+            store_on(assoc, dest, &part10, &sop_class, &sop_instance, &ts, native)?
+        }
+        Some(tls) => {
+            let key = format!("destination `{}` tls", dest.name);
+            let assoc = map_no_context(establish_tls(options, &dest.host, dest.port, tls, &key), &dest.name, &sop_class)?;
+            store_on(assoc, dest, &part10, &sop_class, &sop_instance, &ts, native)?
+        }
     };
+    debug!(destination = %dest.name, sop_instance_uid = %sop_instance, status = format!("{status:04X}H"), tls = dest.tls.is_some(), "C-STORE-RSP");
+    Ok(status)
+}
+
+/// The C-STORE exchange of [`c_store`] on an established association (plain or TLS).
+fn store_on<S: Read + Write + CloseSocket>(
+    mut assoc: ClientAssociation<S>,
+    dest: &crate::config::DestinationConfig,
+    part10: &Part10,
+    sop_class: &str,
+    sop_instance: &str,
+    ts: &str,
+    native: bool,
+) -> Result<u16, SendError> {
     let accepted: Vec<(u8, String)> =
         assoc.presentation_contexts().iter().map(|pc| (pc.id, pc.transfer_syntax.clone())).collect();
     let (pc_id, dataset): (u8, std::borrow::Cow<'_, [u8]>) =
         if let Some((id, _)) = accepted.iter().find(|(_, t)| *t == ts) {
             (*id, std::borrow::Cow::Borrowed(&part10.dataset[..]))
         } else if let (true, Some((id, t))) = (native, accepted.iter().find(|(_, t)| t == EXPLICIT_LE || t == IMPLICIT_LE)) {
-            match reencode_native(&part10.dataset, &ts, t) {
+            match reencode_native(&part10.dataset, ts, t) {
                 Ok(bytes) => (*id, std::borrow::Cow::Owned(bytes)),
                 Err(e) => {
                     let _ = assoc.send(&Pdu::AbortRQ { source: AbortRQSource::ServiceUser });
@@ -188,17 +245,17 @@ pub fn c_store(dest: &crate::config::DestinationConfig, calling_ae: &str, file: 
             let _ = assoc.send(&Pdu::AbortRQ { source: AbortRQSource::ServiceUser });
             return Err(SendError::TransferSyntaxNotAccepted {
                 destination: dest.name.clone(),
-                sop_class_uid: sop_class,
-                transfer_syntax: ts,
+                sop_class_uid: sop_class.to_string(),
+                transfer_syntax: ts.to_string(),
                 accepted: accepted.into_iter().map(|(_, t)| t).collect(),
             });
         };
-    let rq = CommandSet::c_store_rq(1, &sop_class, &sop_instance, priority::MEDIUM);
+    let rq = CommandSet::c_store_rq(1, sop_class, sop_instance, priority::MEDIUM);
     let rsp = request_response(assoc, pc_id, &rq, Some(&dataset), command_field::C_STORE_RSP)?;
-    let status = rsp.status.ok_or_else(|| SendError::UnexpectedEnd("C-STORE-RSP without Status".into()))?;
-    debug!(destination = %dest.name, sop_instance_uid = %sop_instance, status = format!("{status:04X}H"),
-        comment = rsp.error_comment.as_deref().unwrap_or(""), "C-STORE-RSP");
-    Ok(status)
+    if let Some(c) = rsp.error_comment.as_deref() {
+        debug!(destination = %dest.name, comment = c, "C-STORE-RSP error comment");
+    }
+    rsp.status.ok_or_else(|| SendError::UnexpectedEnd("C-STORE-RSP without Status".into()))
 }
 
 /// Re-encode a native data set between Explicit and Implicit VR Little Endian.
@@ -219,11 +276,34 @@ fn reencode_native(dataset: &[u8], from: &str, to: &str) -> Result<Vec<u8>, Send
 /// [`SendError::Association`] if the peer cannot be reached or rejects the association;
 /// [`SendError::Dimse`] / [`SendError::UnexpectedEnd`] if the exchange fails.
 pub fn c_echo(called_ae: &str, host: &str, port: u16, calling_ae: &str) -> Result<u16, SendError> {
-    let options = ClientAssociationOptions::new()
+    let assoc = establish(echo_options(called_ae, calling_ae), host, port)?;
+    echo_on(assoc)
+}
+
+/// C-ECHO to a configured destination, over DICOM TLS when it has `tls` (the readiness check
+/// of `/readyz`); returns the DIMSE status of the C-ECHO-RSP (0000 = success).
+///
+/// # Errors
+/// As [`c_echo`], plus [`SendError::Tls`] when the destination's TLS files cannot be used
+/// and [`SendError::Association`] when the TLS handshake fails.
+pub fn c_echo_destination(dest: &crate::config::DestinationConfig, calling_ae: &str) -> Result<u16, SendError> {
+    match &dest.tls {
+        None => c_echo(&dest.ae_title, &dest.host, dest.port, calling_ae),
+        Some(tls) => {
+            let key = format!("destination `{}` tls", dest.name);
+            echo_on(establish_tls(echo_options(&dest.ae_title, calling_ae), &dest.host, dest.port, tls, &key)?)
+        }
+    }
+}
+
+fn echo_options<'a>(called_ae: &str, calling_ae: &str) -> ClientAssociationOptions<'a> {
+    ClientAssociationOptions::new()
         .calling_ae_title(calling_ae.to_string())
         .called_ae_title(called_ae.to_string())
-        .with_presentation_context(uids::VERIFICATION.to_string(), vec![IMPLICIT_LE.to_string(), EXPLICIT_LE.to_string()]);
-    let assoc = establish(options, host, port)?;
+        .with_presentation_context(uids::VERIFICATION.to_string(), vec![IMPLICIT_LE.to_string(), EXPLICIT_LE.to_string()])
+}
+
+fn echo_on<S: Read + Write + CloseSocket>(assoc: ClientAssociation<S>) -> Result<u16, SendError> {
     let pc_id = assoc
         .presentation_contexts()
         .first()
