@@ -212,3 +212,19 @@ fn le_from_be(ds: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+/// Regression (found by cargo-fuzz with the bounded allocator): a 9-byte "deflated" data set
+/// (Deflated Explicit VR Little Endian, formerly handed whole to dicom-rs) inflated into an
+/// element declaring ~4 GiB, which dicom-rs reserved before reading. The node now inflates
+/// (bounded) and scans the result as explicit little endian, so the refusal names the scan's
+/// offset or the inflation, never the decoder. Reproducer: fuzz/regressions/received_data_set-deflated-huge-length-1.
+#[test]
+fn deflated_huge_length_is_refused_before_the_decoder() {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/received_data_set-deflated-huge-length-1");
+    let input = std::fs::read(p).unwrap();
+    assert_eq!(input[0] as usize % myonode::fuzzing::FUZZ_TRANSFER_SYNTAXES.len(), 3, "selector must pick the deflated syntax");
+    match myonode::receive::store::read_uids_checked(&input[1..], "1.2.840.10008.1.2.1.99") {
+        ReceivedUids::Refused(reason) => assert!(reason.contains(" at byte ") && !reason.contains("decod"), "{reason}"),
+        other => panic!("accepted: {other:?}"),
+    }
+}
