@@ -64,10 +64,19 @@ pub struct NodeConfig {
     /// exiting anyway (unfinished work stays in the spool and resumes at the next start).
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout_seconds: f64,
+    /// A pipeline stage busy on one item (e.g. inference of a large volume) for longer than
+    /// this many seconds counts as hung: the systemd watchdog pings stop and `/readyz` reports
+    /// it (see [`crate::pipeline::health`]). > 0.
+    #[serde(default = "default_stage_stall_seconds")]
+    pub stage_stall_seconds: f64,
 }
 
 fn default_shutdown_timeout() -> f64 {
     30.0
+}
+
+fn default_stage_stall_seconds() -> f64 {
+    3600.0
 }
 
 /// `[receive]`: the C-STORE / C-ECHO SCP.
@@ -535,6 +544,9 @@ impl Config {
         }
         if !(self.node.shutdown_timeout_seconds > 0.0) {
             return bad("node.shutdown_timeout_seconds", "must be > 0");
+        }
+        if !(self.node.stage_stall_seconds > 0.0 && self.node.stage_stall_seconds.is_finite()) {
+            return bad("node.stage_stall_seconds", "must be > 0");
         }
         if self.http.enabled && self.http.bind.parse::<std::net::SocketAddr>().is_err() {
             return bad("http.bind", format!("must be an IP address and port like 127.0.0.1:8080 (got `{}`)", self.http.bind));

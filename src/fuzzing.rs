@@ -78,3 +78,60 @@ pub fn received_data_set(data: &[u8]) -> bool {
         ReceivedUids::Refused(_) => false,
     }
 }
+
+/// Largest single allocation the fuzz targets allow, bytes (64 MiB): four times the
+/// [`FUZZ_MAX_MESSAGE_BYTES`] a growing message buffer may reach; the inputs are at most a few
+/// KB, so anything larger means a length field was trusted.
+pub const FUZZ_MAX_ALLOCATION: usize = 64 << 20;
+
+/// Global allocator of the fuzz targets (`#[global_allocator] static A: BoundedAllocator =
+/// BoundedAllocator;`): the system allocator, except that an allocation or reallocation larger
+/// than [`FUZZ_MAX_ALLOCATION`] writes `fuzz: allocation of N bytes exceeds the limit` to
+/// stderr and aborts — libFuzzer reports the abort as a crash and keeps the input. This finds
+/// unbounded allocations deterministically, without AddressSanitizer's `-malloc_limit_mb`
+/// (which needs its malloc hooks) and without relying on slowness or RSS.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BoundedAllocator;
+
+impl BoundedAllocator {
+    #[cold]
+    fn too_large(size: usize) -> ! {
+        use std::io::Write;
+        // no heap use here: fixed buffer, unbuffered stderr
+        let mut buf = [0u8; 96];
+        let mut w = &mut buf[..];
+        let _ = write!(w, "fuzz: allocation of {size} bytes exceeds the limit of {FUZZ_MAX_ALLOCATION}\n");
+        let n = 96 - w.len();
+        let _ = std::io::stderr().write_all(&buf[..n]);
+        std::process::abort()
+    }
+}
+
+// SAFETY: forwards every call unchanged to `System`, which upholds the `GlobalAlloc`
+// contract; the only addition is aborting before an oversized request.
+unsafe impl std::alloc::GlobalAlloc for BoundedAllocator {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        if layout.size() > FUZZ_MAX_ALLOCATION {
+            Self::too_large(layout.size());
+        }
+        std::alloc::System.alloc(layout)
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        if layout.size() > FUZZ_MAX_ALLOCATION {
+            Self::too_large(layout.size());
+        }
+        std::alloc::System.alloc_zeroed(layout)
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        std::alloc::System.dealloc(ptr, layout)
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        if new_size > FUZZ_MAX_ALLOCATION {
+            Self::too_large(new_size);
+        }
+        std::alloc::System.realloc(ptr, layout, new_size)
+    }
+}

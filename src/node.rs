@@ -41,6 +41,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     let spool = Arc::new(Spool::open(&cfg.spool.dir, cfg.spool.fsync).context("opening the spool")?);
     let mut pipeline = Pipeline::start(&cfg, spool.clone(), Mode::Serve);
     let queues = std::mem::take(&mut pipeline.queue_depths);
+    let health = pipeline.health.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -86,17 +87,19 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let http = http_listener.map(|l| {
-            let state = crate::http::HttpState::new(cfg.clone(), metrics, queues);
+            let state = crate::http::HttpState::new(cfg.clone(), metrics, queues).with_pipeline_health(health.clone());
             tokio::spawn(crate::http::serve(l, state, stop_rx.clone()))
         });
+        let health2 = health.clone();
         tokio::spawn(async move {
             wait_for_signal().await;
+            health2.begin_shutdown();
             let _ = stop_at2.set(Instant::now());
             info!(timeout_s = shutdown_timeout.as_secs_f64(), "shutdown requested; no new associations");
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
             let _ = stop_tx.send(true);
         });
-        notify_ready_and_start_watchdog();
+        notify_ready_and_start_watchdog(health);
         let mut stop = stop_rx.clone();
         let receive = crate::receive::serve_all(ctx, listener, tls_listener, stop_rx);
         tokio::pin!(receive);
@@ -140,25 +143,33 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     result
 }
 
-/// Tell systemd the node is ready (`READY=1`) and, if the service manager asked for a
-/// watchdog (`WATCHDOG_USEC`), ping it (`WATCHDOG=1`) every half interval from the tokio
-/// runtime. Both are no-ops when not started by systemd (`NOTIFY_SOCKET` unset).
-fn notify_ready_and_start_watchdog() {
+/// Tell systemd the node is ready (`READY=1`) and watch the pipeline's health
+/// ([`crate::pipeline::health`]) from the tokio runtime: every half watchdog interval when
+/// the service manager asked for a watchdog (`WATCHDOG_USEC`), else every 5 s. `WATCHDOG=1`
+/// is sent only while every stage thread is healthy (alive, not stalled on one item beyond
+/// `node.stage_stall_seconds`, heartbeat fresh when idle); while one is not, the pings stop —
+/// systemd then restarts the unit after `WatchdogSec=` — and an error naming the stage is
+/// logged. sd_notify calls are no-ops when not started by systemd (`NOTIFY_SOCKET` unset).
+fn notify_ready_and_start_watchdog(health: Arc<crate::pipeline::health::PipelineHealth>) {
     if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
         warn!(error = %e, "sd_notify READY=1 failed");
     }
     let mut usec = 0u64;
-    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
-        let period = Duration::from_micros(usec / 2);
+    let watchdog = sd_notify::watchdog_enabled(false, &mut usec) && usec > 0;
+    let period = if watchdog { Duration::from_micros(usec / 2) } else { Duration::from_secs(5) };
+    if watchdog {
         info!(period_ms = period.as_millis() as u64, "systemd watchdog enabled");
-        tokio::spawn(async move {
-            let mut t = tokio::time::interval(period);
-            loop {
-                t.tick().await;
+    }
+    tokio::spawn(async move {
+        let mut t = tokio::time::interval(period);
+        let mut gate = crate::pipeline::health::WatchdogGate::default();
+        loop {
+            t.tick().await;
+            if gate.tick(&health) && watchdog {
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
             }
-        });
-    }
+        }
+    });
 }
 
 async fn wait_for_signal() {

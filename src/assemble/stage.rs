@@ -298,6 +298,7 @@ pub fn run(
         }
     };
     loop {
+        crate::pipeline::health::idle(); // heartbeat: waiting at most `tick` below
         let deadline = match (tracker.next_deadline(), pairer.next_deadline()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -334,6 +335,7 @@ pub fn run(
             },
             default(wait) => {}
         }
+        crate::pipeline::health::busy(); // assembling due series (reads them) and handing jobs on
         for done in tracker.take_due(Instant::now()) {
             for job in dispatch(&done, &cfg, &spool, &mut tracker, !offline) {
                 send(pairer.offer(job, Instant::now()));

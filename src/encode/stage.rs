@@ -442,7 +442,7 @@ fn fill_outboxes(
 
 /// Run the stage until `rx` disconnects.
 pub fn run(rx: Receiver<Findings>, tx: Sender<Outbound>, ctx: EncodeContext) {
-    for f in rx {
+    for f in crate::pipeline::health::iter(&rx) {
         let span = info_span!("encode", job = %f.segmentation.job.job_id);
         let _g = span.enter();
         match { let _t = crate::http::metrics::StageTimer::new("encode"); encode_findings(&f, &ctx) } {

@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `GET /` | status page ([`page`]): recent jobs with state, deliveries, preview image |
 //! | `GET /healthz` | liveness: `200 ok` while the process serves HTTP |
-//! | `GET /readyz` | readiness ([`readiness`]): `200` when every check passed, else `503`; JSON body |
+//! | `GET /readyz` | readiness ([`readiness`]): `200` when every check passed, else `503`; JSON body; includes the pipeline stage threads' health (`stage:<name>`, live) |
 //! | `GET /metrics` | Prometheus text format 0.0.4 ([`metrics`]) |
 //! | `GET /api/jobs` | JSON array of the `http.recent_jobs` newest jobs ([`jobs::JobStatus`]) |
 //! | `GET /api/jobs/{id}` | one job with findings and volume geometry; `404` if unknown |
@@ -45,12 +45,20 @@ pub struct HttpState {
     pub queues: Arc<metrics::QueueDepths>,
     /// Last readiness result (`None` until the first check finished).
     pub readiness: Arc<RwLock<Option<readiness::Readiness>>>,
+    /// Heartbeats of the pipeline's stage threads (`None`: not reported by `/readyz`).
+    pub pipeline_health: Option<Arc<crate::pipeline::health::PipelineHealth>>,
 }
 
 impl HttpState {
     /// State for `cfg` with the given metrics handle and queue samplers, no readiness yet.
     pub fn new(cfg: Arc<Config>, metrics: Option<PrometheusHandle>, queues: metrics::QueueDepths) -> Self {
-        HttpState { cfg, metrics, queues: Arc::new(queues), readiness: Arc::new(RwLock::new(None)) }
+        HttpState { cfg, metrics, queues: Arc::new(queues), readiness: Arc::new(RwLock::new(None)), pipeline_health: None }
+    }
+
+    /// Report the health of the pipeline's stage threads in `/readyz` (checks `stage:<name>`).
+    pub fn with_pipeline_health(mut self, health: Arc<crate::pipeline::health::PipelineHealth>) -> Self {
+        self.pipeline_health = Some(health);
+        self
     }
 
     fn spool(&self) -> PathBuf {
@@ -136,9 +144,13 @@ fn recent(s: &HttpState) -> Vec<jobs::JobStatus> {
 }
 
 async fn readyz(State(s): State<HttpState>) -> Response {
+    let stages = s.pipeline_health.as_ref().map(|h| readiness::stage_checks(h)).unwrap_or_default();
     match s.readiness.read().expect("readiness lock").clone() {
-        Some(r) => (if r.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(r)).into_response(),
-        None => (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"ready": false, "checks": [], "detail": "first check still running"})))
+        Some(mut r) => {
+            r.add_checks(stages);
+            (if r.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(r)).into_response()
+        }
+        None => (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"ready": false, "checks": stages, "detail": "first check still running"})))
             .into_response(),
     }
 }

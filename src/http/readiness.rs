@@ -8,7 +8,9 @@
 //!   the manifest and an ONNX Runtime session. Checked once per process (a session costs
 //!   memory and seconds); the outcome is kept;
 //! - `destination:<name>`: C-ECHO (PS3.4 A, Verification SOP Class) to each destination
-//!   answers status 0000H.
+//!   answers status 0000H;
+//! - `stage:<name>`: each pipeline stage thread is alive and not stalled
+//!   ([`crate::pipeline::health`]); evaluated at each request (cheap), see [`stage_checks`].
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -113,6 +115,31 @@ impl Checker {
     }
 }
 
+/// One check `stage:<name>` per pipeline stage thread from its heartbeat, judged by
+/// [`crate::pipeline::health::assess`]; the detail says idle/busy since how long, or the problem.
+pub fn stage_checks(health: &crate::pipeline::health::PipelineHealth) -> Vec<Check> {
+    health
+        .report()
+        .into_iter()
+        .map(|r| {
+            let detail = match (&r.problem, r.busy_seconds) {
+                (Some(p), _) => p.clone(),
+                (None, Some(b)) => format!("{:?}, busy for {b:.1} s", r.state),
+                (None, None) => format!("{:?}, idle (heartbeat {:.1} s ago)", r.state, r.heartbeat_age_seconds),
+            };
+            Check { name: format!("stage:{}", r.stage), ok: r.problem.is_none(), detail: detail.to_lowercase() }
+        })
+        .collect()
+}
+
+impl Readiness {
+    /// Add `checks` (e.g. [`stage_checks`], evaluated at request time) and recompute `ready`.
+    pub fn add_checks(&mut self, checks: Vec<Check>) {
+        self.checks.extend(checks);
+        self.ready = self.checks.iter().all(|c| c.ok);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,5 +150,24 @@ mod tests {
         assert!(check_spool(t.path()).is_ok());
         assert!(!t.path().join(".readyz-probe").exists());
         assert!(check_spool(&t.path().join("missing")).unwrap_err().contains("missing"));
+    }
+
+    #[test]
+    fn stage_checks_follow_the_stage_health() {
+        use crate::pipeline::health::{attach, HealthLimits, PipelineHealth};
+        let health = PipelineHealth::new(HealthLimits::with_stall_seconds(3600.0));
+        let hb = health.register("measure");
+        hb.beat_idle();
+        let mut r = Readiness { ready: true, checked_at: String::new(), checks: vec![] };
+        r.add_checks(stage_checks(&health));
+        assert!(r.ready, "{r:?}");
+        assert_eq!(r.checks[0].name, "stage:measure");
+        assert!(r.checks[0].detail.contains("idle"), "{:?}", r.checks[0]);
+        // the thread ends before shutdown: not ready, and the check says why
+        drop(attach(hb));
+        let mut r = Readiness { ready: true, checked_at: String::new(), checks: vec![] };
+        r.add_checks(stage_checks(&health));
+        assert!(!r.ready);
+        assert_eq!(r.checks[0].detail, "stage thread exited");
     }
 }

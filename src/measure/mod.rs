@@ -291,7 +291,7 @@ pub fn measure_job(seg: Segmentation) -> Findings {
 
 /// Run the stage until `rx` disconnects.
 pub fn run(rx: Receiver<Segmentation>, tx: Sender<Findings>) {
-    for seg in rx {
+    for seg in crate::pipeline::health::iter(&rx) {
         if tx.send({ let _t = crate::http::metrics::StageTimer::new("measure"); measure_job(seg) }).is_err() {
             return;
         }

@@ -10,6 +10,7 @@
 //! Dropping the input sender shuts the pipeline down stage by stage;
 //! [`Pipeline::join`] waits for that.
 
+pub mod health;
 pub mod messages;
 
 use std::sync::Arc;
@@ -43,11 +44,26 @@ pub struct Pipeline {
     pub queue_depths: crate::http::metrics::QueueDepths,
     /// Feed the end of associations here (the receive stage), for series completion by association end.
     pub association_events: Sender<messages::AssociationEnded>,
+    /// Heartbeats of the stage threads (for the systemd watchdog and `/readyz`).
+    pub health: Arc<health::PipelineHealth>,
     handles: Vec<(&'static str, JoinHandle<()>)>,
 }
 
-fn spawn(name: &'static str, f: impl FnOnce() + Send + 'static) -> (&'static str, JoinHandle<()>) {
-    let h = std::thread::Builder::new().name(name.into()).spawn(f).expect("spawn stage thread");
+/// Start stage thread `name` with a heartbeat registered in `health` as `stage`.
+fn spawn(
+    health: &health::PipelineHealth,
+    name: &'static str,
+    stage: String,
+    f: impl FnOnce() + Send + 'static,
+) -> (&'static str, JoinHandle<()>) {
+    let hb = health.register(stage);
+    let h = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let _beat = health::attach(hb);
+            f()
+        })
+        .expect("spawn stage thread");
     (name, h)
 }
 
@@ -62,6 +78,7 @@ impl Pipeline {
         let (find_tx, find_rx) = bounded(cap);
         let (out_tx, out_rx) = bounded(cap);
         let mut handles = Vec::new();
+        let health = Arc::new(health::PipelineHealth::new(health::HealthLimits::with_stall_seconds(cfg.node.stage_stall_seconds)));
         let mut queue_depths = crate::http::metrics::QueueDepths::default();
         queue_depths.add("assemble", &inst_rx);
         queue_depths.add("segment", &job_rx);
@@ -79,14 +96,14 @@ impl Pipeline {
         {
             let (cfg, spool) = (cfg.assemble.clone(), spool.clone());
             let offline = mode == Mode::Offline;
-            handles.push(spawn("assemble", move || assemble_stage::run(inst_rx, assoc_rx, job_tx, cfg, spool, tracker, offline)));
+            handles.push(spawn(&health, "assemble", "assemble".into(), move || assemble_stage::run(inst_rx, assoc_rx, job_tx, cfg, spool, tracker, offline)));
         }
         for w in 0..cfg.segment.workers {
             let (rx, tx, seg_cfg, routes) = (job_rx.clone(), seg_tx.clone(), cfg.segment.clone(), cfg.routes.clone());
-            handles.push(spawn("segment", move || crate::segment::stage::run_worker(w, seg_cfg, routes, rx, tx)));
+            handles.push(spawn(&health, "segment", format!("segment#{w}"), move || crate::segment::stage::run_worker(w, seg_cfg, routes, rx, tx)));
         }
         drop((job_rx, seg_tx));
-        handles.push(spawn("measure", move || crate::measure::run(seg_rx, find_tx)));
+        handles.push(spawn(&health, "measure", "measure".into(), move || crate::measure::run(seg_rx, find_tx)));
         let destinations: Vec<_> = if mode == Mode::Serve { cfg.destinations.clone() } else { vec![] };
         let ctx = EncodeContext {
             spool: spool.clone(),
@@ -94,18 +111,19 @@ impl Pipeline {
             ae_title: cfg.node.ae_title.clone(),
             institution_name: cfg.node.institution_name.clone(),
         };
-        handles.push(spawn("encode", move || encode_stage::run(find_rx, out_tx, ctx)));
+        handles.push(spawn(&health, "encode", "encode".into(), move || encode_stage::run(find_rx, out_tx, ctx)));
         let ae = cfg.node.ae_title.clone();
-        handles.push(spawn("send", move || {
+        handles.push(spawn(&health, "send", "send".into(), move || {
             for r in crate::send::run(out_rx, destinations, ae, spool) {
                 info!(report = ?r, "send queue finished");
             }
         }));
-        Pipeline { instances: inst_tx, association_events: assoc_tx, queue_depths, handles }
+        Pipeline { instances: inst_tx, association_events: assoc_tx, queue_depths, health, handles }
     }
 
     /// Close the input and wait until every stage has finished its work and exited.
     pub fn join(self) {
+        self.health.begin_shutdown();
         drop(self.instances);
         drop(self.association_events);
         for (name, h) in self.handles {

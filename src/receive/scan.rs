@@ -70,9 +70,24 @@ fn u32_at(b: &[u8], p: usize) -> u32 {
 }
 
 /// Value representations whose explicit-VR header has a reserved field and a 4-byte length
-/// (PS3.5 Table 7.1-1).
+/// (PS3.5 Table 7.1-1), and every VR this edition of the standard does not define: PS3.5 6.2
+/// says VRs defined in the future shall use that same 12-byte header form (as decoders such as
+/// dicom-rs also read an unknown VR), so the scan and the fallback decoder agree on where an
+/// element with an unknown VR ends — otherwise an unknown VR could pass the scan with a
+/// 2-byte length and make the decoder read a 4-byte length of up to 4 GiB.
 fn has_long_length(vr: [u8; 2]) -> bool {
     matches!(&vr, b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"SV" | b"UC" | b"UN" | b"UR" | b"UT" | b"UV")
+        || !is_defined_vr(vr)
+}
+
+/// The 34 value representations of PS3.5 Table 6.2-1.
+fn is_defined_vr(vr: [u8; 2]) -> bool {
+    matches!(
+        &vr,
+        b"AE" | b"AS" | b"AT" | b"CS" | b"DA" | b"DS" | b"DT" | b"FD" | b"FL" | b"IS" | b"LO" | b"LT" | b"OB" | b"OD" | b"OF"
+            | b"OL" | b"OV" | b"OW" | b"PN" | b"SH" | b"SL" | b"SQ" | b"SS" | b"ST" | b"SV" | b"TM" | b"UC" | b"UI" | b"UL"
+            | b"UN" | b"UR" | b"US" | b"UT" | b"UV"
+    )
 }
 
 /// Walk the element headers of the data set `bytes` encoded as `encoding` (see the module
@@ -315,6 +330,62 @@ mod tests {
         assert_eq!(scan_data_set(&un, DataSetEncoding::ExplicitLittle), ScanOutcome::Unsupported);
         // empty data set: well formed, nothing to decode beyond it
         assert_eq!(scan_data_set(&[], DataSetEncoding::ExplicitLittle), ScanOutcome::WellFormed { header_end: 0, uids: Default::default() });
+    }
+
+    /// Regression (fuzz/regressions/received_data_set-big-endian-slow-open): an element with
+    /// an undefined VR (`II`) has the 12-byte header form (PS3.5 6.2), so its 4-byte length is
+    /// checked against the data set here instead of being left for the full decoder.
+    #[test]
+    fn undefined_vr_has_the_long_header_form() {
+        let h = header();
+        for enc in [DataSetEncoding::ExplicitLittle, DataSetEncoding::ExplicitBig] {
+            let to_enc = |v: Vec<u8>| if enc == DataSetEncoding::ExplicitBig { big_endian(&v) } else { v };
+            // `II` with a 2-byte length 64 and 64 value bytes: read as reserved 0, 4-byte length
+            // from the first value bytes ("1.3." = 0x2E332E31 little endian): far too long
+            let mut el = if enc == DataSetEncoding::ExplicitBig {
+                vec![0x00, 0x20, 0x00, 0x0E, b'I', b'I', 0, 64]
+            } else {
+                vec![0x20, 0x00, 0x0E, 0x00, b'I', b'I', 64, 0]
+            };
+            el.extend_from_slice(b"1.3.6.1.4.1.14519.5.2.1.3671.7001.26191300000000000000000000000\0");
+            assert_eq!(el.len(), 8 + 64);
+            let ds = [to_enc(h[..h.len() - 16].to_vec()), el].concat();
+            let out = scan_data_set(&ds, enc);
+            assert!(matches!(&out, ScanOutcome::Malformed { reason, .. } if reason.contains("value length")), "{enc:?}: {out:?}");
+            // a well-formed element of an undefined VR (12-byte header) is skipped like UN
+            let mut el = vec![0x09, 0x00, 0x10, 0x10, b'X', b'X', 0, 0, 4, 0, 0, 0, 1, 2, 3, 4];
+            if enc == DataSetEncoding::ExplicitBig {
+                el = vec![0x00, 0x09, 0x10, 0x10, b'X', b'X', 0, 0, 0, 0, 0, 4, 1, 2, 3, 4];
+            }
+            let ds = [to_enc(h.clone()), el].concat();
+            assert!(matches!(scan_data_set(&ds, enc), ScanOutcome::WellFormed { .. }), "{enc:?}");
+        }
+    }
+
+    /// `ds` (explicit VR little endian, elements without sequences) re-encoded big endian.
+    fn big_endian(ds: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut p = 0;
+        while p < ds.len() {
+            let vr = [ds[p + 4], ds[p + 5]];
+            out.extend_from_slice(&[ds[p + 1], ds[p], ds[p + 3], ds[p + 2], vr[0], vr[1]]);
+            let len = if has_long_length(vr) {
+                let l = u32_at(ds, p + 8) as usize;
+                out.extend_from_slice(&[0, 0]);
+                out.extend_from_slice(&(l as u32).to_be_bytes());
+                p += 12;
+                l
+            } else {
+                let l = u16_at(ds, p + 6) as usize;
+                out.extend_from_slice(&(l as u16).to_be_bytes());
+                p += 8;
+                l
+            };
+            let end = (p + len).min(ds.len());
+            out.extend_from_slice(&ds[p..end]); // UI/text values: no byte swapping
+            p = end;
+        }
+        out
     }
 
     /// Every DICOM file of the shared test data (real scanner output: sequences, private

@@ -56,6 +56,34 @@ fn data_set_encoding(transfer_syntax: &str, ts: &dicom_encoding::TransferSyntax)
     })
 }
 
+/// Explicit VR Little Endian transfer syntax UID (PS3.5 A.2).
+const EXPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2.1";
+
+/// Largest inflated size of a deflated data set, bytes (1 GiB): a deflate stream can expand
+/// ~1000-fold, so a small message must not be able to claim unbounded memory.
+const MAX_INFLATED_BYTES: u64 = 1 << 30;
+
+/// Inflate a Deflated Explicit VR Little Endian data set (PS3.5 A.5: raw deflate, RFC 1951, no
+/// zlib header), at most [`MAX_INFLATED_BYTES`].
+///
+/// # Errors
+/// [`ReadUidsError::Malformed`] for a corrupt stream or one that inflates past the bound.
+fn inflate_data_set(deflated: &[u8]) -> Result<Vec<u8>, ReadUidsError> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    let mut reader = flate2::read::DeflateDecoder::new(deflated).take(MAX_INFLATED_BYTES + 1);
+    reader
+        .read_to_end(&mut out)
+        .map_err(|e| ReadUidsError::Malformed { offset: 0, reason: format!("deflated data set: {e}") })?;
+    if out.len() as u64 > MAX_INFLATED_BYTES {
+        return Err(ReadUidsError::Malformed {
+            offset: 0,
+            reason: format!("deflated data set inflates past {MAX_INFLATED_BYTES} bytes"),
+        });
+    }
+    Ok(out)
+}
+
 /// Why a data set's UIDs could not be read.
 #[derive(Debug, thiserror::Error)]
 enum ReadUidsError {
@@ -82,6 +110,19 @@ fn read_uids(
     transfer_syntax: &str,
     ts: &dicom_encoding::TransferSyntax,
 ) -> Result<[Option<String>; 4], ReadUidsError> {
+    // Deflated Explicit VR Little Endian (PS3.5 A.5): inflate here, bounded, and treat the result
+    // as Explicit VR Little Endian, so the scan checks its lengths before any decoder trusts them
+    // (dicom-rs reserves a value's full declared length before reading it).
+    let inflated;
+    let (dataset, transfer_syntax, ts) = if matches!(ts.codec(), dicom_encoding::Codec::Dataset(_)) {
+        inflated = inflate_data_set(dataset)?;
+        let explicit = TransferSyntaxRegistry
+            .get(EXPLICIT_VR_LITTLE_ENDIAN)
+            .expect("Explicit VR Little Endian is in the registry");
+        (&inflated[..], EXPLICIT_VR_LITTLE_ENDIAN, explicit)
+    } else {
+        (dataset, transfer_syntax, ts)
+    };
     let needed = [tags::SOP_CLASS_UID, tags::SOP_INSTANCE_UID, tags::STUDY_INSTANCE_UID, tags::SERIES_INSTANCE_UID];
     let decode = |bytes: &[u8]| -> Result<[Option<String>; 4], ReadUidsError> {
         let obj = InMemDicomObject::read_dataset_with_ts(bytes, ts)?;

@@ -27,7 +27,7 @@ pub fn run_worker(
     tx: Sender<Segmentation>,
 ) {
     let mut analyses: HashMap<String, Box<dyn super::Analysis>> = HashMap::new();
-    for job in rx {
+    for job in crate::pipeline::health::iter(&rx) {
         let routed = super::routing::choose(&routes, &cfg.analysis, &job.header);
         let analysis_name = routed.analysis.to_string();
         let span = info_span!("segment", job = %job.job_id, analysis = %analysis_name, route = routed.route.unwrap_or("default"));

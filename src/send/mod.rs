@@ -160,7 +160,7 @@ pub fn run(
             }
         }
     }
-    for o in rx.iter() {
+    for o in crate::pipeline::health::iter(&rx) {
         if recovered.remove(&o.path) {
             continue; // already queued from the outbox scan
         }
