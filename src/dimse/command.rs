@@ -281,6 +281,15 @@ fn check_element_lengths(bytes: &[u8]) -> Result<(), DimseError> {
         let Some(header) = bytes.get(pos..pos + 8) else {
             return Err(DimseError::CommandDecode { message: format!("truncated element header at byte {pos}") });
         };
+        let group = u16::from_le_bytes([header[0], header[1]]);
+        if group != 0x0000 {
+            // PS3.7 6.3.1 / E.1: a command set holds only command elements (group 0000), none of
+            // them a sequence. Refusing other groups keeps the decoder from descending into a
+            // value its dictionary calls SQ, whose nested lengths this walk does not check.
+            return Err(DimseError::CommandDecode {
+                message: format!("element ({group:04X},{:04X}) at byte {pos} is not a command element", u16::from_le_bytes([header[2], header[3]])),
+            });
+        }
         let len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
         if len > bytes.len() - pos - 8 {
             return Err(DimseError::CommandDecode {
@@ -299,6 +308,17 @@ fn truncate_comment(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    /// PS3.7 E.1: only group-0000 elements belong in a command set; another group is refused
+    /// before decoding (the decoder would otherwise descend into a value its dictionary calls SQ).
+    #[test]
+    fn non_command_group_element_is_refused() {
+        let mut cmd = Vec::new();
+        cmd.extend_from_slice(&[0, 0, 0, 0, 4, 0, 0, 0, 8, 0, 0, 0]); // (0000,0000) UL 8
+        cmd.extend_from_slice(&[0x08, 0, 0x15, 0x11, 0, 0, 0, 0]); // (0008,1115) SQ, empty
+        let err = CommandSet::decode(&cmd).unwrap_err().to_string();
+        assert!(err.contains("not a command element"), "{err}");
+    }
     use super::*;
 
     /// Walk Implicit VR LE elements: (tag, value bytes).

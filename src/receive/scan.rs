@@ -80,6 +80,18 @@ fn has_long_length(vr: [u8; 2]) -> bool {
         || !is_defined_vr(vr)
 }
 
+/// Whether a decoder reading Implicit VR Little Endian (PS3.5 A.1) takes `tag`'s value as a
+/// sequence: the standard data dictionary (PS3.6) gives it VR SQ. Such defined-length values are
+/// entered and their items checked, because dicom-rs descends into them and would otherwise
+/// trust nested lengths the scan never saw (found by the `received_data_set` fuzz target).
+fn implicit_vr_is_sequence(tag: (u16, u16)) -> bool {
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
+    matches!(
+        dicom_dictionary_std::StandardDataDictionary.by_tag(dicom_core::Tag(tag.0, tag.1)).map(|e| e.vr()),
+        Some(VirtualVr::Exact(dicom_core::VR::SQ))
+    )
+}
+
 /// The 34 value representations of PS3.5 Table 6.2-1.
 fn is_defined_vr(vr: [u8; 2]) -> bool {
     matches!(
@@ -205,7 +217,7 @@ pub fn scan_data_set(bytes: &[u8], encoding: DataSetEncoding) -> ScanOutcome {
                 uids[i] = Some(pos + header..pos + header + len);
             }
         }
-        if vr.is_some_and(|v| &v == b"SQ") && len > 0 {
+        if (vr.is_some_and(|v| &v == b"SQ") || (vr.is_none() && implicit_vr_is_sequence(tag))) && len > 0 {
             // enter defined-length sequences too, so their items are checked
             stack.push(Frame::Sequence { end: Some(pos + header + len) });
             pos += header;
@@ -330,6 +342,20 @@ mod tests {
         assert_eq!(scan_data_set(&un, DataSetEncoding::ExplicitLittle), ScanOutcome::Unsupported);
         // empty data set: well formed, nothing to decode beyond it
         assert_eq!(scan_data_set(&[], DataSetEncoding::ExplicitLittle), ScanOutcome::WellFormed { header_end: 0, uids: Default::default() });
+    }
+
+    /// Implicit VR: a defined-length value whose dictionary VR is SQ (ReferencedSeriesSequence
+    /// (0008,1115)) is entered, so a nested length beyond its item is refused here rather than
+    /// trusted by dicom-rs, which descends into it; a non-SQ tag's value stays opaque.
+    #[test]
+    fn implicit_vr_sequences_from_the_dictionary_are_entered() {
+        let nested = [raw((0x0008, 0x1150), 0x3100_0000)].concat(); // claims ~800 MB inside the item
+        let item = [raw((0xFFFE, 0xE000), nested.len() as u32), nested.clone()].concat();
+        let sq = [raw((0x0008, 0x1115), item.len() as u32), item.clone()].concat();
+        assert!(matches!(scan_data_set(&sq, DataSetEncoding::ImplicitLittle), ScanOutcome::Malformed { .. }));
+        // the same bytes under a tag the dictionary does not call SQ (StudyDescription) are opaque
+        let opaque = [raw((0x0008, 0x1030), item.len() as u32), item].concat();
+        assert!(matches!(scan_data_set(&opaque, DataSetEncoding::ImplicitLittle), ScanOutcome::WellFormed { .. }));
     }
 
     /// Regression (fuzz/regressions/received_data_set-big-endian-slow-open): an element with
