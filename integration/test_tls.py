@@ -168,6 +168,13 @@ def test_tls_client_verification_and_plain_clients_on_the_tls_port(start_node, p
     ok = echoscu_tls(tls_port, node.ae_title, tls_args(pki.client_key, pki.client_crt, pki.ca))
     assert ok.returncode == 0, support.describe(ok)
     assert support.echoscu(node.port, node.ae_title).returncode == 0
+    # `myonode echo` over TLS (the CLI's --tls-* options), calling as an allowed AE title
+    env = {**support.clean_env(), "MYONODE__NODE__AE_TITLE": "ECHOSCU"}
+    cli = [str(support.node_binary()), "echo", "--port", str(tls_port), "--aet", node.ae_title, "--tls-ca", str(pki.ca)]
+    own = support.run([*cli, "--tls-cert", str(pki.client_crt), "--tls-key", str(pki.client_key)], env=env, timeout=60)
+    assert own.returncode == 0 and "status 0x0000" in own.stdout, support.describe(own)
+    no_cert = support.run(cli, env=env, timeout=60)  # the node requires a client certificate
+    assert no_cert.returncode != 0, support.describe(no_cert)
     assert node.proc.poll() is None
     # the allow-list applies to TLS associations too
     bad_ae = support.run([support.require_tool("echoscu"), "-aet", "NOT_LISTED", "-aec", node.ae_title,

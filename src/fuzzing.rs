@@ -3,6 +3,8 @@
 //! with arbitrary bytes. Each must return normally for every input — a panic, an abort or an
 //! unbounded allocation is a bug — and checks invariants the receive path relies on.
 
+use dicom_encoding::TransferSyntaxIndex;
+
 use crate::dimse::command::CommandSet;
 use crate::dimse::message::MessageAssembler;
 use crate::receive::store::{read_uids_checked, ReceivedUids};
@@ -58,14 +60,19 @@ pub fn pdu_and_command(data: &[u8]) -> usize {
 pub const FUZZ_TRANSFER_SYNTAXES: [&str; 5] =
     ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.50"];
 
-/// The data set path of a received C-STORE: `data[0]` selects one of
-/// [`FUZZ_TRANSFER_SYNTAXES`], `data[1..]` is the data set, run through
-/// [`read_uids_checked`] (structural scan + dicom-rs fallback + UID validation). Returns
-/// whether the instance would be accepted.
+/// The data set path of a received C-STORE and of its later decoding: `data[0]` selects one of
+/// [`FUZZ_TRANSFER_SYNTAXES`], `data[1..]` is the data set, run through [`read_uids_checked`]
+/// (structural scan + UID validation), as the SCP does before acknowledging. An accepted data
+/// set is then decoded in full with dicom-rs, as the assemble stage decodes every stored
+/// instance: the scan must refuse whatever dicom-rs would read with element boundaries the scan
+/// did not check, so under [`BoundedAllocator`] any disagreement that lets dicom-rs trust a
+/// length is a finding. (Deflated inputs are decoded from their bounded inflation, as Explicit
+/// VR Little Endian.) Returns whether the instance would be accepted.
 ///
 /// # Panics
 /// Only if an invariant breaks: an accepted UID that could escape the spool folder.
 pub fn received_data_set(data: &[u8]) -> bool {
+    use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
     let Some((&selector, dataset)) = data.split_first() else { return false };
     let ts = FUZZ_TRANSFER_SYNTAXES[selector as usize % FUZZ_TRANSFER_SYNTAXES.len()];
     match read_uids_checked(dataset, ts) {
@@ -73,6 +80,18 @@ pub fn received_data_set(data: &[u8]) -> bool {
             for u in &uids {
                 assert!(is_valid_uid(u) && !u.contains('/') && !u.contains(".."), "unsafe UID accepted: {u:?}");
             }
+            let (bytes, ts) = if ts == "1.2.840.10008.1.2.1.99" {
+                let mut inflated = Vec::new();
+                let mut r = std::io::Read::take(flate2::read::DeflateDecoder::new(dataset), 1 << 30);
+                if std::io::Read::read_to_end(&mut r, &mut inflated).is_err() {
+                    return true;
+                }
+                (std::borrow::Cow::Owned(inflated), "1.2.840.10008.1.2.1")
+            } else {
+                (std::borrow::Cow::Borrowed(dataset), ts)
+            };
+            let ts = TransferSyntaxRegistry.get(ts).expect("fuzzed transfer syntaxes are registered");
+            let _ = dicom_object::InMemDicomObject::read_dataset_with_ts(&bytes[..], ts);
             true
         }
         ReceivedUids::Refused(_) => false,

@@ -50,13 +50,30 @@ enum Command {
     },
     /// C-ECHO (verification) to a DICOM node.
     Echo {
+        /// Echo this configured destination (its host, port, AE title and `tls` settings)
+        /// instead of `--host/--port/--aet`.
+        #[arg(long, conflicts_with_all = ["host", "port", "aet", "tls_ca"])]
+        destination: Option<String>,
         #[arg(long, default_value = "127.0.0.1")]
         host: String,
-        #[arg(long)]
-        port: u16,
+        #[arg(long, required_unless_present = "destination")]
+        port: Option<u16>,
         /// Called AE title.
         #[arg(long, default_value = "ANY-SCP")]
         aet: String,
+        /// DICOM TLS (PS3.15 B.1): PEM file with the CA certificate(s) the peer's server
+        /// certificate must chain to. Without it the association is plain TCP.
+        #[arg(long)]
+        tls_ca: Option<PathBuf>,
+        /// PEM client certificate chain, for peers that require client authentication (with `--tls-key`).
+        #[arg(long, requires_all = ["tls_ca", "tls_key"])]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key of `--tls-cert`.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Name the server certificate must be valid for (default: `--host`).
+        #[arg(long, requires = "tls_ca")]
+        tls_server_name: Option<String>,
     },
     /// C-STORE files to a configured destination (by name).
     Send {
@@ -103,12 +120,14 @@ fn main() -> ExitCode {
             println!("configuration OK");
             Ok(())
         }
-        Command::Echo { host, port, aet } => myonode::send::c_echo(&aet, &host, port, &cfg.node.ae_title)
-            .map_err(anyhow::Error::from)
-            .and_then(|status| {
+        Command::Echo { destination, host, port, aet, tls_ca, tls_cert, tls_key, tls_server_name } => {
+            echo_destination(&cfg, destination, host, port, aet, tls_ca, tls_cert, tls_key, tls_server_name)
+                .and_then(|dest| myonode::send::c_echo_destination(&dest, &cfg.node.ae_title).map_err(anyhow::Error::from))
+                .and_then(|status| {
                 println!("C-ECHO-RSP status 0x{status:04X}");
-                if status == 0 { Ok(()) } else { Err(anyhow::anyhow!("C-ECHO failed with status 0x{status:04X}")) }
-            }),
+                    if status == 0 { Ok(()) } else { Err(anyhow::anyhow!("C-ECHO failed with status 0x{status:04X}")) }
+                })
+        }
         Command::Send { destination, files } => send_files(&cfg, &destination, &files),
         Command::Models => list_models(&cfg),
         Command::Inspect { dir, json } => myonode::assemble::inspect::inspect(&dir, &cfg.assemble)
@@ -128,6 +147,41 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The peer `myonode echo` talks to: a configured destination by name, or one built from the
+/// command-line options (with DICOM TLS when `--tls-ca` is given; files checked as at start-up).
+#[allow(clippy::too_many_arguments)]
+fn echo_destination(
+    cfg: &Config,
+    destination: Option<String>,
+    host: String,
+    port: Option<u16>,
+    aet: String,
+    tls_ca: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_server_name: Option<String>,
+) -> anyhow::Result<myonode::config::DestinationConfig> {
+    if let Some(name) = destination {
+        return cfg
+            .destinations
+            .iter()
+            .find(|d| d.name == name)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("no destination named `{name}` in the configuration"));
+    }
+    let tls = tls_ca.map(|ca| myonode::config::DestinationTlsConfig { ca, cert: tls_cert, key: tls_key, server_name: tls_server_name });
+    Ok(myonode::config::DestinationConfig {
+        name: "echo".into(),
+        ae_title: aet,
+        host,
+        port: port.expect("clap requires --port without --destination"),
+        max_attempts: 1,
+        retry_delay_seconds: 0.0,
+        outputs: vec![],
+        tls,
+    })
 }
 
 fn send_files(cfg: &Config, destination: &str, files: &[PathBuf]) -> anyhow::Result<()> {

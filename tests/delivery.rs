@@ -443,7 +443,7 @@ fn rejected_sop_class_and_refused_association_are_dead_lettered_others_unaffecte
         tx.send(o.clone()).unwrap();
     }
     drop(tx);
-    let reports = myonode::send::run(rx, dests, "MYONODE".into(), spool.clone());
+    let reports = myonode::send::run(rx, dests, "MYONODE".into(), spool.clone(), None);
     let counts: Vec<(&str, u64, u64)> = reports.iter().map(|r| (r.name.as_str(), r.delivered, r.failed)).collect();
     assert_eq!(counts, [("good", 2, 0), ("noseg", 1, 2), ("refusing", 0, 2)]);
 
@@ -563,4 +563,38 @@ fn planar_sr_with_nothing_to_draw_is_skipped_and_a_rerun_does_not_retry_it() {
     assert_eq!(again.len(), 1, "{again:?}");
     assert_eq!(again[0].sop_instance_uid, out[0].sop_instance_uid, "re-run re-uses the SEG instead of encoding anew");
     assert_eq!(std::fs::read_dir(tmp.path().join("spool/outbox/ohif")).unwrap().count(), 1);
+}
+
+/// Each destination's send thread keeps its own heartbeat `send-<destination>` (issue #7):
+/// registered when the send stage starts, idle and refreshed while waiting for work, busy while
+/// delivering, and marked exited when the queue drains at shutdown, so `/readyz` and the
+/// systemd watchdog see a destination thread that died or hangs.
+#[test]
+fn destination_threads_keep_heartbeats() {
+    use myonode::pipeline::health::{HealthLimits, PipelineHealth, StageState};
+    let pacs = StoreScp::start(&[]);
+    let dests = vec![pacs.dest("pacs")];
+    let (tmp, _job, out) = run(&[("pacs", &[SegBinary])]);
+    let spool = Arc::new(Spool::open(&tmp.path().join("spool"), false).unwrap());
+    let health = Arc::new(PipelineHealth::new(HealthLimits::with_stall_seconds(3600.0)));
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let h = health.clone();
+    let sender = std::thread::spawn(move || myonode::send::run(rx, dests, "MYONODE".into(), spool, Some(h)));
+    let snapshot = |name: &str| health.snapshots().into_iter().find(|s| s.stage == name);
+    // waiting for work: running, idle, heartbeat refreshed within HEARTBEAT_INTERVAL
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let s = snapshot("send-pacs").expect("send-pacs registered");
+    assert_eq!((s.state, s.busy_for), (StageState::Running, None), "{s:?}");
+    assert!(s.silent_for < std::time::Duration::from_millis(1500), "{s:?}");
+    assert!(health.problems().is_empty(), "{:?}", health.problems());
+    for o in of(&out, "pacs") {
+        tx.send(o.clone()).unwrap();
+    }
+    drop(tx);
+    health.begin_shutdown();
+    let reports = sender.join().unwrap();
+    assert_eq!(reports[0].delivered, 1);
+    assert_eq!(snapshot("send-pacs").unwrap().state, StageState::Exited);
+    // exited during shutdown is not a problem
+    assert!(health.problems().is_empty(), "{:?}", health.problems());
 }

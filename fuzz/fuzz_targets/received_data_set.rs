@@ -1,4 +1,4 @@
-//! C-STORE data set → structural scan / dicom-rs fallback → UID validation
+//! C-STORE data set → structural scan → UID validation → full dicom-rs decode (as assemble)
 //! (`myonode::fuzzing::received_data_set`; first byte selects the transfer syntax).
 #![no_main]
 use libfuzzer_sys::fuzz_target;

@@ -218,76 +218,95 @@ impl CommandSet {
         Ok(out)
     }
 
-    /// Decode a command set from Implicit VR Little Endian bytes (PS3.7 E.1).
+    /// Decode a command set from Implicit VR Little Endian bytes (PS3.7 E.1) with this
+    /// module's own bounded reader: every element header (tag, 4-byte length; PS3.5 7.1.3) is
+    /// checked against the bytes present before its value is looked at, and values are
+    /// borrowed from `bytes`, never allocated from a declared length. No general-purpose
+    /// decoder sees the received bytes (dicom-rs reserves and zero-fills a value's declared
+    /// length before reading it, which made a few hundred crafted bytes cost up to ~1 GiB;
+    /// found by the `pdu_and_command` fuzz target).
+    ///
+    /// Elements this node does not use (CommandGroupLength, OffendingElement, the C-MOVE/C-GET
+    /// sub-operation counters, …) are skipped. A repeated element keeps its last value.
     ///
     /// # Errors
-    /// [`DimseError::CommandDecode`] if the bytes are not a valid data set or an element
-    /// has the wrong type; [`DimseError::MissingCommandElement`] if CommandField or
-    /// CommandDataSetType is absent.
+    /// [`DimseError::CommandDecode`] for a truncated element header, a length beyond the bytes
+    /// present or undefined (command sets hold no sequences), an element outside group 0000
+    /// (PS3.7 E.1), or a US element whose value is not exactly 2 bytes (VM 1, PS3.7 Table E.1-1);
+    /// [`DimseError::MissingCommandElement`] if CommandField or CommandDataSetType is absent.
     pub fn decode(bytes: &[u8]) -> Result<CommandSet, DimseError> {
-        check_element_lengths(bytes)?;
-        let obj = InMemDicomObject::read_dataset_with_ts(bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
-            .map_err(|e| DimseError::CommandDecode { message: e.to_string() })?;
-        let u16_of = |tag: Tag, name: &'static str| -> Result<Option<u16>, DimseError> {
-            match obj.get(tag) {
-                None => Ok(None),
-                Some(e) => e
-                    .to_int::<u16>()
-                    .map(Some)
-                    .map_err(|err| DimseError::CommandDecode { message: format!("{name} {tag}: {err}") }),
+        let mut cmd = CommandSet::default();
+        let (mut command_field, mut command_data_set_type) = (None, None);
+        for element in CommandElements::new(bytes) {
+            let (tag, value) = element?;
+            let us = |name: &'static str| -> Result<u16, DimseError> {
+                match value {
+                    [a, b] => Ok(u16::from_le_bytes([*a, *b])),
+                    _ => Err(DimseError::CommandDecode {
+                        message: format!("{name} {tag}: US value of {} bytes (expected 2)", value.len()),
+                    }),
+                }
+            };
+            // UI, AE and LO values of a command set use the default repertoire (ISO-IR 6, PS3.5
+            // 6.1.2.1; no SpecificCharacterSet applies to group 0000): other bytes become '?',
+            // which no UID contains, so the value stays encodable (responses echo it) and a UID
+            // carrying it fails validation
+            let text = || {
+                let s: String = value.iter().map(|&b| if b.is_ascii() { b as char } else { '?' }).collect();
+                Some(s.trim_end_matches(['\0', ' ']).trim_start().to_string())
+            };
+            match tag {
+                tags::COMMAND_FIELD => command_field = Some(us("CommandField")?),
+                tags::COMMAND_DATA_SET_TYPE => command_data_set_type = Some(us("CommandDataSetType")?),
+                tags::AFFECTED_SOP_CLASS_UID => cmd.affected_sop_class_uid = text(),
+                tags::MESSAGE_ID => cmd.message_id = Some(us("MessageID")?),
+                tags::MESSAGE_ID_BEING_RESPONDED_TO => {
+                    cmd.message_id_being_responded_to = Some(us("MessageIDBeingRespondedTo")?)
+                }
+                tags::PRIORITY => cmd.priority = Some(us("Priority")?),
+                tags::STATUS => cmd.status = Some(us("Status")?),
+                tags::ERROR_COMMENT => cmd.error_comment = text(),
+                tags::AFFECTED_SOP_INSTANCE_UID => cmd.affected_sop_instance_uid = text(),
+                tags::MOVE_ORIGINATOR_APPLICATION_ENTITY_TITLE => cmd.move_originator_ae_title = text(),
+                tags::MOVE_ORIGINATOR_MESSAGE_ID => cmd.move_originator_message_id = Some(us("MoveOriginatorMessageID")?),
+                _ => {}
             }
-        };
-        let str_of = |tag: Tag, name: &'static str| -> Result<Option<String>, DimseError> {
-            match obj.get(tag) {
-                None => Ok(None),
-                Some(e) => e
-                    .to_str()
-                    .map(|s| Some(s.trim_end_matches(['\0', ' ']).trim_start().to_string()))
-                    .map_err(|err| DimseError::CommandDecode { message: format!("{name} {tag}: {err}") }),
-            }
-        };
-        let command_field = u16_of(tags::COMMAND_FIELD, "CommandField")?
-            .ok_or(DimseError::MissingCommandElement { name: "CommandField", tag: tags::COMMAND_FIELD })?;
-        let command_data_set_type = u16_of(tags::COMMAND_DATA_SET_TYPE, "CommandDataSetType")?.ok_or(
-            DimseError::MissingCommandElement { name: "CommandDataSetType", tag: tags::COMMAND_DATA_SET_TYPE },
-        )?;
-        Ok(CommandSet {
-            command_field,
-            affected_sop_class_uid: str_of(tags::AFFECTED_SOP_CLASS_UID, "AffectedSOPClassUID")?,
-            message_id: u16_of(tags::MESSAGE_ID, "MessageID")?,
-            message_id_being_responded_to: u16_of(tags::MESSAGE_ID_BEING_RESPONDED_TO, "MessageIDBeingRespondedTo")?,
-            priority: u16_of(tags::PRIORITY, "Priority")?,
-            command_data_set_type,
-            status: u16_of(tags::STATUS, "Status")?,
-            error_comment: str_of(tags::ERROR_COMMENT, "ErrorComment")?,
-            affected_sop_instance_uid: str_of(tags::AFFECTED_SOP_INSTANCE_UID, "AffectedSOPInstanceUID")?,
-            move_originator_ae_title: str_of(
-                tags::MOVE_ORIGINATOR_APPLICATION_ENTITY_TITLE,
-                "MoveOriginatorApplicationEntityTitle",
-            )?,
-            move_originator_message_id: u16_of(tags::MOVE_ORIGINATOR_MESSAGE_ID, "MoveOriginatorMessageID")?,
-        })
+        }
+        cmd.command_field =
+            command_field.ok_or(DimseError::MissingCommandElement { name: "CommandField", tag: tags::COMMAND_FIELD })?;
+        cmd.command_data_set_type = command_data_set_type.ok_or(DimseError::MissingCommandElement {
+            name: "CommandDataSetType",
+            tag: tags::COMMAND_DATA_SET_TYPE,
+        })?;
+        Ok(cmd)
     }
 }
 
-/// Walk the Implicit VR Little Endian element headers of a command set (tag, 4-byte length;
-/// PS3.5 7.1.3, PS3.7 E.1) and refuse a length beyond the bytes present or undefined
-/// (FFFFFFFFH: command sets hold no sequences), before dicom-rs decodes it: a length field
-/// near 4 GiB in a short command would otherwise make the decoder allocate for it (found by
-/// the `pdu_and_command` fuzz target).
-fn check_element_lengths(bytes: &[u8]) -> Result<(), DimseError> {
-    let mut pos = 0usize;
-    while pos < bytes.len() {
+/// Iterator over the elements of an Implicit VR Little Endian command set (PS3.5 7.1.3,
+/// PS3.7 E.1): `(tag, value bytes)`, borrowed from the input. Yields an error and stops at a
+/// truncated header, a length beyond the bytes present or undefined (FFFFFFFFH: command sets
+/// hold no sequences), or an element outside group 0000.
+struct CommandElements<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    failed: bool,
+}
+
+impl<'a> CommandElements<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        CommandElements { bytes, pos: 0, failed: false }
+    }
+
+    fn next_element(&mut self) -> Result<(Tag, &'a [u8]), DimseError> {
+        let (bytes, pos) = (self.bytes, self.pos);
         let Some(header) = bytes.get(pos..pos + 8) else {
             return Err(DimseError::CommandDecode { message: format!("truncated element header at byte {pos}") });
         };
-        let group = u16::from_le_bytes([header[0], header[1]]);
-        if group != 0x0000 {
-            // PS3.7 6.3.1 / E.1: a command set holds only command elements (group 0000), none of
-            // them a sequence. Refusing other groups keeps the decoder from descending into a
-            // value its dictionary calls SQ, whose nested lengths this walk does not check.
+        let tag = Tag(u16::from_le_bytes([header[0], header[1]]), u16::from_le_bytes([header[2], header[3]]));
+        if tag.group() != 0x0000 {
+            // PS3.7 6.3.1 / E.1: a command set holds only command elements (group 0000)
             return Err(DimseError::CommandDecode {
-                message: format!("element ({group:04X},{:04X}) at byte {pos} is not a command element", u16::from_le_bytes([header[2], header[3]])),
+                message: format!("element {tag} at byte {pos} is not a command element"),
             });
         }
         let len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
@@ -296,9 +315,22 @@ fn check_element_lengths(bytes: &[u8]) -> Result<(), DimseError> {
                 message: format!("element length {len} at byte {pos} exceeds the command set ({} bytes)", bytes.len()),
             });
         }
-        pos += 8 + len;
+        self.pos = pos + 8 + len;
+        Ok((tag, &bytes[pos + 8..pos + 8 + len]))
     }
-    Ok(())
+}
+
+impl<'a> Iterator for CommandElements<'a> {
+    type Item = Result<(Tag, &'a [u8]), DimseError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed || self.pos >= self.bytes.len() {
+            return None;
+        }
+        let item = self.next_element();
+        self.failed = item.is_err();
+        Some(item)
+    }
 }
 
 /// Truncate to the 64 characters LO allows, on a character boundary.
@@ -384,6 +416,43 @@ mod tests {
         // group length (12) + SOP class (8+18) + field (10) + MsgIDBRT (10) + DST (10) + status (10)
         assert_eq!(bytes.len(), 12 + 8 + 18 + 10 + 10 + 10 + 10);
         assert_eq!(CommandSet::decode(&bytes).unwrap(), e_rsp);
+    }
+
+    /// The bounded reader: a declared length beyond the bytes present is refused without
+    /// allocating it, a US value of the wrong size is an error, and elements this node does not
+    /// use (CommandGroupLength, the C-MOVE sub-operation counters) are skipped.
+    #[test]
+    fn bounded_reader_checks_lengths_and_types() {
+        let rq = CommandSet::c_store_rq(9, "1.2.840.10008.5.1.4.1.1.4", "1.2.3.4", priority::LOW);
+        let mut bytes = rq.encode().unwrap();
+        // NumberOfRemainingSuboperations (0000,1020) US 5: not used, skipped
+        bytes.extend_from_slice(&[0x00, 0x00, 0x20, 0x10, 2, 0, 0, 0, 5, 0]);
+        assert_eq!(CommandSet::decode(&bytes).unwrap(), rq);
+        // an ErrorComment (0000,0902) declaring ~1 GiB in a 30-byte command
+        let mut huge = bytes.clone();
+        huge.extend_from_slice(&[0x00, 0x00, 0x02, 0x09, 0, 0, 0, 0x40, b'x', b'y']);
+        let err = CommandSet::decode(&huge).unwrap_err().to_string();
+        assert!(err.contains("exceeds the command set"), "{err}");
+        // undefined length
+        let mut undefined = bytes.clone();
+        undefined.extend_from_slice(&[0x00, 0x00, 0x02, 0x09, 0xff, 0xff, 0xff, 0xff]);
+        assert!(CommandSet::decode(&undefined).is_err());
+        // CommandField (0000,0100) with a 4-byte value
+        let bad_us = [0x00, 0x00, 0x00, 0x01, 4, 0, 0, 0, 1, 0, 0, 0, 0x00, 0x00, 0x00, 0x08, 2, 0, 0, 0, 1, 1];
+        let err = CommandSet::decode(&bad_us).unwrap_err().to_string();
+        assert!(err.contains("CommandField") && err.contains("4 bytes"), "{err}");
+        // a non-ASCII byte in a UID (found by the fuzz target): decoded as '?', and the command
+        // still re-encodes, so a response echoing it can be sent
+        let mut latin = CommandSet::c_store_rq(1, "1.2.3", "1.2.3.4", priority::MEDIUM).encode().unwrap();
+        let at = latin.windows(5).position(|w| w == b"1.2.3").unwrap();
+        latin[at + 1] = 0x80;
+        let odd = CommandSet::decode(&latin).unwrap();
+        assert_eq!(odd.affected_sop_class_uid.as_deref(), Some("1?2.3"));
+        odd.encode().unwrap();
+        // truncated header after a valid element
+        let mut cut = bytes.clone();
+        cut.extend_from_slice(&[0x00, 0x00, 0x02]);
+        assert!(CommandSet::decode(&cut).unwrap_err().to_string().contains("truncated element header"));
     }
 
     #[test]

@@ -113,8 +113,9 @@ impl Pipeline {
         };
         handles.push(spawn(&health, "encode", "encode".into(), move || encode_stage::run(find_rx, out_tx, ctx)));
         let ae = cfg.node.ae_title.clone();
+        let send_health = health.clone();
         handles.push(spawn(&health, "send", "send".into(), move || {
-            for r in crate::send::run(out_rx, destinations, ae, spool) {
+            for r in crate::send::run(out_rx, destinations, ae, spool, Some(send_health)) {
                 info!(report = ?r, "send queue finished");
             }
         }));

@@ -13,8 +13,14 @@
 //! and implicit VR (7.1.3); nested data sets with defined or undefined lengths, Item
 //! (FFFE,E000), Item Delimitation (FFFE,E00D) and Sequence Delimitation (FFFE,E0DD) (7.5);
 //! encapsulated pixel data as a sequence of fragment items (A.4). Little-endian and Explicit VR
-//! Big Endian (7.3), non-deflated transfer syntaxes are scanned; others are reported as
-//! [`ScanOutcome::Unsupported`] and the caller decodes the data set fully instead.
+//! Big Endian (7.3) data sets are scanned; a Deflated data set is inflated by the caller first.
+//!
+//! The scan is the only reader of received bytes on the C-STORE path: the four UIDs are taken
+//! from the value ranges it reports, and no decoder that trusts declared lengths sees a data set
+//! the scan has not accepted. Because the assemble stage later decodes accepted files with
+//! dicom-rs, the scan refuses what dicom-rs would read with different element boundaries:
+//! UN of undefined length (PS3.5 6.2.2 puts Implicit VR content inside it; dicom-rs reads it
+//! in the outer encoding) and nesting deeper than [`MAX_NESTING`].
 
 /// The tag after which the receive path needs no more attributes: SeriesInstanceUID (0020,000E).
 const LAST_NEEDED: (u16, u16) = (0x0020, 0x000E);
@@ -24,6 +30,10 @@ const PIXEL_DATA: (u16, u16) = (0x7FE0, 0x0010);
 /// SeriesInstanceUID (0020,000E).
 pub const UID_TAGS: [(u16, u16); 4] = [(0x0008, 0x0016), (0x0008, 0x0018), (0x0020, 0x000D), (0x0020, 0x000E)];
 const UNDEFINED: u32 = 0xFFFF_FFFF;
+/// Deepest nesting of sequences and items the scan accepts (each level is a Sequence or an
+/// Item frame, so 64 frames = 32 levels of nested sequences; real objects use fewer than 10).
+/// Bounds the scan's work per element and the recursion of the decoders that read the file later.
+pub const MAX_NESTING: usize = 64;
 
 /// Result of [`scan_data_set`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,11 +42,9 @@ pub enum ScanOutcome {
     /// SeriesInstanceUID (0020,000E) occupy `bytes[..header_end]` (a valid data set on its own).
     /// `uids` holds the byte ranges of the values of the top-level [`UID_TAGS`], where present.
     WellFormed { header_end: usize, uids: [Option<std::ops::Range<usize>>; 4] },
-    /// Not well formed: the reason and the byte offset where scanning stopped.
+    /// Not well formed, or using an encoding this node refuses (UN of undefined length, nesting
+    /// deeper than [`MAX_NESTING`]): the reason and the byte offset where scanning stopped.
     Malformed { offset: usize, reason: String },
-    /// The encoding is not one this scanner handles (big endian, deflated, UN of undefined
-    /// length); decode the data set fully instead.
-    Unsupported,
 }
 
 /// How the data set bytes are encoded (from the negotiated transfer syntax).
@@ -150,6 +158,9 @@ pub fn scan_data_set(bytes: &[u8], encoding: DataSetEncoding) -> ScanOutcome {
                     pos += 8 + len as usize;
                 }
                 (0xE000, Some(Frame::Sequence { .. })) => {
+                    if stack.len() >= MAX_NESTING {
+                        return bad(pos, "sequences nested too deeply");
+                    }
                     if len == UNDEFINED {
                         stack.push(Frame::Item { end: None });
                     } else if (len as usize) > limit - pos - 8 {
@@ -197,13 +208,20 @@ pub fn scan_data_set(bytes: &[u8], encoding: DataSetEncoding) -> ScanOutcome {
             let frame = match vr {
                 Some(v) if &v == b"SQ" => Frame::Sequence { end: None },
                 Some(v) if (&v == b"OB" || &v == b"OW") && tag == PIXEL_DATA && stack.is_empty() => Frame::Fragments,
-                // UN of undefined length holds implicit-VR content (PS3.5 6.2.2): not scanned here
-                Some(v) if &v == b"UN" => return ScanOutcome::Unsupported,
+                // UN of undefined length holds Implicit VR content (PS3.5 6.2.2), which dicom-rs
+                // (the assemble stage's decoder) reads in the outer encoding instead: refused, so
+                // no decoder ever reads such an element with boundaries the scan did not check
+                Some(v) if &v == b"UN" => {
+                    return bad(pos, "UN of undefined length (PS3.5 6.2.2) is not accepted by this node")
+                }
                 Some(_) => return bad(pos, "undefined length on a value representation that does not allow it"),
                 // implicit VR: only sequences may have an undefined length
                 None if tag == PIXEL_DATA => return bad(pos, "encapsulated pixel data in implicit VR"),
                 None => Frame::Sequence { end: None },
             };
+            if stack.len() >= MAX_NESTING {
+                return bad(pos, "sequences nested too deeply");
+            }
             stack.push(frame);
             pos += header;
             continue;
@@ -219,6 +237,9 @@ pub fn scan_data_set(bytes: &[u8], encoding: DataSetEncoding) -> ScanOutcome {
         }
         if (vr.is_some_and(|v| &v == b"SQ") || (vr.is_none() && implicit_vr_is_sequence(tag))) && len > 0 {
             // enter defined-length sequences too, so their items are checked
+            if stack.len() >= MAX_NESTING {
+                return bad(pos, "sequences nested too deeply");
+            }
             stack.push(Frame::Sequence { end: Some(pos + header + len) });
             pos += header;
         } else {
@@ -335,11 +356,30 @@ mod tests {
         // a stray item delimiter at top level, garbage VR bytes
         assert!(matches!(scan_data_set(&raw((0xFFFE, 0xE00D), 0), DataSetEncoding::ExplicitLittle), ScanOutcome::Malformed { .. }));
         assert!(matches!(scan_data_set(&[8, 0, 0x18, 0, 0x01, 0x02, 0, 0], DataSetEncoding::ExplicitLittle), ScanOutcome::Malformed { .. }));
-        // UN with undefined length is left to the full decoder
+        // UN with undefined length is refused (dicom-rs would read its Implicit VR content as explicit)
         let mut un = ex((0x0009, 0x1010), b"UN", &[]);
         un.truncate(un.len() - 4);
         un.extend_from_slice(&UNDEFINED.to_le_bytes());
-        assert_eq!(scan_data_set(&un, DataSetEncoding::ExplicitLittle), ScanOutcome::Unsupported);
+        let ScanOutcome::Malformed { reason, .. } = scan_data_set(&un, DataSetEncoding::ExplicitLittle) else { panic!() };
+        assert!(reason.contains("UN of undefined length"), "{reason}");
+        // nesting: 32 levels of sequence+item are accepted, one more is refused
+        let nested = |levels: usize| {
+            let mut v = Vec::new();
+            for _ in 0..levels {
+                v.extend(raw((0x0008, 0x1115), UNDEFINED).iter().take(4));
+                v.extend_from_slice(b"SQ\0\0");
+                v.extend_from_slice(&UNDEFINED.to_le_bytes());
+                v.extend(raw((0xFFFE, 0xE000), UNDEFINED));
+            }
+            for _ in 0..levels {
+                v.extend(raw((0xFFFE, 0xE00D), 0));
+                v.extend(raw((0xFFFE, 0xE0DD), 0));
+            }
+            v
+        };
+        assert!(matches!(scan_data_set(&nested(MAX_NESTING / 2), DataSetEncoding::ExplicitLittle), ScanOutcome::WellFormed { .. }));
+        let ScanOutcome::Malformed { reason, .. } = scan_data_set(&nested(MAX_NESTING / 2 + 1), DataSetEncoding::ExplicitLittle) else { panic!() };
+        assert!(reason.contains("nested too deeply"), "{reason}");
         // empty data set: well formed, nothing to decode beyond it
         assert_eq!(scan_data_set(&[], DataSetEncoding::ExplicitLittle), ScanOutcome::WellFormed { header_end: 0, uids: Default::default() });
     }

@@ -10,7 +10,6 @@ use std::time::{Instant, SystemTime};
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
 use dicom_encoding::TransferSyntaxIndex;
-use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use tracing::{debug, error, warn};
 
@@ -87,32 +86,36 @@ fn inflate_data_set(deflated: &[u8]) -> Result<Vec<u8>, ReadUidsError> {
 /// Why a data set's UIDs could not be read.
 #[derive(Debug, thiserror::Error)]
 enum ReadUidsError {
-    /// The structural scan found the data set malformed (truncated, inconsistent lengths).
+    /// The structural scan found the data set malformed (truncated, inconsistent lengths) or in
+    /// an encoding this node refuses.
     #[error("{reason} at byte {offset}")]
     Malformed { offset: usize, reason: String },
-    /// dicom-rs could not decode it.
-    #[error(transparent)]
-    Decode(#[from] dicom_object::ReadError),
+    /// The transfer syntax's data set encoding is not one the scan reads.
+    #[error("data sets in transfer syntax {0} are not accepted")]
+    Encoding(String),
 }
 
 /// The values of SOPClassUID, SOPInstanceUID, StudyInstanceUID and SeriesInstanceUID (in this
-/// order, as stored, padding not yet removed) of a data set encoded in `transfer_syntax`.
+/// order, as stored, padding not yet removed; `None` where absent from the top level) of a data
+/// set encoded in `transfer_syntax`.
 ///
-/// Little-endian, non-deflated data sets are checked by [`scan_data_set`]; if it reports all four
-/// values as plain text they are taken from the bytes directly, otherwise the prefix up to
-/// SeriesInstanceUID (or, for other encodings and out-of-order data sets, the whole data set) is
-/// decoded with dicom-rs.
+/// The whole data set is checked by [`scan_data_set`] and the values are read from the byte
+/// ranges it reports (UI values are characters of the default repertoire, PS3.5 6.2 and 9.1, so
+/// no character set applies; other bytes become U+FFFD and fail UID validation). No decoder
+/// that trusts declared lengths reads the received bytes here: dicom-rs reserves and zero-fills
+/// a value's declared length before reading it, so a short crafted message could make it touch
+/// up to ~1 GiB (found by the `received_data_set` fuzz target).
 ///
 /// # Errors
-/// [`ReadUidsError::Malformed`] from the scan, [`ReadUidsError::Decode`] from dicom-rs.
+/// [`ReadUidsError::Malformed`] from the scan or a corrupt deflate stream,
+/// [`ReadUidsError::Encoding`] for a data set encoding the scan does not read.
 fn read_uids(
     dataset: &[u8],
     transfer_syntax: &str,
     ts: &dicom_encoding::TransferSyntax,
 ) -> Result<[Option<String>; 4], ReadUidsError> {
-    // Deflated Explicit VR Little Endian (PS3.5 A.5): inflate here, bounded, and treat the result
-    // as Explicit VR Little Endian, so the scan checks its lengths before any decoder trusts them
-    // (dicom-rs reserves a value's full declared length before reading it).
+    // Deflated Explicit VR Little Endian (PS3.5 A.5): inflate here, bounded, and scan the result
+    // as Explicit VR Little Endian.
     let inflated;
     let (dataset, transfer_syntax, ts) = if matches!(ts.codec(), dicom_encoding::Codec::Dataset(_)) {
         inflated = inflate_data_set(dataset)?;
@@ -123,32 +126,14 @@ fn read_uids(
     } else {
         (dataset, transfer_syntax, ts)
     };
-    let needed = [tags::SOP_CLASS_UID, tags::SOP_INSTANCE_UID, tags::STUDY_INSTANCE_UID, tags::SERIES_INSTANCE_UID];
-    let decode = |bytes: &[u8]| -> Result<[Option<String>; 4], ReadUidsError> {
-        let obj = InMemDicomObject::read_dataset_with_ts(bytes, ts)?;
-        Ok(needed.map(|t| obj.get(t).and_then(|e| e.to_str().ok()).map(|s| s.into_owned())))
-    };
-    let prefix = match data_set_encoding(transfer_syntax, ts).map(|e| scan_data_set(dataset, e)) {
-        Some(ScanOutcome::Malformed { offset, reason }) => return Err(ReadUidsError::Malformed { offset, reason }),
-        Some(ScanOutcome::WellFormed { header_end, uids }) => {
-            // UI values are ASCII digits and dots (PS3.5 6.2, 9.1); anything else goes to dicom-rs
-            let text: Vec<Option<&str>> = uids
-                .iter()
-                .map(|r| r.clone().and_then(|r| std::str::from_utf8(&dataset[r]).ok()).filter(|s| s.is_ascii()))
-                .collect();
-            if text.iter().all(Option::is_some) {
-                return Ok([0, 1, 2, 3].map(|i| text[i].map(str::to_string)));
-            }
-            header_end
+    let encoding =
+        data_set_encoding(transfer_syntax, ts).ok_or_else(|| ReadUidsError::Encoding(transfer_syntax.to_string()))?;
+    match scan_data_set(dataset, encoding) {
+        ScanOutcome::Malformed { offset, reason } => Err(ReadUidsError::Malformed { offset, reason }),
+        ScanOutcome::WellFormed { uids, .. } => {
+            Ok(uids.map(|r| r.map(|r| String::from_utf8_lossy(&dataset[r]).into_owned())))
         }
-        Some(ScanOutcome::Unsupported) | None => dataset.len(),
-    };
-    let values = decode(&dataset[..prefix])?;
-    // elements out of ascending tag order (not conformant, PS3.5 7.1) may put a UID after the prefix
-    if prefix < dataset.len() && values.iter().any(Option::is_none) {
-        return decode(dataset);
     }
-    Ok(values)
 }
 
 /// Handle a C-STORE-RQ: see [`store_instance_blocking`]; runs it on the blocking pool.
@@ -185,8 +170,9 @@ pub async fn handle_c_store(
 /// 2. AffectedSOPClassUID ≠ the presentation context's abstract syntax → 0122;
 /// 3. data set unparsable in the negotiated transfer syntax (truncated, malformed) → C000. The
 ///    whole data set is checked structurally by [`scan_data_set`] (element headers, lengths,
-///    sequences, encapsulated fragments) and only its elements up to SeriesInstanceUID are
-///    decoded, so pixel data are never decoded or copied on receipt;
+///    sequences, encapsulated fragments) and the four UIDs are read from the value ranges it
+///    reports, so nothing is decoded and pixel data are never copied on receipt; UN of
+///    undefined length and nesting deeper than [`super::scan::MAX_NESTING`] are refused too;
 /// 4. SOPClassUID, SOPInstanceUID, StudyInstanceUID or SeriesInstanceUID missing, empty or
 ///    not a valid UID → A900;
 /// 5. SOPInstanceUID / SOPClassUID of the data set ≠ those of the command → A900;
@@ -227,9 +213,8 @@ pub fn store_instance_blocking(
     };
     let started = Instant::now();
     // Check the structure of the whole data set without decoding values (scan.rs) and take the
-    // four UIDs from it; pixel data are never decoded or copied. Encodings the scanner does not
-    // handle, and UIDs it cannot take verbatim, are decoded with dicom-rs (only the elements up
-    // to SeriesInstanceUID when the structure is known).
+    // four UIDs from it; pixel data are never decoded or copied, and no length-trusting decoder
+    // reads the received bytes.
     let raw = match read_uids(&dataset, transfer_syntax, ts) {
         Ok(v) => v,
         Err(e) => {
@@ -354,7 +339,8 @@ pub enum ReceivedUids {
 
 /// The UID extraction and validation the C-STORE path applies to a received data set
 /// (`dataset` bytes in `transfer_syntax`, a transfer syntax UID): the structural scan of
-/// [`scan_data_set`], the dicom-rs decoding fallback, and [`is_valid_uid`] on the four UIDs.
+/// [`scan_data_set`] (after bounded inflation for Deflated Explicit VR Little Endian) and
+/// [`is_valid_uid`] on the four UIDs.
 /// Never panics, for any input; the robustness entry point of the fuzz target
 /// `received_data_set` (fuzz/) and of tests/fuzz_corpus.rs.
 pub fn read_uids_checked(dataset: &[u8], transfer_syntax: &str) -> ReceivedUids {

@@ -122,12 +122,16 @@ impl SendError {
 ///
 /// An [`Outbound`](crate::pipeline::messages::Outbound) for an unknown destination is moved
 /// to `failed/<destination>/` at once. Returns one [`DestinationReport`] per destination
-/// (in configuration order). Blocking: run it on its own thread.
+/// (in configuration order). Blocking: run it on its own thread. With `health`, each
+/// destination's thread registers a heartbeat named `send-<destination>` (idle while waiting,
+/// busy during a delivery attempt; see [`crate::pipeline::health`]), so `/readyz` and the
+/// systemd watchdog notice a destination thread that died or hangs.
 pub fn run(
     rx: crossbeam_channel::Receiver<crate::pipeline::messages::Outbound>,
     destinations: Vec<crate::config::DestinationConfig>,
     calling_ae: String,
     spool: Arc<crate::spool::Spool>,
+    health: Option<Arc<crate::pipeline::health::PipelineHealth>>,
 ) -> Vec<DestinationReport> {
     let mut senders: HashMap<String, crossbeam_channel::Sender<queue::QueueItem>> = HashMap::new();
     let mut workers = Vec::new();
@@ -149,9 +153,13 @@ pub fn run(
         let d = dest.clone();
         let ae = calling_ae.clone();
         let sp = spool.clone();
-        let handle = std::thread::Builder::new()
-            .name(format!("send-{}", dest.name))
-            .spawn(move || queue::run_destination(d, ae, sp, qrx));
+        // each destination thread keeps its own heartbeat (`send-<name>` in /readyz and the
+        // watchdog): a delivery stuck longer than node.stage_stall_seconds fails the check
+        let hb = health.as_ref().map(|h| h.register(format!("send-{}", dest.name)));
+        let handle = std::thread::Builder::new().name(format!("send-{}", dest.name)).spawn(move || {
+            let _beat = hb.map(crate::pipeline::health::attach);
+            queue::run_destination(d, ae, sp, qrx)
+        });
         match handle {
             Ok(h) => workers.push((dest.name.clone(), Some(h))),
             Err(e) => {

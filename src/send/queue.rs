@@ -15,6 +15,7 @@ use tracing::{error, info, warn};
 use super::scu::c_store;
 use crate::config::DestinationConfig;
 use crate::dimse::status::{describe, StatusKind};
+use crate::pipeline::health;
 use crate::spool::Spool;
 
 /// What happened to the objects of one destination during [`super::run`].
@@ -86,6 +87,7 @@ pub(crate) fn run_destination(
             }
         }
         if let Some((item, attempts)) = ready.pop_front() {
+            health::busy();
             let span = tracing::info_span!("send", job = %item.job, destination = %dest.name);
             let retry = span.in_scope(|| attempt(&dest, &calling_ae, &spool, item.path.clone(), attempts, &mut report));
             if let Some((_, tried)) = retry {
@@ -95,19 +97,20 @@ pub(crate) fn run_destination(
             }
             continue;
         }
+        // waiting (for work or for a retry): idle, with a heartbeat at least every HEARTBEAT_INTERVAL
+        health::idle();
         let next_due = delayed.peek().map(|d| d.0.due);
+        let wait = |due: Option<Instant>| {
+            due.map_or(health::HEARTBEAT_INTERVAL, |d| d.saturating_duration_since(Instant::now()).min(health::HEARTBEAT_INTERVAL))
+        };
         match (open, next_due) {
             (false, None) => break,
-            (true, None) => match rx.recv() {
-                Ok(p) => ready.push_back((p, 0)),
-                Err(_) => open = false,
-            },
-            (true, Some(due)) => match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
+            (true, due) => match rx.recv_timeout(wait(due)) {
                 Ok(p) => ready.push_back((p, 0)),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => open = false,
             },
-            (false, Some(due)) => std::thread::sleep(due.saturating_duration_since(Instant::now())),
+            (false, due) => std::thread::sleep(wait(due)),
         }
     }
     info!(destination = %report.name, delivered = report.delivered, failed = report.failed, retries = report.retries, "send queue drained");
