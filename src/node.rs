@@ -54,6 +54,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         spool,
         tx: pipeline.instances.clone(),
         association_events: Some(pipeline.association_events.clone()),
+        series_counts: Default::default(),
     });
     let addr = format!("{}:{}", cfg.receive.host, cfg.receive.port);
     let shutdown_timeout = Duration::from_secs_f64(cfg.node.shutdown_timeout_seconds);

@@ -4,6 +4,8 @@
 //! byte overwrites with boundary values, 16/32-bit length fields set to boundary values,
 //! truncation, splicing). A panic fails the test and leaves the input in
 //! target/fuzz-failures/<target>-<hash> for `cargo fuzz run <target> <file>`.
+//! This test binary uses the fuzz targets' bounded global allocator, so a trusted length field
+//! (any single allocation above 64 MiB) aborts it, as it crashes the fuzz targets.
 //! Coverage-guided fuzzing: see fuzz/README.md.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -11,6 +13,10 @@ use std::path::{Path, PathBuf};
 
 use myonode::fuzzing::{pdu_and_command, received_data_set};
 use myonode::receive::store::ReceivedUids;
+
+/// A single allocation above 64 MiB aborts this test binary: a trusted length field.
+#[global_allocator]
+static ALLOC: myonode::fuzzing::BoundedAllocator = myonode::fuzzing::BoundedAllocator;
 
 /// Mutations per seed (bounded: the whole test takes seconds in a debug build).
 const MUTATIONS_PER_SEED: usize = 200;
@@ -225,6 +231,49 @@ fn deflated_huge_length_is_refused_before_the_decoder() {
     assert_eq!(input[0] as usize % myonode::fuzzing::FUZZ_TRANSFER_SYNTAXES.len(), 3, "selector must pick the deflated syntax");
     match myonode::receive::store::read_uids_checked(&input[1..], "1.2.840.10008.1.2.1.99") {
         ReceivedUids::Refused(reason) => assert!(reason.contains(" at byte ") && !reason.contains("decod"), "{reason}"),
+        other => panic!("accepted: {other:?}"),
+    }
+}
+
+/// Regression (found by cargo-fuzz once the target decodes accepted data sets as the assemble
+/// stage does): `(0018,9307) FD` with a value length of 41 bytes in Explicit VR Big Endian. The
+/// scan skipped 41 bytes; dicom-rs reads 41 / 8 = 5 values (40 bytes) but counts 41 as read, so
+/// every later header was read one byte early and a value's bytes became a length of 138 MB,
+/// reserved and zero-filled while decoding the stored file. The scan now refuses binary VRs
+/// whose length is not a multiple of their value size (PS3.5 6.2), in every encoding.
+/// Reproducer: fuzz/regressions/received_data_set-fd-length-not-multiple-of-8.
+#[test]
+fn binary_value_length_not_a_multiple_of_its_size_is_refused() {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/received_data_set-fd-length-not-multiple-of-8");
+    let input = std::fs::read(p).unwrap();
+    assert_eq!(input[0] as usize % myonode::fuzzing::FUZZ_TRANSFER_SYNTAXES.len(), 2, "selector must pick big endian");
+    assert!(!received_data_set(&input)); // would abort under the bounded allocator if accepted
+    match myonode::receive::store::read_uids_checked(&input[1..], "1.2.840.10008.1.2.2") {
+        ReceivedUids::Refused(reason) => assert!(reason.contains("value length 41 of VR FD is not a multiple of 8"), "{reason}"),
+        other => panic!("accepted: {other:?}"),
+    }
+    // the same rule in Implicit VR Little Endian, where the VR comes from the dictionary:
+    // SliceThickness is DS (any length), (0018,9307) is FD
+    let implicit = |tag: [u8; 4], len: u32| {
+        let mut v = tag.to_vec();
+        v.extend_from_slice(&len.to_le_bytes());
+        v.extend(std::iter::repeat(0x30).take(len as usize));
+        v
+    };
+    let uids = [[8u8, 0, 0x16, 0], [8, 0, 0x18, 0], [0x20, 0, 0x0D, 0], [0x20, 0, 0x0E, 0]]
+        .iter()
+        .flat_map(|t| {
+            let mut v = t.to_vec();
+            v.extend_from_slice(&6u32.to_le_bytes());
+            v.extend_from_slice(b"1.2.3\0");
+            v
+        })
+        .collect::<Vec<u8>>();
+    let ok = [uids.clone(), implicit([0x18, 0, 0x50, 0], 3), implicit([0x18, 0, 0x07, 0x93], 16)].concat();
+    assert!(matches!(myonode::receive::store::read_uids_checked(&ok, "1.2.840.10008.1.2"), ReceivedUids::Valid(_)));
+    let odd = [uids, implicit([0x18, 0, 0x07, 0x93], 12)].concat();
+    match myonode::receive::store::read_uids_checked(&odd, "1.2.840.10008.1.2") {
+        ReceivedUids::Refused(reason) => assert!(reason.contains("of VR FD is not a multiple of 8"), "{reason}"),
         other => panic!("accepted: {other:?}"),
     }
 }

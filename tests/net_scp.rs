@@ -64,7 +64,7 @@ impl Scp {
             calling_ae_hosts: Default::default(),
             tls: Default::default(),
         };
-        let ctx = Arc::new(ReceiveContext { ae_title: "MYONODE".into(), cfg, spool: spool.clone(), tx, association_events: Some(etx) });
+        let ctx = Arc::new(ReceiveContext { ae_title: "MYONODE".into(), cfg, spool: spool.clone(), tx, association_events: Some(etx), series_counts: Default::default() });
         let (shutdown, srx) = tokio::sync::watch::channel(false);
         let task = rt.spawn(serve(ctx, listener, srx));
         Scp { port, spool_dir, spool, rx, events, shutdown, task: Some(task), rt }

@@ -30,7 +30,7 @@ fn run_scp(hosts: BTreeMap<String, Vec<std::net::IpAddr>>, f: impl FnOnce(&Desti
         calling_ae_hosts: hosts,
         tls: Default::default(),
     };
-    let ctx = Arc::new(ReceiveContext { ae_title: "MYONODE".into(), cfg, spool, tx, association_events: None });
+    let ctx = Arc::new(ReceiveContext { ae_title: "MYONODE".into(), cfg, spool, tx, association_events: None, series_counts: Default::default() });
     let (stop, srx) = tokio::sync::watch::channel(false);
     let task = rt.spawn(serve(ctx, listener, srx));
     let dest = DestinationConfig {

@@ -40,6 +40,9 @@ pub struct ReceiveContext {
     /// Channel to `assemble` for the end of associations that stored instances (series
     /// completion by association end); `None` = not reported.
     pub association_events: Option<crossbeam_channel::Sender<crate::pipeline::messages::AssociationEnded>>,
+    /// Instance counts per series folder in `incoming/`, for `receive.max_instances_per_series`
+    /// without listing the folder on every C-STORE (see [`store::SeriesCounts`]).
+    pub series_counts: store::SeriesCounts,
 }
 
 /// Errors that stop [`serve`].

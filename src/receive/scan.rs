@@ -88,16 +88,37 @@ fn has_long_length(vr: [u8; 2]) -> bool {
         || !is_defined_vr(vr)
 }
 
-/// Whether a decoder reading Implicit VR Little Endian (PS3.5 A.1) takes `tag`'s value as a
-/// sequence: the standard data dictionary (PS3.6) gives it VR SQ. Such defined-length values are
-/// entered and their items checked, because dicom-rs descends into them and would otherwise
-/// trust nested lengths the scan never saw (found by the `received_data_set` fuzz target).
-fn implicit_vr_is_sequence(tag: (u16, u16)) -> bool {
-    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
-    matches!(
-        dicom_dictionary_std::StandardDataDictionary.by_tag(dicom_core::Tag(tag.0, tag.1)).map(|e| e.vr()),
-        Some(VirtualVr::Exact(dicom_core::VR::SQ))
-    )
+/// The VR a decoder reading Implicit VR Little Endian (PS3.5 A.1) gives `tag`, as dicom-rs
+/// (the assemble stage's decoder) resolves it: OW for Pixel Data (7FE0,0010) and Overlay Data
+/// (60xx,3000), else the standard data dictionary's (PS3.6) VR with the ambiguous forms relaxed
+/// (US or SS → US, OB or OW → OW, US or OW → OW), and UN for unknown tags.
+///
+/// Values whose VR is SQ are entered and their items checked, because the decoder descends into
+/// them and would otherwise trust nested lengths the scan never saw (found by the
+/// `received_data_set` fuzz target); binary values get the length check of
+/// [`binary_value_size`].
+fn implicit_vr(tag: (u16, u16)) -> [u8; 2] {
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
+    if tag == PIXEL_DATA || (tag.0 >> 8 == 0x60 && tag.1 == 0x3000) {
+        return *b"OW";
+    }
+    dicom_dictionary_std::StandardDataDictionary
+        .by_tag(dicom_core::Tag(tag.0, tag.1))
+        .map_or(*b"UN", |e| e.vr().relaxed().to_bytes())
+}
+
+/// Size in bytes of one value of a binary VR (PS3.5 Table 6.2-1): a value length of such a VR
+/// must be a multiple of it. dicom-rs reads `length / size` values but counts `length` bytes
+/// as read, so a length that is not a multiple (e.g. FD of 41 bytes) shifts every following
+/// element header and lets it read a "length" from value bytes (found by the
+/// `received_data_set` fuzz target). 1 for every other VR.
+fn binary_value_size(vr: [u8; 2]) -> usize {
+    match &vr {
+        b"US" | b"SS" | b"OW" => 2,
+        b"AT" | b"FL" | b"OF" | b"SL" | b"UL" | b"OL" => 4,
+        b"FD" | b"OD" | b"SV" | b"UV" | b"OV" => 8,
+        _ => 1,
+    }
 }
 
 /// The 34 value representations of PS3.5 Table 6.2-1.
@@ -230,12 +251,20 @@ pub fn scan_data_set(bytes: &[u8], encoding: DataSetEncoding) -> ScanOutcome {
         if len > limit - pos - header {
             return bad(pos, "value length exceeds the data set (truncated?)");
         }
+        let value_vr = vr.unwrap_or_else(|| implicit_vr(tag));
+        let size = binary_value_size(value_vr);
+        if len % size != 0 {
+            return bad(pos, &format!(
+                "value length {len} of VR {} is not a multiple of {size} (PS3.5 6.2)",
+                String::from_utf8_lossy(&value_vr)
+            ));
+        }
         if stack.is_empty() {
             if let Some(i) = UID_TAGS.iter().position(|t| *t == tag) {
                 uids[i] = Some(pos + header..pos + header + len);
             }
         }
-        if (vr.is_some_and(|v| &v == b"SQ") || (vr.is_none() && implicit_vr_is_sequence(tag))) && len > 0 {
+        if &value_vr == b"SQ" && len > 0 {
             // enter defined-length sequences too, so their items are checked
             if stack.len() >= MAX_NESTING {
                 return bad(pos, "sequences nested too deeply");

@@ -314,16 +314,60 @@ fn series_full(ctx: &ReceiveContext, id: &InstanceIdentity<'_>) -> Option<StoreR
         return None;
     }
     let dir = ctx.spool.series_dir(id.study_instance_uid, id.series_instance_uid);
-    let count = std::fs::read_dir(&dir)
+    let count = ctx.series_counts.reserve(&dir, limit)?;
+    warn!(series_instance_uid = %id.series_instance_uid, limit, "series instance limit reached; C-STORE refused");
+    Some(StoreReply::failure(
+        status::REFUSED_OUT_OF_RESOURCES,
+        format!("series already holds {count} instances (receive.max_instances_per_series = {limit})"),
+    ))
+}
+
+/// Number of `.dcm` files in a series folder of `incoming/` (0 if it does not exist).
+fn count_instances(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
         .map(|rd| rd.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "dcm")).count())
-        .unwrap_or(0);
-    (count >= limit).then(|| {
-        warn!(series_instance_uid = %id.series_instance_uid, limit, "series instance limit reached; C-STORE refused");
-        StoreReply::failure(
-            status::REFUSED_OUT_OF_RESOURCES,
-            format!("series already holds {count} instances (receive.max_instances_per_series = {limit})"),
-        )
-    })
+        .unwrap_or(0)
+}
+
+/// Upper bounds of the instance counts of series folders in `incoming/`, so the
+/// `receive.max_instances_per_series` check does not list the folder on every C-STORE (a
+/// listing costs O(n) per instance, O(n²) per series).
+///
+/// An entry starts from a listing of the folder and grows by one per instance let through.
+/// Folders lose files only outside the receive path (assemble moves a finished series away),
+/// so an entry is never below the true count. When an entry reaches the limit the folder is
+/// listed again and the entry corrected, so an instance is refused exactly when the folder
+/// really holds `limit` files, as with a listing per instance. (Instances let through that then
+/// fail to be written or are duplicates can leave an entry high; the next listing corrects it.)
+/// The map is cleared when it holds more than [`Self::MAX_ENTRIES`] folders; entries are then
+/// rebuilt from listings.
+#[derive(Debug, Default)]
+pub struct SeriesCounts {
+    counts: std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, usize>>,
+}
+
+impl SeriesCounts {
+    /// Folders remembered before the map is cleared.
+    pub const MAX_ENTRIES: usize = 10_000;
+
+    /// Let one more instance into series folder `dir` if it holds fewer than `limit` instances:
+    /// `None` = let through (and counted), `Some(n)` = refused, the folder holds `n` ≥ `limit`
+    /// files now.
+    pub fn reserve(&self, dir: &std::path::Path, limit: usize) -> Option<usize> {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if counts.len() >= Self::MAX_ENTRIES && !counts.contains_key(dir) {
+            counts.clear();
+        }
+        let entry = counts.entry(dir.to_path_buf()).or_insert_with(|| count_instances(dir));
+        if *entry >= limit {
+            *entry = count_instances(dir);
+            if *entry >= limit {
+                return Some(*entry);
+            }
+        }
+        *entry += 1;
+        None
+    }
 }
 
 /// Outcome of [`read_uids_checked`]: what the C-STORE path would do with a data set.
@@ -361,4 +405,36 @@ pub fn read_uids_checked(dataset: &[u8], transfer_syntax: &str) -> ReceivedUids 
         *slot = v;
     }
     ReceivedUids::Valid(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SeriesCounts;
+
+    /// The count is listed once, then kept; the limit refuses only when the folder really holds
+    /// `limit` files, and a folder emptied by assemble is admitted again.
+    #[test]
+    fn series_counts_refuse_only_at_the_true_limit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("series");
+        std::fs::create_dir(&dir).unwrap();
+        let put = |n: usize| std::fs::write(dir.join(format!("{n}.dcm")), b"x").unwrap();
+        put(0);
+        put(1);
+        let counts = SeriesCounts::default();
+        assert_eq!(counts.reserve(&dir, 3), None); // listed: 2, +1
+        put(2);
+        // the entry (3) reached the limit: listed again, 3 files really there → refused
+        assert_eq!(counts.reserve(&dir, 3), Some(3));
+        // a file written without going through reserve is not seen until the next listing,
+        // but the entry never drops below the number let through
+        std::fs::remove_file(dir.join("2.dcm")).unwrap();
+        assert_eq!(counts.reserve(&dir, 3), None); // listed: 2, +1
+        // an instance let through but never written leaves the entry high; the listing corrects it
+        assert_eq!(counts.reserve(&dir, 3), None);
+        // assemble moved the series away: admitted again
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(counts.reserve(&dir, 3), None);
+        assert_eq!(counts.reserve(&dir, 1), None); // entry 1 ≥ 1, listed: 0 files
+    }
 }
