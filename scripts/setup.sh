@@ -10,13 +10,14 @@
 #      (pydicom, highdicom, dciodvfy, pytest, ...). Re-installed only when the
 #      requirements file changed.
 #   3. cargo build --all-targets (debug build of the node and all tests).
-#   5. with MYONODE_FUZZ=1: the pinned cargo-fuzz and the fuzz crate's dependencies (scripts/fuzz.sh setup).
+#   5. the pinned cargo-fuzz and the fuzz crate's dependencies (scripts/fuzz.sh setup), for the
+#      bounded fuzz run of scripts/test.sh; skipped with MYONODE_FUZZ=0.
 #
 # Environment:
 #   PYTHON                  interpreter that creates the venv (default: python3)
 #   MYONODE_SKIP_CARGO=1    skip step 3
 #   MYONODE_SKIP_VIEWER=1   skip the viewer test's Orthanc, Chromium, Node.js, OHIF
-#   MYONODE_FUZZ=1          install cargo-fuzz (step 5; off by default, see fuzz/README.md)
+#   MYONODE_FUZZ=0          do not install cargo-fuzz (step 5; see fuzz/README.md)
 #   CI                      honoured implicitly: nothing here reads stdin
 set -euo pipefail
 
@@ -169,8 +170,8 @@ fi
 
 # ---------------------------------------------------------------- 5. cargo-fuzz
 # The pinned cargo-fuzz and the fuzz crate's dependencies for the bounded fuzz run at the end
-# of scripts/test.sh (scripts/fuzz.sh); only with MYONODE_FUZZ=1.
-if [[ ${MYONODE_FUZZ:-0} != 1 || ${MYONODE_SKIP_CARGO:-0} == 1 ]]; then
+# of scripts/test.sh (scripts/fuzz.sh); skipped with MYONODE_FUZZ=0.
+if [[ ${MYONODE_FUZZ:-1} == 0 || ${MYONODE_SKIP_CARGO:-0} == 1 ]]; then
     log "cargo-fuzz setup skipped"
 else
     scripts/fuzz.sh setup

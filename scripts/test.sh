@@ -4,7 +4,7 @@
 # (integration/) that drives the built node with DCMTK and checks its DICOM-SEG.
 #
 # Both runners always run; the script exits non-zero if either failed.
-# With MYONODE_FUZZ=1, then a bounded cargo-fuzz run of the parser fuzz targets (scripts/fuzz.sh).
+# Then a bounded cargo-fuzz run of the parser fuzz targets (scripts/fuzz.sh, 60 s per target).
 # Full logs: out/test/cargo-test.log, out/test/pytest.log, out/test/fuzz.log.
 #
 # Environment (defaults in brackets):
@@ -12,8 +12,7 @@
 #   MYONODE_PYTHON   python for the tests  [<repo>/.venv/bin/python]
 #   MYONODE_BIN      node binary under test [<repo>/target/debug/myonode]
 #   PYTEST_ARGS      extra pytest arguments, e.g. "-k walking -x"
-#   MYONODE_FUZZ=1   also run the bounded cargo-fuzz run (scripts/fuzz.sh) after the tests; off
-#                    by default while known findings are open (fuzz/README.md, "Open findings")
+#   MYONODE_FUZZ=0   skip the bounded cargo-fuzz run (scripts/fuzz.sh) after the tests [1 = run]
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -72,7 +71,7 @@ pytest_rc=${PIPESTATUS[0]}
 # Bounded coverage-guided fuzzing (60 s per target; scripts/fuzz.sh): a finding fails the run
 # and its reproducer path is printed ("[fuzz] REPRODUCER ...", file under out/fuzz/artifacts/).
 fuzz_rc=0
-if [[ ${MYONODE_FUZZ:-0} == 1 ]]; then
+if [[ ${MYONODE_FUZZ:-1} != 0 ]]; then
     echo "[test] fuzz (scripts/fuzz.sh run)" >&2
     scripts/fuzz.sh run 2>&1 </dev/null | tee "$logdir/fuzz.log"
     fuzz_rc=${PIPESTATUS[0]}
@@ -85,7 +84,7 @@ echo "cargo test (exit $cargo_rc):"
 grep -E '^ +Running |^ +Doc-tests |^test result:|^error(\[|:)|^failures:$' "$logdir/cargo-test.log" | sed -E 's/^ +//; s/^/  /' || echo "  (no result lines: see $logdir/cargo-test.log)"
 echo "pytest (exit $pytest_rc):"
 grep -E '^(FAILED|ERROR) |^=+ .*(passed|failed|error|skipped|no tests ran).* =+$' "$logdir/pytest.log" | sed 's/^/  /' || echo "  (no summary line: see $logdir/pytest.log)"
-if [[ ${MYONODE_FUZZ:-0} == 1 ]]; then
+if [[ ${MYONODE_FUZZ:-1} != 0 ]]; then
     echo "fuzz (exit $fuzz_rc):"
     grep -E '^\[fuzz\] (REPRODUCER|.*: (no finding|FAILED)|total)' "$logdir/fuzz.log" | sed 's/^/  /' || echo "  (no result lines: see $logdir/fuzz.log)"
 fi
