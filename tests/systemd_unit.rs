@@ -164,3 +164,84 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+/// End to end (issue #7): a stage that hangs stops the watchdog pings. The node starts with one
+/// result object left in its outbox (restart recovery) for a destination that accepts the TCP
+/// connection but never answers the A-ASSOCIATE-RQ, so the `send-pacs` thread stays busy on
+/// one delivery (the SCU's read timeout is 120 s). With `node.stage_stall_seconds = 1` the
+/// pings (every 100 ms before) stop, an error names the stage, and `/readyz` would report it;
+/// systemd then restarts the unit after `WatchdogSec=`.
+#[test]
+fn a_stalled_send_thread_stops_the_watchdog_pings() {
+    let data = std::env::var_os("MYONODE_DATA").map(PathBuf::from).unwrap_or_else(|| repo().join("../shared/data"));
+    let series = data.join("series/mr-knee-dess-echo1");
+    let Some(instance) = std::fs::read_dir(&series).ok().and_then(|rd| rd.flatten().map(|e| e.path()).find(|p| p.is_file())) else {
+        eprintln!("SKIPPED: test data not found at {} (set MYONODE_DATA)", series.display());
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = dir.path().join("spool/outbox/pacs");
+    std::fs::create_dir_all(&outbox).unwrap();
+    std::fs::copy(&instance, outbox.join("1.2.3.4.5.dcm")).unwrap();
+    // a "PACS" that accepts connections and never answers
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let h = held.clone();
+    std::thread::spawn(move || {
+        for s in silent.incoming().flatten() {
+            h.lock().unwrap().push(s);
+        }
+    });
+    let cfg = dir.path().join("myonode.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\nstage_stall_seconds = 1.0\n\n[[destinations]]\nname = \"pacs\"\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = {silent_port}\n"
+        ),
+    )
+    .unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let log = std::fs::File::create(dir.path().join("myonode.log")).unwrap();
+    let child = Command::new("/bin/sh")
+        .args(["-c", "WATCHDOG_PID=$$ exec \"$0\" serve --config \"$1\"", env!("CARGO_BIN_EXE_myonode"), cfg.to_str().unwrap()])
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "200000")
+        .env("MYONODE__RECEIVE__PORT", free_port().to_string())
+        .env("MYONODE__HTTP__BIND", "127.0.0.1:0")
+        .env("MYONODE__SPOOL__DIR", dir.path().join("spool"))
+        .env("MYONODE__SEGMENT__MODELS_DIR", repo().join("models"))
+        .env("MYONODE__SEGMENT__ONNXRUNTIME_LIBRARY", repo().join(".onnxruntime/lib/libonnxruntime.so.1.31.1"))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let _child = KillOnDrop(child);
+    let log_text = || std::fs::read_to_string(dir.path().join("myonode.log")).unwrap_or_default();
+    let first = recv(&sock);
+    assert!(first.lines().any(|l| l == "READY=1"), "first message {first:?}; log:\n{}", log_text());
+    // the pings stop: no WATCHDOG=1 for 3 s (30 intervals), within 20 s of READY
+    sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut buf = [0u8; 4096];
+    let stopped = loop {
+        assert!(std::time::Instant::now() < deadline, "watchdog pings never stopped; log:\n{}", log_text());
+        match sock.recv(&mut buf) {
+            Ok(n) => assert!(String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "WATCHDOG=1"), "unexpected message"),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break true,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert!(stopped);
+    assert!(!held.lock().unwrap().is_empty(), "the send thread never connected to the silent PACS");
+    let text = log_text();
+    assert!(
+        text.lines().any(|l| l.contains("pipeline stage unhealthy") && l.contains("send-pacs") && l.contains("busy on one item")),
+        "no error naming the stalled send-pacs stage:\n{text}"
+    );
+}
