@@ -461,3 +461,22 @@ fn idle_association_is_aborted_and_shutdown_aborts_open_ones() {
     scp.stop();
     assert!(waiter.join().unwrap().unwrap(), "expected A-ABORT on shutdown");
 }
+
+/// A connection that never completes the association negotiation (here: sends nothing) does
+/// not hold up a shutdown until `receive.association_timeout_seconds` (60 s here): the server
+/// closes it and stops at once.
+#[test]
+fn shutdown_closes_connections_still_negotiating() {
+    let scp = Scp::start_with(&[], 4, 60.0);
+    let silent = std::net::TcpStream::connect(("127.0.0.1", scp.port)).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300)); // accepted, waiting for A-ASSOCIATE-RQ
+    let t0 = std::time::Instant::now();
+    scp.stop();
+    let took = t0.elapsed();
+    assert!(took < std::time::Duration::from_secs(20), "shutdown waited {took:?} for a negotiating connection");
+    // the server side closed it: reading gives end of file (or a reset)
+    silent.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 16];
+    let n = std::io::Read::read(&mut &silent, &mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "connection still open after shutdown");
+}

@@ -77,21 +77,29 @@ fn log_not_established(peer: &str, tls: bool, e: dicom_ul::association::Error) {
 ///
 /// With `tls` the TLS handshake (PS3.15 B.1; `options` must carry the listener's
 /// `rustls::ServerConfig`) comes first; handshake and A-ASSOCIATE negotiation together are
-/// bounded by `receive.association_timeout_seconds`.
+/// bounded by `receive.association_timeout_seconds`. A shutdown while the connection is still
+/// in the handshake or negotiation closes it at once (nothing has been acknowledged on it yet),
+/// so a stalled or slow client cannot hold up the node's stop for the timeout.
 pub(crate) async fn run_association(
     ctx: Arc<ReceiveContext>,
     options: Arc<ScpOptions>,
     stream: TcpStream,
     peer: SocketAddr,
-    shutdown: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
     tls: bool,
 ) {
     let started = Instant::now();
     let peer_s = peer.to_string();
     let timeout = Duration::from_secs_f64(ctx.cfg.association_timeout_seconds.max(0.001));
     let timed_out = || warn!(peer = %peer_s, tls, timeout_s = timeout.as_secs_f64(), "no association within the timeout; connection closed");
+    let stopping = || info!(peer = %peer_s, tls, "node shutting down; connection closed before an association was established");
     if tls {
-        match tokio::time::timeout(timeout, options.establish_tls_async(stream)).await {
+        let establish = tokio::time::timeout(timeout, options.establish_tls_async(stream));
+        let established = tokio::select! {
+            r = establish => r,
+            _ = shutdown_requested(&mut shutdown) => return stopping(),
+        };
+        match established {
             Ok(Ok(mut assoc)) => {
                 let client_subject = assoc
                     .inner_stream()
@@ -106,7 +114,12 @@ pub(crate) async fn run_association(
             Err(_) => timed_out(),
         }
     } else {
-        match tokio::time::timeout(timeout, options.establish_async(stream)).await {
+        let establish = tokio::time::timeout(timeout, options.establish_async(stream));
+        let established = tokio::select! {
+            r = establish => r,
+            _ = shutdown_requested(&mut shutdown) => return stopping(),
+        };
+        match established {
             Ok(Ok(assoc)) => serve_established(ctx, assoc, peer_s, shutdown, started, Transport::default()).await,
             Ok(Err(e)) => log_not_established(&peer_s, tls, e),
             Err(_) => timed_out(),
