@@ -172,7 +172,7 @@ fn send_stage_delivers_and_moves_to_sent() {
     let stage = {
         let spool = spool.clone();
         let dest = scp.dest("pacs");
-        std::thread::spawn(move || run(rx, vec![dest], "MYONODE".into(), spool))
+        std::thread::spawn(move || run(rx, vec![dest], "MYONODE".into(), spool, None))
     };
     // ... and one arriving on the channel while the stage runs
     let fresh = outbound(&spool, "pacs", &files[21]);
@@ -213,7 +213,7 @@ fn send_stage_retries_then_dead_letters() {
     let stray = outbound(&spool, "unknown", &src);
     tx.send(stray).unwrap();
     drop(tx);
-    let reports = run(rx, vec![dead], "MYONODE".into(), spool.clone());
+    let reports = run(rx, vec![dead], "MYONODE".into(), spool.clone(), None);
     assert_eq!((reports[0].delivered, reports[0].failed, reports[0].retries), (0, 1, 1));
     assert!(!o.path.exists());
     let failed = spool_dir.path().join("failed/nowhere").join(o.path.file_name().unwrap());
