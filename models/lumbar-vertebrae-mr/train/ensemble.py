@@ -50,8 +50,8 @@ def merge(paths, out):
 
 
 def predict(sess, img):
-    xs, _ = train.to_slices(img, np.zeros(img.shape, np.int64))
-    lg = sess.run(None, {"image": xs[:, None].astype(np.float32)})[0]
+    xs, _ = train.to_slices(img, np.zeros(img.shape, np.int64))  # (n, channels, y, x) since --context
+    lg = sess.run(None, {"image": np.ascontiguousarray(xs, np.float32)})[0]
     lg = F.interpolate(torch.from_numpy(lg), scale_factor=2, mode="bilinear", align_corners=False)
     return train.largest_component_per_label(lg.argmax(1).permute(1, 2, 0).numpy())
 
