@@ -194,14 +194,29 @@ def read_header(path: Path) -> pydicom.Dataset:
 COMPREHENSIVE_3D_SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.34"
 
 
+# storescp writes a received object under its final name while the test may be reading the
+# folder; a truncated file can still parse (pydicom stops at the end of the data) and then
+# lacks attributes. A file counts only once it has not changed for this long.
+SETTLE_SECONDS = 1.0
+
+
+def settled(path: Path, seconds: float = SETTLE_SECONDS) -> bool:
+    """True when `path` was last modified at least `seconds` ago (storescp finished writing it)."""
+    try:
+        return time.time() - path.stat().st_mtime >= seconds
+    except FileNotFoundError:
+        return False
+
+
 def find_by_sop_class(folder: Path, sop_class_uid: str, with_pixels: bool = False) -> list[Path]:
-    """Complete Part-10 files of one SOP class under `folder` (partly written files are
-    skipped: with `with_pixels`, a file whose Pixel Data cannot be read is not complete)."""
+    """Complete Part-10 files of one SOP class under `folder`. Files still being written are
+    skipped: a file modified less than `SETTLE_SECONDS` ago, one that does not parse, and with
+    `with_pixels` one whose Pixel Data cannot be read."""
     found = []
     if not folder.exists():
         return found
     for p in sorted(folder.rglob("*")):
-        if not p.is_file():
+        if not p.is_file() or not settled(p):
             continue
         try:
             ds = pydicom.dcmread(p)

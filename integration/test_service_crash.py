@@ -166,7 +166,7 @@ def test_service_crash_kill(start_node, pacs: support.Pacs, tmp_path: Path):
     node = start_node(**overrides)
     spool = node.spool
     acked: set[Path] = set()
-    kills, rounds = 0, 0
+    kills, rounds, interrupted = 0, 0, 0
     while len(acked) < len(all_files):
         rounds += 1
         assert rounds <= 15, f"not all instances acknowledged after {rounds - 1} rounds"
@@ -176,19 +176,30 @@ def test_service_crash_kill(start_node, pacs: support.Pacs, tmp_path: Path):
         procs = [storescu_popen(node.port, c, lg) for c, lg in zip(chunks, logs) if c]
         kill = rounds <= 4  # kill in the first rounds, then let it finish
         if kill:
-            time.sleep(rng.uniform(0.3, 2.0))
+            # a random moment while the associations are busy: once a random share of this
+            # round's instances is in the spool (a fixed delay can miss a fast node entirely)
+            before = len(spool_sop_uids(spool))
+            target = before + rng.randint(max(1, len(todo) // 20), max(2, len(todo) * 3 // 5))
+            support.wait_for(f"{target} instances in the spool before the SIGKILL",
+                             lambda: len(spool_sop_uids(spool)) >= target
+                             or all(p.poll() is not None for p in procs),
+                             timeout=300, interval=0.01, alive=node.problem)
             node.proc.kill()  # SIGKILL
             node.proc.wait(timeout=30)
             kills += 1
         for p in procs:
             p.wait(timeout=600)
+        acked_before = len(acked)
         for lg in logs[: len(procs)]:
             acked |= acknowledged(lg)
+        if kill and len(acked) - acked_before < len(todo):
+            interrupted += 1
         # every instance acknowledged so far is durable (checked after the kill, before restart)
         missing = {uid_of[p] for p in acked} - spool_sop_uids(spool)
         assert not missing, f"round {rounds}: {len(missing)} acknowledged instances lost"
         if kill:
             node = restart(start_node, spool, **overrides)
+    assert interrupted >= 3, f"only {interrupted} of {kills} SIGKILLs hit the node while it was receiving"
     # every series processed, every result delivered exactly once
     def all_delivered():
         segs, srs = segs_by_series(pacs, "seg"), segs_by_series(pacs, "sr")
@@ -206,7 +217,8 @@ def test_service_crash_kill(start_node, pacs: support.Pacs, tmp_path: Path):
     files_at_pacs = len(pacs.segs()) + len(pacs.srs())
     # (a SIGKILL between the PACS's C-STORE-RSP and the move to sent/ re-sends the same SOP
     # Instance after restart — same UID, so the PACS keeps one object; the file count shows it)
-    print(f"\ncrash-kill: {len(all_files)} instances in {len(series)} series, {rounds} rounds, {kills} SIGKILLs; "
+    print(f"\ncrash-kill: {len(all_files)} instances in {len(series)} series, {rounds} rounds, {kills} SIGKILLs "
+          f"({interrupted} while receiving); "
           f"acknowledged {len(acked)}, in spool {len(spool_sop_uids(spool))}; "
           f"SEG {sum(len(segs[s]) for s in series)} / SR {sum(len(srs[s]) for s in series)} unique at the PACS "
           f"({files_at_pacs} files)")
