@@ -417,20 +417,22 @@ def wait_delivered(node: Node, n: int, timeout: float) -> None:
 
 
 # ---------------------------------------------------------------------------- latency
-def bench_latency(args, out: Path, series: list[Path], warmup: list[Path], analyses: list[str],
+def bench_latency(args, out: Path, cases: list[tuple[str, str, list[Path]]], warmup: list[Path],
                   model_compute_ms: dict) -> list[dict]:
-    """Per analysis and binary (`myonode`, and `myonode-before` with --compare-bin), repeated
-    `--latency-repeat` times interleaved; the row of the median total is reported with all totals.
-    Model compute is the node's own `model_ms` of the job when logged (same process, same job),
-    else the inference section's Session::run time."""
+    """Per case (analysis, data name, series files) and binary (`myonode`, and `myonode-before`
+    with --compare-bin), repeated `--latency-repeat` times interleaved; the row of the median
+    total is reported with all totals. Model compute is the node's own `model_ms` of the job when
+    logged (same process, same job), else the inference section's Session::run time."""
     binaries = [("myonode", args.bin)] + ([("myonode-before", args.compare_bin)] if args.compare_bin else [])
     rows = []
-    for analysis in analyses:
+    for analysis, data_name, series in cases:
         runs: dict[str, list[dict]] = {name: [] for name, _ in binaries}
         for rep in range(args.latency_repeat):
             for name, binary in binaries:
-                runs[name].append(latency_once(args, out / "latency" / f"{analysis}-{name}-{rep}", binary, series,
-                                               warmup, analysis, model_compute_ms))
+                r = latency_once(args, out / "latency" / f"{analysis}-{data_name}-{name}-{rep}", binary, series,
+                                 warmup, analysis, model_compute_ms)
+                r["data"] = data_name
+                runs[name].append(r)
         # a binary that does not log model_ms (an older build) is charged the median model_ms of
         # the runs that do: same model, same job, same machine
         logged = [r["timeline"]["model_ms"] for rr in runs.values() for r in rr if r["timeline"].get("model_ms")]
@@ -447,7 +449,7 @@ def bench_latency(args, out: Path, series: list[Path], warmup: list[Path], analy
             row["binary"] = name
             row["all_totals_ms"] = [r["stages_ms"]["total_after_last_instance"] for r in runs[name]]
             row["all_overhead_pct"] = [r.get("overhead_pct_of_compute") for r in runs[name]]
-            print(f"  latency {analysis} {name}: " + ", ".join(f"{k} {v}" for k, v in row["stages_ms"].items())
+            print(f"  latency {analysis} on {data_name} {name}: " + ", ".join(f"{k} {v}" for k, v in row["stages_ms"].items())
                   + f", overhead {row.get('overhead_pct_of_compute')} % (runs: {row['all_overhead_pct']})", flush=True)
             rows.append(row)
     return rows
@@ -490,6 +492,26 @@ def latency_once(args, work: Path, binary: Path, series: list[Path], warmup: lis
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     return row
+
+
+def lumbar_case(args, gen: Path) -> Optional[tuple[str, list[Path]]]:
+    """The shipped model's own kind of input: its first held-out test volume
+    (`models/lumbar-vertebrae-mr/metrics.json`) wrapped into a sagittal MR series with
+    GENERATED HEADERS (`lumbar_series.write_series`: real pixels, 1 mm isotropic, 224 x 224 x 77).
+    None when the training data is absent."""
+    import scipy.io
+    from lumbar_series import write_series
+
+    metrics = REPO / "models" / "lumbar-vertebrae-mr" / "metrics.json"
+    name = json.loads(metrics.read_text())["test"][0]
+    mat = args.data / "training" / "lumbar-vertebrae-mr" / name
+    if not mat.is_file():
+        print(f"  latency: {mat} not found; the lumbar case is skipped", flush=True)
+        return None
+    folder = gen / "lumbar"
+    shutil.rmtree(folder, ignore_errors=True)
+    write_series(scipy.io.loadmat(mat)["I"], folder, seed=0)
+    return f"lumbar-mr {name} (generated headers)", files_of(folder)
 
 
 # ---------------------------------------------------------------------------- inference
@@ -635,10 +657,10 @@ def table(res: dict) -> str:
     if res.get("latency"):
         keys = list(res["latency"][0]["stages_ms"].keys())
         out += ["## Latency per stage (ms, one series)", "",
-                "| analysis | binary | " + " | ".join(keys) + " | model compute | overhead % of compute |",
-                "|---|---|" + "---:|" * (len(keys) + 2)]
+                "| analysis | data | binary | " + " | ".join(keys) + " | model compute | overhead % of compute |",
+                "|---|---|---|" + "---:|" * (len(keys) + 2)]
         for r in res["latency"]:
-            out.append(f"| {r['analysis']} | {r.get('binary', 'myonode')} | " + " | ".join(str(r["stages_ms"][k]) for k in keys)
+            out.append(f"| {r['analysis']} | {r.get('data', '')} | {r.get('binary', 'myonode')} | " + " | ".join(str(r["stages_ms"][k]) for k in keys)
                        + f" | {r.get('model_compute_ms', '')} | {r.get('overhead_pct_of_compute', '')} |")
         out.append("")
     if res.get("inference"):
@@ -731,7 +753,11 @@ def main(argv=None) -> int:
                 compute["lumbar-vertebrae-mr"] = r["run_ms"]
         # in quick mode the "knee" is the pelvis series itself: use a copy so the warm-up differs
         lat_series = copy_series(knee, gen / "latency") if args.quick else knee_files
-        res["latency"] = bench_latency(args, out, lat_series, warm, analyses, compute)
+        cases = [(a, knee.name, lat_series) for a in analyses]
+        lumbar = lumbar_case(args, gen) if "lumbar-vertebrae-mr" in analyses else None
+        if lumbar:
+            cases.append(("lumbar-vertebrae-mr",) + lumbar)
+        res["latency"] = bench_latency(args, out, cases, warm, compute)
     if "memory" in sections:
         import pydicom
         d0 = pydicom.dcmread(knee_files[0], stop_before_pixels=True)

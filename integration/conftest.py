@@ -85,7 +85,8 @@ def pacs(tmp_path: Path, request) -> Iterator[support.Pacs]:
     log = tmp_path / "storescp.log"
     with open(log, "w") as logf:
         proc = subprocess.Popen(
-            [support.require_tool("storescp"), "-v", "-aet", "PACS", "-od", str(folder), "+xa", str(port)],
+            [support.require_tool("storescp"), "-v", "-aet", "PACS", "-od", str(folder), "+xa",
+             *support.storescp_completion_args(folder), str(port)],
             stdin=subprocess.DEVNULL,
             stdout=logf,
             stderr=subprocess.STDOUT,

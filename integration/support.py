@@ -194,29 +194,35 @@ def read_header(path: Path) -> pydicom.Dataset:
 COMPREHENSIVE_3D_SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.34"
 
 
-# storescp writes a received object under its final name while the test may be reading the
-# folder; a truncated file can still parse (pydicom stops at the end of the data) and then
-# lacks attributes. A file counts only once it has not changed for this long.
-SETTLE_SECONDS = 1.0
+def storescp_completion_args(folder: Path) -> list[str]:
+    """storescp options that mark each received file complete: storescp writes an object under its
+    final name, so a test reading the folder meanwhile can see a truncated file (which pydicom may
+    still parse, without its later attributes). `-xcr … -xs` runs `touch` synchronously after the
+    file is saved and before the C-STORE-RSP, so the marker `<folder>.complete/<file name>` exists
+    exactly for complete files, and for every file the sender has seen acknowledged."""
+    markers = completion_markers(folder)
+    markers.mkdir(parents=True, exist_ok=True)
+    return ["-xcr", f"touch {markers}/#f", "-xs"]
 
 
-def settled(path: Path, seconds: float = SETTLE_SECONDS) -> bool:
-    """True when `path` was last modified at least `seconds` ago (storescp finished writing it)."""
-    try:
-        return time.time() - path.stat().st_mtime >= seconds
-    except FileNotFoundError:
-        return False
+def completion_markers(folder: Path) -> Path:
+    """Folder of the completion markers of a storescp writing to `folder` (see storescp_completion_args)."""
+    return folder.parent / f"{folder.name}.complete"
 
 
 def find_by_sop_class(folder: Path, sop_class_uid: str, with_pixels: bool = False) -> list[Path]:
-    """Complete Part-10 files of one SOP class under `folder`. Files still being written are
-    skipped: a file modified less than `SETTLE_SECONDS` ago, one that does not parse, and with
-    `with_pixels` one whose Pixel Data cannot be read."""
+    """Complete Part-10 files of one SOP class under `folder`. When `folder` is a storescp output
+    folder with completion markers (storescp_completion_args), a file counts only once its marker
+    exists; otherwise (and in any case) a file that does not parse, and with `with_pixels` one
+    whose Pixel Data cannot be read, is skipped as partly written."""
     found = []
     if not folder.exists():
         return found
+    markers = completion_markers(folder)
     for p in sorted(folder.rglob("*")):
-        if not p.is_file() or not settled(p):
+        if not p.is_file():
+            continue
+        if markers.is_dir() and not (markers / p.name).exists():
             continue
         try:
             ds = pydicom.dcmread(p)

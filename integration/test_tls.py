@@ -207,7 +207,7 @@ def tls_pacs(tmp_path: Path, pki: Pki, request):
     with open(log, "w") as logf:
         proc = subprocess.Popen(
             [support.require_tool("storescp"), "-v", "-aet", "TLSPACS", "-od", str(folder), "+xa",
-             *tls_args(pki.server_key, pki.server_crt, pki.ca), str(port)],
+             *tls_args(pki.server_key, pki.server_crt, pki.ca), *support.storescp_completion_args(folder), str(port)],
             stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, env=support.dcmtk_env(),
         )
     try:

@@ -31,7 +31,13 @@ GRID = [1.0, 0.7, 0.5, 0.3, 0.2, 0.15, 0.1, 0.05]
 
 
 def logits_full_res(sess, img, context):
-    """Logits (6, 224, 224, 77) at 1 mm for one volume: model at 2 mm, bilinear upsampling."""
+    """Logits (6, 224, 224, 77) at 1 mm for one volume: model at 2 mm in-plane, linear upsampling.
+    A model whose input has rank 5 is a 3-D model (``train3d.py``, or a 2-D + 3-D ensemble from
+    ``ensemble.py --with-3d``) and gets the whole volume at once, as the node feeds it."""
+    if len(sess.get_inputs()[0].shape) == 5:
+        import train3d
+        return train3d.logits_full_res(
+            lambda x: torch.from_numpy(sess.run(None, {"image": np.ascontiguousarray(x.numpy(), np.float32)})[0]), img)
     train.CONTEXT = context
     xs, _ = train.to_slices(img, np.zeros(img.shape, np.int64))
     out = []
@@ -51,10 +57,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True, type=Path)
     ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--validation-only", action="store_true",
+                    help="score the validation split only (to compare candidates without looking at the test split)")
     args = ap.parse_args()
     sess = ort.InferenceSession(str(args.model), providers=["CPUExecutionProvider"])
     channels = sess.get_inputs()[0].shape[1]
-    context = (int(channels) - 1) // 2
+    context = (int(channels) - 1) // 2 if len(sess.get_inputs()[0].shape) == 4 else 0
     files = sorted(train.data_dir().glob("*.mat"))
     _, val_f, test_f = train.split(files)
 
@@ -72,6 +80,12 @@ def main():
     ok = [r for r in table if r["val_order_ok"] == len(val)] or table
     chosen = max(ok, key=lambda r: r["val_mean_dice"])["background_weight"]
     del val
+    if args.validation_only:
+        args.out.write_text(json.dumps({"model": str(args.model), "grid": table, "background_weight": chosen,
+                                        "validation": [f.name for f in val_f]}, indent=2))
+        print(f"validation only: background weight {chosen}, mean validation Dice "
+              f"{max(ok, key=lambda r: r['val_mean_dice'])['val_mean_dice']:.4f}")
+        return
 
     results = {"model": str(args.model), "context_slices": context, "grid": table, "background_weight": chosen,
                "validation": [f.name for f in val_f], "test": [f.name for f in test_f]}
