@@ -2,13 +2,13 @@
 """Average the logits of several trained ONNX models into one ONNX graph and score it.
 
 Usage: ``python ensemble.py --out DIR MODEL.onnx [MODEL.onnx ...]`` (each from ``train.py``,
-same split). Writes ``DIR/model.onnx`` (input ``image``, output ``logits`` = mean of the
+same split); ``--volumetric`` for members that mix 2-D and 3-D models (``train3d.py``), which
+become one 3-D graph on the 1x2x2 mm grid (scored by ``calibrate.py``). Writes ``DIR/model.onnx`` (input ``image``, output ``logits`` = mean of the
 members' logits) and ``DIR/metrics.json`` with the held-out test scores computed exactly as
 ``train.py`` does (2 mm inference, bilinear upsampling of logits, argmax, largest component).
 """
 import argparse
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +49,51 @@ def merge(paths, out):
     onnx.save(merged, out)
 
 
+def merge_volumetric(paths, out):
+    """One 3-D graph averaging 2-D (``train.py``) and 3-D (``train3d.py``) members on the same grid.
+
+    Input ``image`` (1, 1, D, 112, 112): the volume at 1x2x2 mm, z = sagittal slices (as the node
+    feeds a ``dimensions = "3d"`` model); output ``logits`` (1, 6, D, 112, 112), the mean of the
+    members' logits. A 2-D member (input rank 4) gets the D slices as its batch
+    (Squeeze + Transpose to (D, 1, 112, 112)) and its (D, 6, 112, 112) logits are put back in
+    (1, 6, D, 112, 112) order; a 3-D member gets the input as it is. Batch 1 only (the node runs
+    batch 1)."""
+    nodes, nodes_post, inits, member_out, merged = [], [], [], [], None
+    inits.append(helper.make_tensor("axis0", onnx.TensorProto.INT64, [1], [0]))
+    for i, p in enumerate(paths):
+        m = compose.add_prefix(onnx.load(p), prefix=f"m{i}_")
+        rank = len(m.graph.input[0].type.tensor_type.shape.dim)
+        inp, outp = f"m{i}_image", f"m{i}_logits"
+        if rank == 4:
+            nodes += [helper.make_node("Squeeze", ["image", "axis0"], [f"m{i}_sq"]),
+                      helper.make_node("Transpose", [f"m{i}_sq"], [inp], perm=[1, 0, 2, 3])]
+            nodes_post += [helper.make_node("Transpose", [outp], [f"m{i}_t"], perm=[1, 0, 2, 3]),
+                           helper.make_node("Unsqueeze", [f"m{i}_t", "axis0"], [f"m{i}_vol"])]
+            member_out.append(f"m{i}_vol")
+        elif rank == 5:
+            nodes.append(helper.make_node("Identity", ["image"], [inp]))
+            member_out.append(outp)
+        else:
+            raise SystemExit(f"{p}: input rank {rank}, expected 4 (2-D) or 5 (3-D)")
+        merged = m if merged is None else compose.merge_models(merged, m, io_map=[])
+    graph = merged.graph
+    for inp in list(graph.input):
+        graph.input.remove(inp)
+    graph.input.append(helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, [1, 1, "d", 112, 112]))
+    for o in list(graph.output):
+        graph.output.remove(o)
+    graph.output.append(helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [1, 6, "d", 112, 112]))
+    for n in reversed(nodes):
+        graph.node.insert(0, n)
+    graph.node.extend(nodes_post)
+    graph.node.append(helper.make_node("Sum", member_out, ["logits_sum"]))
+    graph.node.append(helper.make_node("Mul", ["logits_sum", "ensemble_scale"], ["logits"]))
+    inits.append(helper.make_tensor("ensemble_scale", onnx.TensorProto.FLOAT, [], [1.0 / len(paths)]))
+    graph.initializer.extend(inits)
+    onnx.checker.check_model(merged)
+    onnx.save(merged, out)
+
+
 def predict(sess, img):
     xs, _ = train.to_slices(img, np.zeros(img.shape, np.int64))  # (n, channels, y, x) since --context
     lg = sess.run(None, {"image": np.ascontiguousarray(xs, np.float32)})[0]
@@ -59,9 +104,16 @@ def predict(sess, img):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--volumetric", action="store_true",
+                    help="members may mix 2-D and 3-D models: write one 3-D graph (merge_volumetric); "
+                         "score it with calibrate.py")
     ap.add_argument("models", nargs="+")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.volumetric:
+        merge_volumetric(args.models, args.out / "model.onnx")
+        print(f"wrote {args.out / 'model.onnx'}; score it with calibrate.py --model {args.out / 'model.onnx'}")
+        return
     merge(args.models, args.out / "model.onnx")
     sess = ort.InferenceSession(str(args.out / "model.onnx"), providers=["CPUExecutionProvider"])
     files = sorted(train.data_dir().glob("*.mat"))

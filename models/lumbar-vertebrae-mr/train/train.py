@@ -72,37 +72,46 @@ def to_slices(img, lab):
 
 
 class Block(nn.Sequential):
-    def __init__(self, cin, cout):
+    """Two 3x3 (3x3x3 with ``nd=3``) convolutions, each with instance norm and LeakyReLU."""
+
+    def __init__(self, cin, cout, nd=2):
+        conv, norm = (nn.Conv2d, nn.InstanceNorm2d) if nd == 2 else (nn.Conv3d, nn.InstanceNorm3d)
         super().__init__(
-            nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.InstanceNorm2d(cout, affine=True), nn.LeakyReLU(0.01),
-            nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.InstanceNorm2d(cout, affine=True), nn.LeakyReLU(0.01),
+            conv(cin, cout, 3, padding=1, bias=False), norm(cout, affine=True), nn.LeakyReLU(0.01),
+            conv(cout, cout, 3, padding=1, bias=False), norm(cout, affine=True), nn.LeakyReLU(0.01),
         )
 
 
 class UNet(nn.Module):
-    def __init__(self, base=16, depth=5, cin=1, ncls=NUM_CLASSES):
+    """U-Net (Ronneberger et al. 2015) with ``depth`` levels of ``Block``s, max pooling 2, transposed-
+    convolution upsampling and skip connections; 2-D (N,C,H,W) or, with ``nd=3``, 3-D (N,C,D,H,W)."""
+
+    def __init__(self, base=16, depth=5, cin=1, ncls=NUM_CLASSES, nd=2):
         super().__init__()
+        self.nd = nd
+        upconv = nn.ConvTranspose2d if nd == 2 else nn.ConvTranspose3d
         chs = [base * 2 ** i for i in range(depth)]
         self.down = nn.ModuleList()
         c = cin
         for ch in chs:
-            self.down.append(Block(c, ch))
+            self.down.append(Block(c, ch, nd))
             c = ch
         self.up = nn.ModuleList()
         self.upconv = nn.ModuleList()
         for ch in reversed(chs[:-1]):
-            self.upconv.append(nn.ConvTranspose2d(c, ch, 2, stride=2))
-            self.up.append(Block(2 * ch, ch))
+            self.upconv.append(upconv(c, ch, 2, stride=2))
+            self.up.append(Block(2 * ch, ch, nd))
             c = ch
-        self.head = nn.Conv2d(c, ncls, 1)
+        self.head = (nn.Conv2d if nd == 2 else nn.Conv3d)(c, ncls, 1)
 
     def forward(self, x):
+        pool = F.max_pool2d if self.nd == 2 else F.max_pool3d
         skips = []
         for i, blk in enumerate(self.down):
             x = blk(x)
             if i < len(self.down) - 1:
                 skips.append(x)
-                x = F.max_pool2d(x, 2)
+                x = pool(x, 2)
         for upc, blk in zip(self.upconv, self.up):
             x = upc(x)
             x = blk(torch.cat([x, skips.pop()], 1))
@@ -110,10 +119,12 @@ class UNet(nn.Module):
 
 
 def dice_loss(logits, y):
+    """1 - mean soft Dice of the foreground classes over the batch; logits (N,C,...), labels (N,...)."""
     p = logits.softmax(1)
-    oh = F.one_hot(y, NUM_CLASSES).permute(0, 3, 1, 2).float()
-    inter = (p * oh).sum((0, 2, 3))
-    den = p.sum((0, 2, 3)) + oh.sum((0, 2, 3))
+    oh = F.one_hot(y, NUM_CLASSES).movedim(-1, 1).float()
+    dims = (0,) + tuple(range(2, logits.ndim))
+    inter = (p * oh).sum(dims)
+    den = p.sum(dims) + oh.sum(dims)
     return 1 - ((2 * inter + 1) / (den + 1))[1:].mean()
 
 
@@ -331,20 +342,28 @@ def main():
         results["test_mean_dice_per_level"] = {l: float(np.mean([v["dice"][l] for v in per_volume.values()])) for l in LEVELS}
 
     # export: input (N,2*context+1,H,W) float32 z-scored slice at 2 mm, output (N,6,H,W) logits; H, W multiples of 16
-    model.eval()
-    onnx_path = args.out / "model.onnx"
     cin = 2 * CONTEXT + 1
-    torch.onnx.export(model, torch.zeros(1, cin, 112, 112), onnx_path, input_names=["image"], output_names=["logits"],
-                      dynamic_axes={"image": {0: "n", 2: "h", 3: "w"}, "logits": {0: "n", 2: "h", 3: "w"}},
-                      opset_version=17, dynamo=False)
+    export(model, args.out, (2, cin, 112, 112), {0: "n", 2: "h", 3: "w"}, results, losses, args.smoke)
+
+
+def export(model, out: Path, probe_shape, dynamic, results, losses, smoke):
+    """Export `model` to ``out/model.onnx`` (opset 17, input ``image``, output ``logits``, axes
+    `dynamic` of both named), check ONNX Runtime against PyTorch on a random input of
+    `probe_shape` (max abs difference into `results`), write ``out/metrics.json``; with `smoke`,
+    assert that the loss fell and the export matches."""
+    model.eval()
+    onnx_path = out / "model.onnx"
+    torch.onnx.export(model, torch.zeros(1, *probe_shape[1:]), onnx_path, input_names=["image"], output_names=["logits"],
+                      dynamic_axes={"image": dynamic, "logits": dynamic}, opset_version=17, dynamo=False)
     import onnxruntime as ort
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    probe = torch.randn(2, cin, 112, 112)
-    diff = float(np.abs(sess.run(None, {"image": probe.numpy()})[0] - model(probe).detach().numpy()).max())
+    probe = torch.randn(*probe_shape)
+    with torch.no_grad():
+        diff = float(np.abs(sess.run(None, {"image": probe.numpy()})[0] - model(probe).numpy()).max())
     results["onnx_max_abs_diff_vs_torch"] = diff
-    (args.out / "metrics.json").write_text(json.dumps(results, indent=2))
+    (out / "metrics.json").write_text(json.dumps(results, indent=2))
     print(json.dumps({k: v for k, v in results.items() if k not in ("history", "train", "test_results")}, indent=2))
-    if args.smoke:
+    if smoke:
         first, last = np.mean(losses[:3]), np.mean(losses[-3:])
         assert last < first, f"smoke: loss did not fall ({first:.3f} -> {last:.3f})"
         assert diff < 1e-3, f"smoke: ONNX export differs from torch by {diff}"

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 import train
@@ -54,56 +53,17 @@ def pad_z(x, value=0):
     return F.pad(x, (0, 0, 0, 0, 0, PATCH[0] - x.shape[-3]), value=value)
 
 
-class Block(nn.Sequential):
-    def __init__(self, cin, cout):
-        super().__init__(
-            nn.Conv3d(cin, cout, 3, padding=1, bias=False), nn.InstanceNorm3d(cout, affine=True), nn.LeakyReLU(0.01),
-            nn.Conv3d(cout, cout, 3, padding=1, bias=False), nn.InstanceNorm3d(cout, affine=True), nn.LeakyReLU(0.01),
-        )
+class UNet3D(train.UNet):
+    """3-D U-Net (``train.UNet`` with ``nd=3``, ``depth`` levels) at 2 mm isotropic behind a z average
+    pooling: input (N,1,80,112,112) at 1x2x2 mm, pooled to (N,1,40,112,112); logits linearly
+    interpolated back along z (centre-aligned): output (N,6,80,112,112)."""
 
-
-class UNet3D(nn.Module):
-    """3-D U-Net at 2 mm isotropic behind a z average pooling: input (N,1,80,112,112) at 1x2x2 mm, pooled
-    to (N,1,40,112,112); ``depth`` levels of two 3x3x3 convolutions (instance norm, LeakyReLU), max
-    pooling 2, transposed-convolution upsampling, skip connections; logits linearly interpolated
-    back along z (centre-aligned): output (N,6,80,112,112)."""
-
-    def __init__(self, base=16, depth=4, cin=1, ncls=NUM_CLASSES):
-        super().__init__()
-        chs = [base * 2 ** i for i in range(depth)]
-        self.down = nn.ModuleList()
-        c = cin
-        for ch in chs:
-            self.down.append(Block(c, ch))
-            c = ch
-        self.up = nn.ModuleList()
-        self.upconv = nn.ModuleList()
-        for ch in reversed(chs[:-1]):
-            self.upconv.append(nn.ConvTranspose3d(c, ch, 2, stride=2))
-            self.up.append(Block(2 * ch, ch))
-            c = ch
-        self.head = nn.Conv3d(c, ncls, 1)
+    def __init__(self, base=16, depth=4):
+        super().__init__(base=base, depth=depth, nd=3)
 
     def forward(self, x):
-        x = F.avg_pool3d(x, (2, 1, 1))
-        skips = []
-        for i, blk in enumerate(self.down):
-            x = blk(x)
-            if i < len(self.down) - 1:
-                skips.append(x)
-                x = F.max_pool3d(x, 2)
-        for upc, blk in zip(self.upconv, self.up):
-            x = upc(x)
-            x = blk(torch.cat([x, skips.pop()], 1))
-        return F.interpolate(self.head(x), scale_factor=(2.0, 1.0, 1.0), mode="trilinear", align_corners=False)
-
-
-def dice_loss(logits, y):
-    p = logits.softmax(1)
-    oh = F.one_hot(y, NUM_CLASSES).permute(0, 4, 1, 2, 3).float()
-    inter = (p * oh).sum((0, 2, 3, 4))
-    den = p.sum((0, 2, 3, 4)) + oh.sum((0, 2, 3, 4))
-    return 1 - ((2 * inter + 1) / (den + 1))[1:].mean()
+        x = super().forward(F.avg_pool3d(x, (2, 1, 1)))
+        return F.interpolate(x, scale_factor=(2.0, 1.0, 1.0), mode="trilinear", align_corners=False)
 
 
 def logits_full_res(run, img):
@@ -179,11 +139,11 @@ def main():
         for g in opt.param_groups:
             g["lr"] = lr
         logits = model(x)
-        loss = F.cross_entropy(logits, y) + dice_loss(logits, y)
+        loss = F.cross_entropy(logits, y) + train.dice_loss(logits, y)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         step += 1
         if step % args.val_every == 0 or step == steps or args.smoke and step % 4 == 0:
             preds = [predict_volume(model, im) for im, _ in val]
@@ -207,24 +167,7 @@ def main():
                "history": history, "torch": torch.__version__, "seed": args.seed, "peak_lr": args.lr,
                "grid": GRID, "patch": PATCH}
     # export: input (N,1,80,112,112) z-scored volume at 1x2x2 mm (z padded), output (N,6,80,112,112) logits
-    model.eval()
-    onnx_path = args.out / "model.onnx"
-    torch.onnx.export(model, torch.zeros(1, 1, *PATCH), onnx_path, input_names=["image"], output_names=["logits"],
-                      dynamic_axes={"image": {0: "n"}, "logits": {0: "n"}}, opset_version=17, dynamo=False)
-    import onnxruntime as ort
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    probe = torch.randn(1, 1, *PATCH)
-    with torch.no_grad():
-        diff = float(np.abs(sess.run(None, {"image": probe.numpy()})[0] - model(probe).numpy()).max())
-    results["onnx_max_abs_diff_vs_torch"] = diff
-    (args.out / "metrics.json").write_text(json.dumps(results, indent=2))
-    print(json.dumps({k: v for k, v in results.items() if k not in ("history", "train")}, indent=2))
-    if args.smoke:
-        first, last = np.mean(losses[:3]), np.mean(losses[-3:])
-        assert last < first, f"smoke: loss did not fall ({first:.3f} -> {last:.3f})"
-        assert diff < 1e-3, f"smoke: ONNX export differs from torch by {diff}"
-        print(f"smoke OK: loss {first:.3f} -> {last:.3f}, ONNX max abs diff {diff:.2e}")
-
+    train.export(model, args.out, (1, 1, *PATCH), {0: "n"}, results, losses, args.smoke)
 
 if __name__ == "__main__":
     main()
