@@ -8,14 +8,15 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use ndarray::{Array3, Array4, ArrayD};
 use ndarray_npy::{read_npy, write_npy};
 
 use myonode::config::SegmentConfig;
+use myonode::pipeline::messages::{Channel, ChannelKind, SeriesHeader, StudyJob};
 use myonode::segment::onnx::{self, runtime, OnnxError, OnnxModel};
-use myonode::segment::{create_analysis_with, SegmentError};
+use myonode::segment::{create_analysis_with, segment_job, SegmentError};
 use myonode::volume::Volume;
 
 fn crate_root() -> PathBuf {
@@ -418,4 +419,106 @@ fn workers_each_own_a_session_and_agree() {
         }
     }
     assert!(results[0][0].iter().any(|&v| v == 1));
+}
+
+// ------------------------------------------------------------------ jobs: which images a model gets
+
+/// A job as assemble hands it on: header with Modality and ImageType, primary volume, and the
+/// paired Dixon channels (`channels`, empty for a lone series).
+fn study_job(modality: &str, image_type: &str, vol: &Volume, channels: Vec<(ChannelKind, Volume)>) -> StudyJob {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    let mut ds = dicom_object::InMemDicomObject::new_empty();
+    ds.put(DataElement::new(tags::MODALITY, VR::CS, PrimitiveValue::from(modality)));
+    ds.put(DataElement::new(
+        tags::IMAGE_TYPE,
+        VR::CS,
+        PrimitiveValue::Strs(image_type.split('\\').map(String::from).collect()),
+    ));
+    let header = SeriesHeader {
+        study_instance_uid: "1.2.3".into(),
+        series_instance_uid: "1.2.3.4".into(),
+        frame_of_reference_uid: "1.2.3.5".into(),
+        modality: modality.into(),
+        dataset: Arc::new(ds),
+    };
+    StudyJob {
+        job_id: "job".into(),
+        version: 1,
+        header: header.clone(),
+        volume: Arc::new(vol.clone()),
+        job_dir: std::env::temp_dir(),
+        channels: channels
+            .into_iter()
+            .map(|(kind, v)| Channel { kind, header: header.clone(), volume: Arc::new(v) })
+            .collect(),
+    }
+}
+
+fn input_mismatch(e: SegmentError) -> String {
+    let msg = e.to_string();
+    assert!(matches!(e, SegmentError::Onnx(OnnxError::InputMismatch { .. })), "{msg}");
+    msg
+}
+
+#[test]
+fn paired_dixon_job_gives_a_water_fat_model_both_images_in_manifest_order() {
+    let water = volume((6, 10, 10), [1.0, 1.0, 1.0]);
+    // a different image (each channel is z-scored on its own, so a scaled copy would not do)
+    let mut fat = volume((6, 10, 10), [1.0, 1.0, 1.0]);
+    fat.data = Array3::from_shape_fn((6, 10, 10), |(z, y, x)| if (x + 2 * y + 3 * z) % 7 < 3 { 300.0 } else { 10.0 * x as f32 });
+    // channels listed fat first: the manifest order (water, fat) decides what goes where
+    let job = study_job(
+        "MR",
+        "DERIVED\\PRIMARY\\DIXON\\FAT",
+        &fat,
+        vec![(ChannelKind::Fat, fat.clone()), (ChannelKind::Water, water.clone())],
+    );
+    let mut a = create_analysis_with("dixon", &cfg()).unwrap();
+    let got = segment_job(a.as_mut(), job).expect("a paired job runs the two-channel model").labels;
+    let mut m = OnnxModel::load(&fixtures().join("dixon"), &cfg()).unwrap();
+    let want = m.segment(&[("water", &water), ("fat", &fat)], Some("MR")).unwrap();
+    assert_eq!(*got, want, "the node must feed water, fat in the manifest's order");
+    let swapped = m.segment(&[("water", &fat), ("fat", &water)], Some("MR")).unwrap();
+    assert_ne!(want, swapped, "the fixture must tell the channels apart, or this test proves nothing");
+}
+
+#[test]
+fn a_job_without_the_images_a_model_needs_is_refused_naming_both() {
+    let vol = volume((6, 10, 10), [1.0, 1.0, 1.0]);
+    // a water + fat model and a lone water series (its partners never came)
+    let mut dixon = create_analysis_with("dixon", &cfg()).unwrap();
+    let lone_water = study_job("MR", "DERIVED\\PRIMARY\\DIXON\\WATER", &vol, vec![]);
+    let msg = input_mismatch(segment_job(dixon.as_mut(), lone_water).err().expect("must be refused"));
+    assert!(msg.contains("[\"water\", \"fat\"]") && msg.contains("water (6, 10, 10)"), "{msg}");
+    // a CT model and an MR job (Modality from the header)
+    let mut ct = create_analysis_with("conv3d-labels", &cfg()).unwrap();
+    let msg = input_mismatch(segment_job(ct.as_mut(), study_job("MR", "ORIGINAL\\PRIMARY", &vol, vec![])).err().unwrap());
+    assert!(msg.contains("[\"ct\"]") && msg.contains("Modality MR"), "{msg}");
+    assert!(segment_job(ct.as_mut(), study_job("CT", "ORIGINAL\\PRIMARY\\AXIAL", &vol, vec![])).is_ok());
+    // a model for any image runs on the primary of a paired job
+    let mut any = create_analysis_with("conv3d", &cfg()).unwrap();
+    let paired = study_job("MR", "DERIVED\\PRIMARY\\DIXON\\WATER", &vol, vec![(ChannelKind::Water, vol.clone()), (ChannelKind::Fat, vol.clone())]);
+    assert!(segment_job(any.as_mut(), paired).is_ok());
+}
+
+#[test]
+fn the_shipped_water_model_runs_on_dixon_water_and_refuses_other_contrasts() {
+    let cfg = SegmentConfig { models_dir: crate_root().join("models"), ..cfg() };
+    let mut a = create_analysis_with("lumbar-vertebrae-mr", &cfg).unwrap();
+    let vol = volume((3, 40, 40), [1.0, 1.0, 1.0]);
+    // a lone Dixon water series (Siemens ImageType), and the water channel of a paired job
+    assert!(segment_job(a.as_mut(), study_job("MR", "DERIVED\\PRIMARY\\DIXON\\WATER", &vol, vec![])).is_ok());
+    let paired = study_job(
+        "MR",
+        "DERIVED\\PRIMARY\\DIXON\\WATER",
+        &vol,
+        vec![(ChannelKind::Water, vol.clone()), (ChannelKind::Fat, vol.clone()), (ChannelKind::InPhase, vol.clone())],
+    );
+    assert!(segment_job(a.as_mut(), paired).is_ok());
+    // a lone fat series and a plain (non-Dixon) lumbar MR series: not what the model was trained on
+    for (image_type, offered) in [("DERIVED\\PRIMARY\\DIXON\\FAT", "fat (3, 40, 40)"), ("ORIGINAL\\PRIMARY\\M\\ND", "image (3, 40, 40)")] {
+        let msg = input_mismatch(segment_job(a.as_mut(), study_job("MR", image_type, &vol, vec![])).err().expect(image_type));
+        assert!(msg.contains("[\"water\"]") && msg.contains(offered) && msg.contains("Modality MR"), "{image_type}: {msg}");
+    }
 }

@@ -32,7 +32,7 @@ use ort::value::TensorRef;
 use self::manifest::{Dimensions, Manifest, ManifestError, OutputKind};
 use self::runtime::ExecutionProviderStatus;
 use crate::config::SegmentConfig;
-use crate::pipeline::messages::{AlgorithmIdentification, SegmentDescription};
+use crate::pipeline::messages::{AlgorithmIdentification, ChannelKind, SegmentDescription, StudyJob};
 use crate::segment::{resample, Analysis, SegmentError};
 use crate::volume::Volume;
 
@@ -88,6 +88,56 @@ pub struct OnnxModel {
 /// How a job's images are offered to [`OnnxModel::segment`]: one per channel, with the
 /// image kind (e.g. `water`, `fat`; `image` when unknown) and the volume.
 pub type ChannelInput<'a> = (&'a str, &'a Volume);
+
+/// Channel names of a manifest that name a Dixon image kind ([`ChannelKind::as_str`]).
+const DIXON_KINDS: [ChannelKind; 4] = [ChannelKind::Water, ChannelKind::Fat, ChannelKind::InPhase, ChannelKind::OpposedPhase];
+
+/// Manifest channel names that are DICOM Modality (0008,0060) defined terms checked against the
+/// job's Modality (PS3.3 C.7.3.1.1.1).
+const MODALITY_NAMES: [&str; 7] = ["ct", "mr", "pt", "us", "cr", "dx", "mg"];
+
+fn names_dixon_kind(channel: &str) -> bool {
+    DIXON_KINDS.iter().any(|k| k.as_str().eq_ignore_ascii_case(channel))
+}
+
+/// The images of `job` as inputs of a model whose manifest lists `wanted` (`input.channels`),
+/// in the manifest's order, for [`OnnxModel::segment`].
+///
+/// * What the job offers: a paired Dixon job ([`StudyJob::channels`]) each channel under its
+///   kind (`water`, `fat`, `in_phase`, `opposed_phase`); a lone series its one image under the
+///   kind its header names ([`crate::assemble::dixon::classify`]: ImageType, then a Dixon
+///   SeriesDescription, then the echo time), else as `image`.
+/// * A wanted Dixon kind takes the offered image of that kind. Any other name (`any`, a modality
+///   such as `mr`, a contrast such as `t1`) takes the job's primary image, when the model wants
+///   one channel.
+/// * When a wanted image is not offered, everything offered is returned instead, so that
+///   [`OnnxModel::check_channels`] refuses the job naming what the model expects and what the
+///   job has (e.g. a water-only model and a lone fat series, or a water+fat model and a lone
+///   water series).
+pub fn job_inputs<'a>(wanted: &[String], job: &'a StudyJob) -> Vec<ChannelInput<'a>> {
+    let offered: Vec<ChannelInput<'a>> = if job.channels.is_empty() {
+        let kind = crate::assemble::dixon::classify(&job.header.dataset).map_or("image", |c| c.kind.as_str());
+        vec![(kind, job.volume.as_ref())]
+    } else {
+        job.channels.iter().map(|c| (c.kind.as_str(), c.volume.as_ref())).collect()
+    };
+    let mut chosen = Vec::with_capacity(wanted.len());
+    for w in wanted {
+        let pick = if names_dixon_kind(w) {
+            offered.iter().find(|(k, _)| k.eq_ignore_ascii_case(w)).copied()
+        } else if wanted.len() == 1 {
+            // the primary: the lone image, or the first channel of a paired job (water first)
+            offered.first().copied()
+        } else {
+            None
+        };
+        match pick {
+            Some(p) => chosen.push(p),
+            None => return offered,
+        }
+    }
+    chosen
+}
 
 impl OnnxModel {
     /// Load `<dir>/model.toml`, open `model.onnx` with the providers of `cfg`, and check that
@@ -229,11 +279,17 @@ impl OnnxModel {
         }
         for (w, (kind, _)) in want.iter().zip(channels) {
             let w = w.to_ascii_lowercase();
+            // A single image whose kind the header does not name, for a single-channel model: accepted
+            // when the modality is unknown (`Analysis::run`, no header), or when the model's channel
+            // names neither a Dixon kind nor a modality (a contrast such as `t1` cannot be read from
+            // the header; the route chose the model). A `water` model is not run on a T1 image.
+            let unnamed_single = want.len() == 1
+                && kind.eq_ignore_ascii_case("image")
+                && (modality.is_none() || !(names_dixon_kind(&w) || MODALITY_NAMES.contains(&w.as_str())));
             let ok = w == "any"
                 || w.eq_ignore_ascii_case(kind)
                 || modality.is_some_and(|m| m.eq_ignore_ascii_case(&w))
-                // a single unnamed image of unknown modality is accepted for a single-channel model
-                || (want.len() == 1 && modality.is_none() && kind.eq_ignore_ascii_case("image"));
+                || unnamed_single;
             if !ok {
                 return Err(err());
             }
@@ -525,6 +581,16 @@ impl Analysis for OnnxAnalysis {
     /// [`OnnxError::InputMismatch`]; use [`OnnxModel::segment`] for multi-channel jobs.
     fn run(&mut self, volume: &Volume) -> Result<Array3<u8>, SegmentError> {
         Ok(self.model.segment(&[("image", volume)], None)?)
+    }
+    /// Runs the model on the job's images chosen by [`job_inputs`] (Dixon channels by kind) and
+    /// checked against the manifest with the job's Modality: a water+fat model gets both images
+    /// of a paired Dixon job; a job without the images the model needs fails with
+    /// [`OnnxError::InputMismatch`] naming both sides, instead of being segmented from the
+    /// wrong contrast.
+    fn run_job(&mut self, job: &StudyJob) -> Result<Array3<u8>, SegmentError> {
+        let inputs = job_inputs(&self.model.manifest.input.channels, job);
+        let modality = Some(job.header.modality.trim()).filter(|m| !m.is_empty());
+        Ok(self.model.segment(&inputs, modality)?)
     }
     fn model_time(&self) -> Option<Duration> {
         Some(self.model.timing.session_run)
