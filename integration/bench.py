@@ -40,9 +40,11 @@ log events (timestamps are the node's clock, microsecond resolution):
   → measured   (last "measured" of the job)
   → encoded    ("results encoded"; older builds "SEG and SR encoded")
   → delivered  (last "delivered" of the job's SEG/SR: the PACS acknowledged the C-STORE).
-A warm-up series (pelvis ADC) goes first so model loading is not counted. Cases: every
-analysis on the knee series, and the shipped lumbar model on its own kind of input (a held-out
-training volume as a sagittal Dixon water series, REAL PIXELS, GENERATED HEADERS).
+A warm-up series goes first so model loading is not counted. Cases: every analysis but the
+lumbar model on the knee series (warm-up: pelvis ADC); the shipped lumbar model, which takes
+only Dixon water images, on its own kind of input (a held-out training volume as a sagittal
+Dixon water series, REAL PIXELS, GENERATED HEADERS; warm-up: a second one), with the default
+`assemble.dixon_channels` (waits for partners) and with `["water"]` (a site sending only water).
 
 Memory: peak RSS (ru_maxrss of the child, from wait4) of `myonode process DIR --out OUT`
 over the knee series and over a 1,000-slice series generated from the knee pixels (real
@@ -432,20 +434,22 @@ def wait_delivered(node: Node, n: int, timeout: float) -> None:
 
 
 # ---------------------------------------------------------------------------- latency
-def bench_latency(args, out: Path, cases: list[tuple[str, str, list[Path]]], warmup: list[Path],
-                  model_compute_ms: dict) -> list[dict]:
-    """Per case (analysis, data name, series files) and binary (`myonode`, and `myonode-before`
+def bench_latency(args, out: Path, cases: list[dict], model_compute_ms: dict) -> list[dict]:
+    """Per case (dict: analysis, data name, series files, warm-up series files, extra node
+    environment `env`) and binary (`myonode`, and `myonode-before`
     with --compare-bin), repeated `--latency-repeat` times interleaved; the row of the median
     total is reported with all totals. Model compute is the node's own `model_ms` of the job when
     logged (same process, same job), else the inference section's Session::run time."""
     binaries = [("myonode", args.bin)] + ([("myonode-before", args.compare_bin)] if args.compare_bin else [])
     rows = []
-    for analysis, data_name, series in cases:
+    for case in cases:
+        analysis, data_name, series, warmup = case["analysis"], case["data"], case["series"], case["warmup"]
+        env = case.get("env")
         runs: dict[str, list[dict]] = {name: [] for name, _ in binaries}
         for rep in range(args.latency_repeat):
             for name, binary in binaries:
-                r = latency_once(args, out / "latency" / f"{analysis}-{data_name}-{name}-{rep}", binary, series,
-                                 warmup, analysis, model_compute_ms)
+                r = latency_once(args, out / "latency" / f"{analysis}-{len(rows)}-{name}-{rep}", binary, series,
+                                 warmup, analysis, model_compute_ms, env)
                 r["data"] = data_name
                 runs[name].append(r)
         # a binary that does not log model_ms (an older build) is charged the median model_ms of
@@ -471,7 +475,7 @@ def bench_latency(args, out: Path, cases: list[tuple[str, str, list[Path]]], war
 
 
 def latency_once(args, work: Path, binary: Path, series: list[Path], warmup: list[Path], analysis: str,
-                 model_compute_ms: dict) -> dict:
+                 model_compute_ms: dict, env: Optional[dict] = None) -> dict:
     quiet = args.quiet
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -480,7 +484,7 @@ def latency_once(args, work: Path, binary: Path, series: list[Path], warmup: lis
     try:
         node = Node(binary, work / "node", pacs_port=pacs.port, json_log=True, debug_receive=True,
                     MYONODE__ASSEMBLE__QUIET_PERIOD_SECONDS=str(quiet), MYONODE__SEGMENT__ANALYSIS=analysis,
-                    MYONODE__SPOOL__FSYNC="true")
+                    MYONODE__SPOOL__FSYNC="true", **(env or {}))
         storescu_parallel(node.port, "MYONODE", warmup, 1, work)
         wait_delivered(node, 2, args.timeout)
         storescu_parallel(node.port, "MYONODE", series, 1, work)
@@ -509,24 +513,28 @@ def latency_once(args, work: Path, binary: Path, series: list[Path], warmup: lis
     return row
 
 
-def lumbar_case(args, gen: Path) -> Optional[tuple[str, list[Path]]]:
+def lumbar_case(args, gen: Path) -> Optional[tuple[str, list[Path], list[Path]]]:
     """The shipped model's own kind of input: its first held-out test volume
-    (`models/lumbar-vertebrae-mr/metrics.json`) wrapped into a sagittal MR series with
-    GENERATED HEADERS (`lumbar_series.write_series`: real pixels, 1 mm isotropic, 224 x 224 x 77).
-    None when the training data is absent."""
+    (`models/lumbar-vertebrae-mr/metrics.json`) wrapped into a sagittal Dixon water series with
+    GENERATED HEADERS (`lumbar_series.write_series`: real pixels, 1 mm isotropic, 224 x 224 x 77),
+    and the second one as the warm-up series. Returns (data name, files, warm-up files); None
+    when the training data is absent."""
     import scipy.io
     from lumbar_series import write_series
 
     metrics = REPO / "models" / "lumbar-vertebrae-mr" / "metrics.json"
-    name = json.loads(metrics.read_text())["test"][0]
-    mat = args.data / "training" / "lumbar-vertebrae-mr" / name
-    if not mat.is_file():
-        print(f"  latency: {mat} not found; the lumbar case is skipped", flush=True)
-        return None
-    folder = gen / "lumbar"
-    shutil.rmtree(folder, ignore_errors=True)
-    write_series(scipy.io.loadmat(mat)["I"], folder, seed=0)
-    return f"lumbar-mr {name} (generated headers)", files_of(folder)
+    names = json.loads(metrics.read_text())["test"][:2]
+    out = []
+    for i, name in enumerate(names):
+        mat = args.data / "training" / "lumbar-vertebrae-mr" / name
+        if not mat.is_file():
+            print(f"  latency: {mat} not found; the lumbar case is skipped", flush=True)
+            return None
+        folder = gen / f"lumbar-{i}"
+        shutil.rmtree(folder, ignore_errors=True)
+        write_series(scipy.io.loadmat(mat)["I"], folder, seed=i)
+        out.append(files_of(folder))
+    return f"lumbar-mr {names[0]} (generated headers)", out[0], out[1]
 
 
 # ---------------------------------------------------------------------------- inference
@@ -768,11 +776,18 @@ def main(argv=None) -> int:
                 compute["lumbar-vertebrae-mr"] = r["run_ms"]
         # in quick mode the "knee" is the pelvis series itself: use a copy so the warm-up differs
         lat_series = copy_series(knee, gen / "latency") if args.quick else knee_files
-        cases = [(a, knee.name, lat_series) for a in analyses]
+        # the lumbar model takes only Dixon water images (the node refuses the knee for it):
+        # it is measured on its own kind of input, the other analyses on the knee
+        cases = [dict(analysis=a, data=knee.name, series=lat_series, warmup=warm)
+                 for a in analyses if a != "lumbar-vertebrae-mr"]
         lumbar = lumbar_case(args, gen) if "lumbar-vertebrae-mr" in analyses else None
         if lumbar:
-            cases.append(("lumbar-vertebrae-mr",) + lumbar)
-        res["latency"] = bench_latency(args, out, cases, warm, compute)
+            data_name, files, warm_lumbar = lumbar
+            case = dict(analysis="lumbar-vertebrae-mr", data=data_name, series=files, warmup=warm_lumbar)
+            # a site that sends only the water image says so: no wait for partners
+            cases += [case, dict(case, data=data_name + ", dixon_channels = [water]",
+                                 env={"MYONODE__ASSEMBLE__DIXON_CHANNELS": "water"})]
+        res["latency"] = bench_latency(args, out, cases, compute)
     if "memory" in sections:
         import pydicom
         d0 = pydicom.dcmread(knee_files[0], stop_before_pixels=True)

@@ -159,6 +159,11 @@ pub struct AssembleConfig {
     /// waits at most this long for its partner series of the same study before its job starts; 0 = no pairing.
     #[serde(default = "default_study_window_seconds")]
     pub study_window_seconds: f64,
+    /// The Dixon images the site's scanners send per acquisition (`water`, `fat`, `in_phase`,
+    /// `opposed_phase`): a group is released as soon as all of these are in on one grid,
+    /// instead of waiting out [`Self::study_window_seconds`]. Default: all four.
+    #[serde(default = "default_dixon_channels")]
+    pub dixon_channels: Vec<crate::pipeline::messages::ChannelKind>,
 }
 
 impl Default for AssembleConfig {
@@ -173,6 +178,7 @@ impl Default for AssembleConfig {
             complete_on_expected_count: true,
             max_wait_seconds: default_max_wait_seconds(),
             study_window_seconds: default_study_window_seconds(),
+            dixon_channels: default_dixon_channels(),
         }
     }
 }
@@ -188,6 +194,10 @@ fn default_max_wait_seconds() -> f64 {
 }
 fn default_study_window_seconds() -> f64 {
     30.0
+}
+fn default_dixon_channels() -> Vec<crate::pipeline::messages::ChannelKind> {
+    use crate::pipeline::messages::ChannelKind::*;
+    vec![Water, Fat, InPhase, OpposedPhase]
 }
 
 /// `[segment]`: which analysis runs.
@@ -434,7 +444,8 @@ impl Config {
                 .try_parsing(true)
                 .list_separator(",")
                 .with_list_parse_key("receive.allowed_calling_ae_titles")
-                .with_list_parse_key("segment.execution_providers"),
+                .with_list_parse_key("segment.execution_providers")
+                .with_list_parse_key("assemble.dixon_channels"),
         );
         let cfg: Config = builder.build()?.try_deserialize()?;
         cfg.validate()?;
@@ -509,6 +520,12 @@ impl Config {
         }
         if !(a.study_window_seconds >= 0.0 && a.study_window_seconds.is_finite()) {
             return bad("assemble.study_window_seconds", "must be a finite number >= 0");
+        }
+        if a.dixon_channels.is_empty() {
+            return bad("assemble.dixon_channels", "must name at least one of water, fat, in_phase, opposed_phase");
+        }
+        if let Some(k) = a.dixon_channels.iter().enumerate().find(|(i, k)| a.dixon_channels[..*i].contains(k)).map(|(_, k)| k) {
+            return bad("assemble.dixon_channels", format!("`{}` is listed twice", k.as_str()));
         }
         self.check_analysis("segment.analysis", &self.segment.analysis)?;
         let mut route_names = std::collections::HashSet::new();
@@ -729,6 +746,15 @@ mod tests {
         std::fs::write(&p, "[assemble]\nstudy_window_seconds = -1\n").unwrap();
         let e = Config::load(Some(&p)).unwrap_err().to_string();
         assert!(e.contains("assemble.study_window_seconds"), "{e}");
+        for (value, says) in [("[]", "at least one"), ("[\"water\", \"fat\", \"water\"]", "`water` is listed twice"), ("[\"wasser\"]", "wasser")] {
+            std::fs::write(&p, format!("[assemble]\ndixon_channels = {value}\n")).unwrap();
+            let e = Config::load(Some(&p)).unwrap_err().to_string();
+            assert!(e.contains("dixon_channels") && e.contains(says), "{value}: {e}");
+        }
+        std::fs::write(&p, "[assemble]\ndixon_channels = [\"water\", \"fat\"]\n").unwrap();
+        let c = Config::load(Some(&p)).unwrap();
+        use crate::pipeline::messages::ChannelKind;
+        assert_eq!(c.assemble.dixon_channels, vec![ChannelKind::Water, ChannelKind::Fat]);
         std::fs::write(&p, "[receive]\nport = \"abc\"\n").unwrap();
         let e = Config::load(Some(&p)).unwrap_err().to_string();
         assert!(e.contains("receive.port"), "{e}");

@@ -171,3 +171,27 @@ fn knee_dess_echoes_do_not_pair() {
     assert_eq!(pairer.pending_jobs(), 0);
     assert!(pairer.take_all().is_empty());
 }
+
+#[test]
+fn a_site_sending_water_and_fat_gets_the_pair_at_once_not_after_the_window() {
+    let fx = fixture();
+    let now = Instant::now();
+    // assemble.dixon_channels = ["water", "fat"]: what this site's scanners send
+    let mut pairer = DixonPairer::expecting(WINDOW, &[ChannelKind::Water, ChannelKind::Fat]);
+    let (w, wf) = make_series(&fx.dir, "w", 6, "DERIVED\\PRIMARY\\DIXON\\WATER", "dixon W", |v| v);
+    let (f, ff) = make_series(&fx.dir, "f", 6, "DERIVED\\PRIMARY\\DIXON\\FAT", "dixon F", |v| v / 4);
+    assert!(pairer.offer(assemble(&fx.spool, &w, wf), now).is_empty(), "water alone waits for fat");
+    let out = pairer.offer(assemble(&fx.spool, &f, ff), now + Duration::from_secs(1));
+    assert_eq!(out.len(), 1, "released when the expected kinds are in, 29 s before the window ends");
+    assert_eq!(out[0].header.series_instance_uid, w);
+    let kinds: Vec<ChannelKind> = out[0].channels.iter().map(|c| c.kind).collect();
+    assert_eq!(kinds, vec![ChannelKind::Water, ChannelKind::Fat]);
+    assert_eq!(pairer.pending_jobs(), 0);
+    // the default pairer keeps waiting for in-phase and opposed-phase
+    let mut default = DixonPairer::new(WINDOW);
+    let (w2, wf2) = make_series(&fx.dir, "w2", 6, "DERIVED\\PRIMARY\\DIXON\\WATER", "dixon W", |v| v);
+    let (f2, ff2) = make_series(&fx.dir, "f2", 6, "DERIVED\\PRIMARY\\DIXON\\FAT", "dixon F", |v| v / 4);
+    assert!(default.offer(assemble(&fx.spool, &w2, wf2), now).is_empty());
+    assert!(default.offer(assemble(&fx.spool, &f2, ff2), now).is_empty());
+    assert_eq!(default.take_due(now + WINDOW).len(), 1);
+}

@@ -16,7 +16,8 @@
 //!    whole number is in phase, within 0.15 of a half-integer opposed phase.
 //!
 //! **Pairing** ([`DixonPairer`]): a classified job waits in a buffer keyed by
-//! (StudyInstanceUID, FrameOfReferenceUID) until either all four kinds are present on one grid or
+//! (StudyInstanceUID, FrameOfReferenceUID) until either the kinds the site's scanners send
+//! (`assemble.dixon_channels`, default all four) are present on one grid or
 //! `assemble.study_window_seconds` passed since the first one arrived. Jobs on the same grid
 //! (shape, spacing within 1e-3 mm, origin within 0.01 mm, directions within 1e-4) then form one
 //! job; the primary (the series the SEG/SR reference) is water, else fat, in-phase,
@@ -156,17 +157,29 @@ struct Pending {
 #[derive(Debug)]
 pub struct DixonPairer {
     window: Duration,
+    expected: Vec<ChannelKind>,
     pending: BTreeMap<(String, String), Pending>,
 }
 
+/// All four Dixon kinds: what a pairer waits for unless told otherwise.
+pub const ALL_KINDS: [ChannelKind; 4] = [ChannelKind::Water, ChannelKind::Fat, ChannelKind::InPhase, ChannelKind::OpposedPhase];
+
 impl DixonPairer {
-    /// A pairer waiting at most `window` for the partners of a Dixon series.
+    /// A pairer waiting at most `window` for the partners of a Dixon series, releasing a group
+    /// early once all four kinds are in.
     pub fn new(window: Duration) -> Self {
-        DixonPairer { window, pending: BTreeMap::new() }
+        Self::expecting(window, &ALL_KINDS)
+    }
+
+    /// A pairer waiting at most `window`, releasing a group as soon as every kind in `expected`
+    /// (`assemble.dixon_channels`: what the site's scanners send) is in on one grid. Kinds
+    /// outside `expected` that arrive in time still join the group.
+    pub fn expecting(window: Duration, expected: &[ChannelKind]) -> Self {
+        DixonPairer { window, expected: expected.to_vec(), pending: BTreeMap::new() }
     }
 
     /// Offer a freshly assembled job: returned at once when it is not a Dixon channel (or the
-    /// window is zero); otherwise buffered, and the group on its grid returned once all four kinds are in.
+    /// window is zero); otherwise buffered, and the group on its grid returned once the expected kinds are in.
     pub fn offer(&mut self, job: StudyJob, now: Instant) -> Vec<StudyJob> {
         let Some(c) = classify(&job.header.dataset) else { return vec![job] };
         info!(job = %job.job_id, kind = c.kind.as_str(), from = c.source, "Dixon channel recognised");
@@ -178,12 +191,10 @@ impl DixonPairer {
         // a newer version of the same series replaces the buffered one
         p.jobs.retain(|(_, j)| j.header.series_instance_uid != job.header.series_instance_uid);
         p.jobs.push((c.kind, job));
-        // the new job's grid holds all four kinds: release those, keep the rest waiting
+        // the new job's grid holds every expected kind: release those, keep the rest waiting
         let grid = Arc::clone(&p.jobs.last().expect("just pushed").1.volume);
         let on_grid = |j: &StudyJob| same_grid(&j.volume, &grid);
-        let complete = [ChannelKind::Water, ChannelKind::Fat, ChannelKind::InPhase, ChannelKind::OpposedPhase]
-            .iter()
-            .all(|k| p.jobs.iter().any(|(kind, j)| kind == k && on_grid(j)));
+        let complete = self.expected.iter().all(|k| p.jobs.iter().any(|(kind, j)| kind == k && on_grid(j)));
         if !complete {
             return Vec::new();
         }

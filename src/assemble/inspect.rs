@@ -173,8 +173,10 @@ fn series_report(uid: &str, images: Vec<ImageFacts>, files: &[PathBuf], cfg: &As
                 jobs += 1;
                 let action = match &report.dixon {
                     Some((kind, _)) => format!(
-                        "job {id} as Dixon {kind} channel (waits up to {} s for the other channels of its study)",
-                        cfg.study_window_seconds
+                        "job {id} as Dixon {kind} channel (waits up to {} s for the other channels of its study, \
+                         less once {} are in)",
+                        cfg.study_window_seconds,
+                        cfg.dixon_channels.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
                     ),
                     None => format!("job {id}"),
                 };

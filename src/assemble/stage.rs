@@ -267,8 +267,9 @@ fn quarantine(done: &CompletedSeries, spool: &Spool, move_to_quarantine: bool, r
 /// and failed series are not moved (the input folder is the user's): only
 /// their reason is written under `quarantine/`.
 ///
-/// Assembled jobs pass through a [`DixonPairer`] (window `assemble.study_window_seconds`),
-/// which holds Dixon channels until their partners arrive; other jobs go on at once.
+/// Assembled jobs pass through a [`DixonPairer`] (window `assemble.study_window_seconds`,
+/// released early once the kinds of `assemble.dixon_channels` are in), which holds Dixon
+/// channels until their partners arrive; other jobs go on at once.
 ///
 /// `events` carries the end of associations (series completion by association end,
 /// see [`super::tracker`]); its disconnection only switches that input off.
@@ -285,7 +286,7 @@ pub fn run(
     let tick = Duration::from_millis(100);
     let mut events = events;
     let use_hints = cfg.complete_on_expected_count;
-    let mut pairer = DixonPairer::new(Duration::from_secs_f64(cfg.study_window_seconds));
+    let mut pairer = DixonPairer::expecting(Duration::from_secs_f64(cfg.study_window_seconds), &cfg.dixon_channels);
     let on_instance = |tracker: &mut SeriesTracker, msg: InstanceStored| {
         let hints = if use_hints && !msg.duplicate { instance_hints(&msg.path) } else { InstanceHints::default() };
         tracker.on_instance_with_hints(&msg, hints, Instant::now());
