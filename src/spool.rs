@@ -57,6 +57,13 @@
 //! named temporary file in `tmp/`, `fsync`, `rename` into place, `fsync` of the directory
 //! ([`Spool::write_atomically`]).
 //!
+//! Written while received: the C-STORE SCP opens the unnamed file (in `incoming/`, the same
+//! file system as every series folder, so `linkat` can name it there) as soon as a C-STORE-RQ's
+//! data set starts to arrive, appends each fragment as it comes and starts its writeback
+//! early ([`Spool::stage_instance`], `receive::staging`); steps 1 and 3–5 run once the complete
+//! data set has been checked ([`Spool::store_staged_instance`]). The order of data flush and
+//! name is the same, so the guarantee is too.
+//!
 //! Cost: two cache flushes per instance (data, then name) when instances arrive one at a time;
 //! concurrent associations share the second. `examples/bench_spool.rs` measures each step
 //! (docs/PERFORMANCE.md).
@@ -209,6 +216,22 @@ impl Spool {
         id: &InstanceIdentity<'_>,
         dataset: &[u8],
     ) -> Result<StoreOutcome, SpoolError> {
+        let (dir, dest) = match self.prepare_store(id)? {
+            Prepared::Write { dir, dest } => (dir, dest),
+            Prepared::Known(outcome) => return Ok(outcome),
+        };
+        let meta = part10_header(id.sop_class_uid, id.sop_instance_uid, id.transfer_syntax_uid);
+        if self.write_instance(&dir, &dest, &[&meta, dataset])? {
+            Ok(StoreOutcome::Stored(dest))
+        } else {
+            self.sync_duplicate(&dest)?;
+            Ok(StoreOutcome::Duplicate(dest))
+        }
+    }
+
+    /// What both store paths do before writing: check the UIDs, answer a stored instance as a
+    /// duplicate (its name made durable), and make the series folder durable (step 1).
+    fn prepare_store(&self, id: &InstanceIdentity<'_>) -> Result<Prepared, SpoolError> {
         check_uid("StudyInstanceUID", id.study_instance_uid)?;
         check_uid("SeriesInstanceUID", id.series_instance_uid)?;
         check_uid("SOPInstanceUID", id.sop_instance_uid)?;
@@ -217,17 +240,11 @@ impl Spool {
         let dest = self.instance_path(id);
         if dest.exists() {
             self.sync_duplicate(&dest)?;
-            return Ok(StoreOutcome::Duplicate(dest));
+            return Ok(Prepared::Known(StoreOutcome::Duplicate(dest)));
         }
-        let meta = part10_header(id.sop_class_uid, id.sop_instance_uid, id.transfer_syntax_uid);
         let dir = dest.parent().expect("instance path has a parent").to_path_buf();
         self.ensure_durable_dir(&dir)?;
-        if self.write_instance(&dir, &dest, &[&meta, dataset])? {
-            Ok(StoreOutcome::Stored(dest))
-        } else {
-            self.sync_duplicate(&dest)?;
-            Ok(StoreOutcome::Duplicate(dest))
-        }
+        Ok(Prepared::Write { dir, dest })
     }
 
     /// A duplicate is acknowledged like a new instance, so its name must be durable too: the
@@ -287,18 +304,31 @@ impl Spool {
         Ok(true)
     }
 
-    fn write_tmpfile_linkat(&self, dir: &Path, dest: &Path, parts: &[&[u8]]) -> Result<bool, TmpfileError> {
-        let mut f = match OpenOptions::new().write(true).custom_flags(libc::O_TMPFILE).mode(0o644).open(dir) {
-            Ok(f) => f,
+    /// Step 2 of the module docs: an unnamed file in `dir` (O_TMPFILE).
+    fn open_tmpfile(dir: &Path) -> Result<File, TmpfileError> {
+        match OpenOptions::new().write(true).custom_flags(libc::O_TMPFILE).mode(0o644).open(dir) {
+            Ok(f) => Ok(f),
             // EOPNOTSUPP: file system without O_TMPFILE; EISDIR/EINVAL: kernel without it
             Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)) => {
-                return Err(TmpfileError::Unsupported)
+                Err(TmpfileError::Unsupported)
             }
-            Err(e) => return Err(TmpfileError::Io(SpoolError::Io { path: dir.to_path_buf(), source: e })),
-        };
+            Err(e) => Err(TmpfileError::Io(SpoolError::Io { path: dir.to_path_buf(), source: e })),
+        }
+    }
+
+    fn write_tmpfile_linkat(&self, dir: &Path, dest: &Path, parts: &[&[u8]]) -> Result<bool, TmpfileError> {
+        let mut f = Self::open_tmpfile(dir)?;
         for p in parts {
             f.write_all(p).map_err(|e| TmpfileError::Io(SpoolError::Io { path: dest.to_path_buf(), source: e }))?;
         }
+        self.name_tmpfile(f, dir, dest)
+    }
+
+    /// Steps 3 (flush) to 5 of the module docs for an unnamed file `f` whose content is
+    /// complete: `fdatasync`, `linkat` to `dest` (in `dir`, or in another directory of the same
+    /// file system), group-committed `fsync` of `dir`. `Ok(false)` if `dest` already existed
+    /// (nothing named; the file is freed).
+    fn name_tmpfile(&self, f: File, dir: &Path, dest: &Path) -> Result<bool, TmpfileError> {
         if self.fsync {
             f.sync_data().map_err(|e| TmpfileError::Io(SpoolError::Io { path: dest.to_path_buf(), source: e }))?;
         }
@@ -325,6 +355,97 @@ impl Spool {
             }
         }
         Ok(true)
+    }
+
+    /// Start writing a received instance before its data set is complete: an unnamed file
+    /// (O_TMPFILE in `incoming/`, the file system of every series folder) holding the Part-10
+    /// header built from the C-STORE-RQ's AffectedSOPClassUID and AffectedSOPInstanceUID and
+    /// the presentation context's transfer syntax. The data set is appended with
+    /// [`StagedInstance::append`] as its fragments arrive, and the file gets its name in
+    /// [`Spool::store_staged_instance`] once the whole data set has been checked.
+    ///
+    /// Writing while receiving takes the page-cache copy and, with `spool.fsync`, most of the
+    /// data's transfer to the device (started early with `sync_file_range(SYNC_FILE_RANGE_WRITE)`
+    /// every [`StagedInstance::KICK_BYTES`]) out of the time between the last fragment and the
+    /// C-STORE-RSP. Durability is unchanged: the `fdatasync` of step 3 still runs before the
+    /// name exists, and an instance that is refused, aborted or never completed leaves nothing
+    /// (the unnamed inode is freed when the file is closed, also after a crash).
+    ///
+    /// `None` (store with [`Spool::store_instance`] instead) if a UID is unfit as a file name,
+    /// O_TMPFILE is not available here, or the file cannot be created or written (a real error
+    /// such as a full disk then shows again in `store_instance`, which reports it).
+    pub fn stage_instance(&self, sop_class_uid: &str, sop_instance_uid: &str, transfer_syntax_uid: &str) -> Option<StagedInstance> {
+        if self.no_tmpfile.load(Ordering::Relaxed)
+            || !is_valid_uid(sop_class_uid)
+            || !is_valid_uid(sop_instance_uid)
+            || !is_valid_uid(transfer_syntax_uid)
+        {
+            return None;
+        }
+        let incoming = self.root.join("incoming");
+        let file = match Self::open_tmpfile(&incoming) {
+            Ok(f) => f,
+            Err(TmpfileError::Unsupported) => {
+                self.no_tmpfile.store(true, Ordering::Relaxed);
+                tracing::warn!(dir = %incoming.display(), "O_TMPFILE/linkat unavailable; spool writes go through tmp/ and rename");
+                return None;
+            }
+            Err(TmpfileError::Io(e)) => {
+                tracing::debug!(error = %e, "cannot stage an instance; it is written once complete");
+                return None;
+            }
+        };
+        let header = part10_header(sop_class_uid, sop_instance_uid, transfer_syntax_uid);
+        let mut staged =
+            StagedInstance { file, header: Vec::new(), header_len: 0, data_len: 0, kicked: 0, failed: false, fsync: self.fsync };
+        if !staged.write(&header) {
+            return None;
+        }
+        staged.header_len = header.len() as u64;
+        staged.header = header;
+        Some(staged)
+    }
+
+    /// Give a staged instance (see [`Spool::stage_instance`]) its name once its data set is
+    /// complete and checked: same outcome, guarantee and errors as
+    /// [`Spool::store_instance`]`(id, dataset)`, of which this is the second half (steps 1 and
+    /// 3–5 of the module docs).
+    ///
+    /// `dataset` is the complete data set; the staged file is used only if it holds exactly the
+    /// Part-10 header of `id` followed by `dataset.len()` appended bytes and no write failed,
+    /// otherwise it is dropped and `dataset` is written by [`Spool::store_instance`].
+    ///
+    /// # Errors
+    /// As [`Spool::store_instance`].
+    pub fn store_staged_instance(
+        &self,
+        id: &InstanceIdentity<'_>,
+        staged: StagedInstance,
+        dataset: &[u8],
+    ) -> Result<StoreOutcome, SpoolError> {
+        let usable = !staged.failed
+            && staged.data_len == dataset.len() as u64
+            && staged.header == part10_header(id.sop_class_uid, id.sop_instance_uid, id.transfer_syntax_uid);
+        if !usable {
+            drop(staged);
+            return self.store_instance(id, dataset);
+        }
+        let (dir, dest) = match self.prepare_store(id)? {
+            Prepared::Write { dir, dest } => (dir, dest),
+            Prepared::Known(outcome) => return Ok(outcome),
+        };
+        match self.name_tmpfile(staged.file, &dir, &dest) {
+            Ok(true) => Ok(StoreOutcome::Stored(dest)),
+            Ok(false) => {
+                self.sync_duplicate(&dest)?;
+                Ok(StoreOutcome::Duplicate(dest))
+            }
+            Err(TmpfileError::Io(e)) => Err(e),
+            Err(TmpfileError::Unsupported) => {
+                self.no_tmpfile.store(true, Ordering::Relaxed);
+                self.store_instance(id, dataset)
+            }
+        }
     }
 
     /// Write `parts` concatenated to `dest` via `tmp/`, fsync, rename, fsync the directory.
@@ -500,6 +621,81 @@ impl Spool {
     }
 }
 
+/// Outcome of [`Spool::prepare_store`].
+enum Prepared {
+    /// Write the instance as `dest` in the (durable) series folder `dir`.
+    Write { dir: PathBuf, dest: PathBuf },
+    /// Already stored: nothing to write.
+    Known(StoreOutcome),
+}
+
+/// A received instance written to an unnamed spool file while its data set still arrives
+/// ([`Spool::stage_instance`]); named by [`Spool::store_staged_instance`], or freed when dropped.
+#[derive(Debug)]
+pub struct StagedInstance {
+    file: File,
+    /// The Part-10 header written first (compared with the checked identity before naming).
+    header: Vec<u8>,
+    header_len: u64,
+    /// Data set bytes appended after the header.
+    data_len: u64,
+    /// File offset up to which writeback has been started.
+    kicked: u64,
+    /// A write failed: the file is not used (the instance is written again once complete).
+    failed: bool,
+    /// `spool.fsync`: start writeback early.
+    fsync: bool,
+}
+
+impl StagedInstance {
+    /// Writeback of appended data is started (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, which
+    /// does not wait) once this many bytes are written since the last start, in whole 4 KiB
+    /// pages.
+    pub const KICK_BYTES: u64 = 64 * 1024;
+
+    /// Data set bytes appended so far.
+    pub fn data_len(&self) -> usize {
+        self.data_len as usize
+    }
+
+    /// Append the next bytes of the data set. A failed write (e.g. disk full) is not reported
+    /// here: it makes the staged file unusable, and [`Spool::store_staged_instance`] then
+    /// writes the complete data set the ordinary way, which reports the error.
+    pub fn append(&mut self, bytes: &[u8]) {
+        if self.write(bytes) {
+            self.data_len += bytes.len() as u64;
+        }
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> bool {
+        if self.failed {
+            return false;
+        }
+        if let Err(e) = self.file.write_all(bytes) {
+            tracing::debug!(error = %e, "staged instance write failed; it is written again once complete");
+            self.failed = true;
+            return false;
+        }
+        let end = (self.header_len + self.data_len + bytes.len() as u64) & !4095;
+        if self.fsync && end >= self.kicked + Self::KICK_BYTES {
+            // SAFETY: a valid open file descriptor; the range lies inside the written file.
+            let rc = unsafe {
+                libc::sync_file_range(
+                    self.file.as_raw_fd(),
+                    self.kicked as libc::off64_t,
+                    (end - self.kicked) as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                )
+            };
+            // only a hint: on failure the fdatasync before naming writes everything anyway
+            if rc == 0 {
+                self.kicked = end;
+            }
+        }
+        true
+    }
+}
+
 fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
 }
@@ -672,6 +868,71 @@ mod tests {
             spool.store_instance(&id("1.2.5/../x"), &ds),
             Err(SpoolError::InvalidUid { .. })
         ));
+    }
+
+    /// A data set staged in fragments is stored byte for byte as `store_instance` stores it,
+    /// under the same name; nothing is visible before it is named, a dropped or mismatching
+    /// staged file leaves nothing behind, and a known instance is a duplicate.
+    #[test]
+    fn staged_instance_is_stored_like_a_complete_one() {
+        for fsync in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let spool = Spool::open(dir.path(), fsync).unwrap();
+            let plain = tempfile::tempdir().unwrap();
+            let reference = Spool::open(plain.path(), fsync).unwrap();
+            // (0008,0018) UI "1.2.6" then a 300 kB OB value, so writeback starts several times
+            let mut ds = vec![0x08, 0, 0x18, 0, b'U', b'I', 6, 0, b'1', b'.', b'2', b'.', b'6', 0];
+            ds.extend_from_slice(&[0x09, 0, 0x10, 0x10, b'O', b'B', 0, 0]);
+            ds.extend_from_slice(&300_000u32.to_le_bytes());
+            ds.extend((0..300_000u32).map(|i| (i % 253) as u8));
+            let first = id("1.2.6");
+            let mut staged = spool.stage_instance(first.sop_class_uid, first.sop_instance_uid, first.transfer_syntax_uid).unwrap();
+            for chunk in ds[..250_000].chunks(16_384) {
+                staged.append(chunk);
+            }
+            assert_eq!(staged.data_len(), 250_000);
+            staged.append(&ds[250_000..]);
+            let incoming = dir.path().join("incoming");
+            assert_eq!(fs::read_dir(&incoming).unwrap().count(), 0, "nothing named while staged");
+            let a = spool.store_staged_instance(&first, staged, &ds).unwrap();
+            let b = reference.store_instance(&first, &ds).unwrap();
+            assert!(matches!(a, StoreOutcome::Stored(_)));
+            assert_eq!(a.path().strip_prefix(dir.path()).unwrap(), b.path().strip_prefix(plain.path()).unwrap());
+            assert_eq!(fs::read(a.path()).unwrap(), fs::read(b.path()).unwrap());
+            // the same instance again: duplicate, the file untouched
+            let mut again = spool.stage_instance(first.sop_class_uid, first.sop_instance_uid, first.transfer_syntax_uid).unwrap();
+            again.append(&ds);
+            assert!(matches!(spool.store_staged_instance(&first, again, &ds).unwrap(), StoreOutcome::Duplicate(_)));
+            assert_eq!(fs::read(a.path()).unwrap(), fs::read(b.path()).unwrap());
+            // a staged file that does not hold the whole data set is not used: the complete data
+            // set is written instead
+            let other = id("1.2.7");
+            let mut short = spool.stage_instance(other.sop_class_uid, other.sop_instance_uid, other.transfer_syntax_uid).unwrap();
+            short.append(&ds[..1000]);
+            let c = spool.store_staged_instance(&other, short, &ds).unwrap();
+            let d = reference.store_instance(&other, &ds).unwrap();
+            assert_eq!(fs::read(c.path()).unwrap(), fs::read(d.path()).unwrap());
+            // a staged file for another instance's header is not used either
+            let third = id("1.2.8");
+            let mut wrong = spool.stage_instance(third.sop_class_uid, "1.2.9", third.transfer_syntax_uid).unwrap();
+            wrong.append(&ds);
+            let e = spool.store_staged_instance(&third, wrong, &ds).unwrap();
+            let obj = dicom_object::open_file(e.path()).unwrap();
+            assert_eq!(obj.meta().media_storage_sop_instance_uid(), "1.2.8");
+            // dropped (refused instance): nothing anywhere
+            let mut dropped = spool.stage_instance(first.sop_class_uid, "1.2.10", first.transfer_syntax_uid).unwrap();
+            dropped.append(&ds);
+            drop(dropped);
+            let series = spool.series_dir("1.2.3", "1.2.3.4");
+            let mut names: Vec<String> =
+                fs::read_dir(&series).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+            names.sort();
+            assert_eq!(names, ["1.2.6.dcm", "1.2.7.dcm", "1.2.8.dcm"]);
+            assert_eq!(fs::read_dir(&incoming).unwrap().count(), 1, "only the study folder");
+            assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+            // UIDs unfit as file names are not staged
+            assert!(spool.stage_instance("1.2", "1.2.5/../x", "1.2.840.10008.1.2.1").is_none());
+        }
     }
 
     #[test]

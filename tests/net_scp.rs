@@ -423,8 +423,11 @@ fn association_continues_after_refused_store_and_unknown_operation() {
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].file_stem().unwrap().to_string_lossy(), sop);
     // the spooled file holds the data set bytes exactly as sent
+    // (written while the 16 KiB fragments arrived: receive::staging) with the File Meta
+    // Information of the checked instance
     let spooled = std::fs::read(&stored[0]).unwrap();
-    assert!(spooled.ends_with(&part.dataset));
+    let header = myonode::spool::part10_header(mr, &sop, &part.meta.transfer_syntax().trim_end_matches('\0'));
+    assert!(spooled == [&header[..], &part.dataset[..]].concat(), "spooled file is not header + data set");
     let msgs = scp.drain();
     assert_eq!(msgs.len(), 1);
     assert_eq!(msgs[0].sop_instance_uid, sop);
@@ -479,4 +482,45 @@ fn shutdown_closes_connections_still_negotiating() {
     let mut buf = [0u8; 16];
     let n = std::io::Read::read(&mut &silent, &mut buf).unwrap_or(0);
     assert_eq!(n, 0, "connection still open after shutdown");
+}
+
+/// `send::c_store_many` sends a batch over one association: every object with its own result
+/// in order (an unreadable file and a SOP class this SCP does not accept fail alone), one
+/// association end reported by the SCP naming both series, every stored file byte-identical
+/// in its data set.
+#[test]
+fn c_store_many_sends_a_batch_over_one_association() {
+    use myonode::send::{c_store_many, SendError};
+    let data = data_dir();
+    let scp = Scp::start(&[]);
+    let mr = files_in(&data.join("series/mr-knee-dess-echo1"));
+    let ct = files_in(&data.join("series/ct-abdomen-j2k"));
+    let tmp = tempfile::tempdir().unwrap();
+    // a Part-10 file that claims the Segmentation Storage SOP class (not accepted by this SCP)
+    let seg_class = "1.2.840.10008.5.1.4.1.1.66.4";
+    let part = myonode::send::scu::read_part10(&mr[5]).unwrap();
+    let fake_seg = tmp.path().join("seg.dcm");
+    let header = myonode::spool::part10_header(seg_class, "1.2.826.0.1.3680043.10.1.99", part.meta.transfer_syntax().trim_end_matches('\0'));
+    std::fs::write(&fake_seg, [&header[..], &part.dataset[..]].concat()).unwrap();
+    let missing = tmp.path().join("gone.dcm");
+    let batch: Vec<&Path> = vec![&mr[0], &mr[1], &fake_seg, &missing, &ct[0], &mr[2]];
+    let results = c_store_many(&scp.dest(), "SCANNER", &batch).unwrap();
+    assert_eq!(results.len(), batch.len());
+    for i in [0, 1, 4, 5] {
+        assert_eq!(results[i].as_ref().ok(), Some(&status::SUCCESS), "object {i}: {:?}", results[i]);
+    }
+    assert!(matches!(&results[2], Err(SendError::SopClassNotAccepted { sop_class_uid, .. }) if sop_class_uid == seg_class), "{:?}", results[2]);
+    assert!(matches!(&results[3], Err(SendError::ReadFile { .. })), "{:?}", results[3]);
+    let ended = scp.events.recv_timeout(std::time::Duration::from_secs(30)).expect("association end reported");
+    let mut series = vec![text(&open(&mr[0]), tags::SERIES_INSTANCE_UID), text(&open(&ct[0]), tags::SERIES_INSTANCE_UID)];
+    series.sort();
+    assert_eq!(ended.series_instance_uids, series, "one association carried both series");
+    assert!(scp.events.recv_timeout(std::time::Duration::from_millis(300)).is_err(), "exactly one association");
+    assert_eq!(scp.drain().len(), 4);
+    assert_spool_matches(&scp, &[mr[0].clone(), mr[1].clone(), ct[0].clone(), mr[2].clone()]);
+    // nothing listening: the association error is the outer error
+    let mut dead = scp.dest();
+    scp.stop();
+    dead.port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    assert!(matches!(c_store_many(&dead, "SCANNER", &batch), Err(SendError::Association { .. })));
 }

@@ -32,12 +32,15 @@ struct StoreScp {
     child: Child,
     port: u16,
     dir: tempfile::TempDir,
+    /// storescp's standard error (its log; `-v` for association events).
+    log: tempfile::NamedTempFile,
 }
 
 impl StoreScp {
     fn start(extra: &[&str]) -> StoreScp {
         for _ in 0..5 {
             let dir = tempfile::tempdir().unwrap();
+            let log = tempfile::NamedTempFile::new().unwrap();
             let port = free_port();
             let child = Command::new("storescp")
                 .env("TCP_NODELAY", "1")
@@ -46,10 +49,10 @@ impl StoreScp {
                 .args(extra)
                 .arg(port.to_string())
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(log.reopen().unwrap())
                 .spawn()
                 .expect("DCMTK `storescp` not found in PATH (install dcmtk)");
-            let mut scp = StoreScp { child, port, dir };
+            let mut scp = StoreScp { child, port, dir, log };
             // readiness: poll with C-ECHO until storescp answers (or has exited)
             for _ in 0..200 {
                 if let Ok(Some(_)) = scp.child.try_wait() {
@@ -76,6 +79,11 @@ impl StoreScp {
             outputs: vec![OutputKind::SegBinary, OutputKind::Sr],
             tls: None,
         }
+    }
+
+    /// Associations storescp received (needs `-v`), C-ECHO readiness probes included.
+    fn associations(&self) -> usize {
+        std::fs::read_to_string(self.log.path()).unwrap().matches("Association Received").count()
     }
 
     /// SOPInstanceUIDs of the files storescp wrote.
@@ -188,6 +196,43 @@ fn send_stage_delivers_and_moves_to_sent() {
     let mut expected = vec![sop_instance_uid(&files[20]), sop_instance_uid(&files[21])];
     expected.sort();
     assert_eq!(scp.received(), expected);
+}
+
+/// Objects ready at the same time (here the SEG and SR of a job left in the outbox, plus
+/// more) go to DCMTK storescp over one association, one C-STORE each.
+#[test]
+fn send_stage_sends_ready_objects_over_one_association() {
+    let data = data_dir();
+    let scp = StoreScp::start(&["-v"]);
+    let probes = scp.associations(); // the readiness C-ECHOs
+    let spool_dir = tempfile::tempdir().unwrap();
+    let spool = Arc::new(Spool::open(spool_dir.path(), true).unwrap());
+    let files = files_in(&data.join("series/mr-knee-dess-echo1"));
+    let n = 5;
+    let queued: Vec<_> = files[30..30 + n].iter().map(|f| outbound(&spool, "pacs", f)).collect();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    drop(tx);
+    let reports = run(rx, vec![scp.dest("pacs")], "MYONODE".into(), spool.clone(), None);
+    assert_eq!((reports[0].delivered, reports[0].failed, reports[0].retries), (n as u64, 0, 0));
+    assert!(queued.iter().all(|o| !o.path.exists()));
+    let mut expected: Vec<String> = files[30..30 + n].iter().map(|f| sop_instance_uid(f)).collect();
+    expected.sort();
+    assert_eq!(scp.received(), expected);
+    assert_eq!(scp.associations() - probes, 1, "all ready objects over one association");
+
+    // objects handed over on the channel back to back (as encode hands over a job's SEG and
+    // SR) are forwarded to the destination's queue together: one association too
+    let scp = StoreScp::start(&["-v"]);
+    let probes = scp.associations();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    for f in &files[40..43] {
+        tx.send(outbound(&spool, "pacs", f)).unwrap();
+    }
+    drop(tx);
+    let reports = run(rx, vec![scp.dest("pacs")], "MYONODE".into(), spool.clone(), None);
+    assert_eq!((reports[0].delivered, reports[0].failed), (3, 0));
+    assert_eq!(scp.received().len(), 3);
+    assert_eq!(scp.associations() - probes, 1, "a job's objects over one association");
 }
 
 #[test]

@@ -51,13 +51,38 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
     A: AsyncAssociation<S> + Send,
 {
+    read_message_async_observed(assoc, asm, |_| {}).await
+}
+
+/// [`read_message_async`], calling `after_pdu` with the assembler after every P-DATA-TF PDU
+/// that did not complete a message (e.g. to write [`MessageAssembler::data_in_progress`] to
+/// disk while the rest of a large data set is still arriving). `after_pdu` runs on the async
+/// task: it must not block for long.
+///
+/// # Errors
+/// As [`read_message_async`].
+pub async fn read_message_async_observed<S, A, F>(
+    assoc: &mut A,
+    asm: &mut MessageAssembler,
+    mut after_pdu: F,
+) -> Result<AssociationEvent, DimseError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+    A: AsyncAssociation<S> + Send,
+    F: FnMut(&MessageAssembler) + Send,
+{
     loop {
         if let Some(m) = asm.next_message() {
             return Ok(AssociationEvent::Message(m));
         }
         let pdu = AsyncAssociation::receive(assoc).await.map_err(DimseError::association)?;
         match handle_pdu(pdu, asm)? {
-            None => continue,
+            None => {
+                if asm.data_in_progress().is_some() {
+                    after_pdu(asm);
+                }
+                continue;
+            }
             Some(AssociationEvent::Released) => {
                 if !asm.is_between_messages() {
                     return Err(DimseError::Protocol("A-RELEASE-RQ in the middle of a DIMSE message".into()));

@@ -167,6 +167,20 @@ impl MessageAssembler {
         self.ready.pop_front()
     }
 
+    /// The message whose data set is being received, if any: its presentation context ID, its
+    /// (complete) command set, and the data set bytes received so far (a prefix of the data set
+    /// [`Self::next_message`] will return; it only grows until the message is complete).
+    ///
+    /// `None` between messages, while the command is still arriving, and once the data set is
+    /// complete (the message is then in the ready queue). Lets a C-STORE SCP write a large data
+    /// set to disk while its later fragments are still arriving (`receive::staging`).
+    pub fn data_in_progress(&self) -> Option<(u8, &CommandSet, &[u8])> {
+        match (self.pc_id, &self.command) {
+            (Some(pc), Some(command)) => Some((pc, command, &self.data_bytes)),
+            _ => None,
+        }
+    }
+
     /// `true` when no message is partially received.
     pub fn is_between_messages(&self) -> bool {
         self.pc_id.is_none()
@@ -335,6 +349,28 @@ mod tests {
         let m3 = asm.next_message().unwrap();
         assert_eq!(m3.command.message_id, Some(2));
         assert!(asm.next_message().is_none());
+    }
+
+    /// `data_in_progress` shows each received prefix of the data set with its command, and
+    /// nothing before the command is complete or after the message is.
+    #[test]
+    fn data_in_progress_is_a_growing_prefix() {
+        let (cbytes, data, cmd) = sample();
+        let mut asm = MessageAssembler::new();
+        assert!(asm.data_in_progress().is_none());
+        asm.push_pdv(pdv(4, PDataValueType::Command, false, &cbytes[..7])).unwrap();
+        assert!(asm.data_in_progress().is_none(), "command not complete yet");
+        asm.push_pdv(pdv(4, PDataValueType::Command, true, &cbytes[7..])).unwrap();
+        let (pc, c, so_far) = asm.data_in_progress().expect("command complete, data expected");
+        assert_eq!((pc, c, so_far.len()), (4, &cmd, 0));
+        for cut in [1000usize, 1001, 6000] {
+            let start = asm.data_in_progress().unwrap().2.len();
+            asm.push_pdv(pdv(4, PDataValueType::Data, false, &data[start..cut])).unwrap();
+            assert_eq!(asm.data_in_progress().unwrap().2, &data[..cut]);
+        }
+        asm.push_pdv(pdv(4, PDataValueType::Data, true, &data[6000..])).unwrap();
+        assert!(asm.data_in_progress().is_none(), "message complete");
+        assert_eq!(asm.next_message().unwrap().dataset.unwrap(), data);
     }
 
     #[test]

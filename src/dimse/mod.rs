@@ -14,7 +14,7 @@ pub mod message;
 pub mod status;
 
 pub use command::CommandSet;
-pub use io::{read_message, read_message_async, send_message, send_message_async, AssociationEvent};
+pub use io::{read_message, read_message_async, read_message_async_observed, send_message, send_message_async, AssociationEvent};
 pub use message::{message_pdus, DimseMessage, MessageAssembler};
 
 /// Errors of the DIMSE layer.

@@ -18,10 +18,11 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use super::staging::{AcceptedContext, Staging};
 use super::store::{handle_c_store, StoreReply};
 use super::{shutdown_requested, ReceiveContext, ScpOptions};
 use crate::dimse::command::command_field;
-use crate::dimse::{read_message_async, send_message_async, status, AssociationEvent, CommandSet, DimseError, DimseMessage};
+use crate::dimse::{read_message_async_observed, send_message_async, status, AssociationEvent, CommandSet, DimseError, DimseMessage};
 
 /// Counters of one association, logged when it ends.
 #[derive(Debug, Default, Clone, Copy)]
@@ -164,6 +165,18 @@ async fn serve_established<S>(
     // limit: the data set plus its command set (a few hundred bytes; 64 KiB allowed)
     let limit = ctx.cfg.max_instance_bytes.saturating_add(65_536).min(usize::MAX as u64) as usize;
     let mut asm = crate::dimse::MessageAssembler::with_limit(limit);
+    // C-STORE data sets are written to the spool while they arrive (staging.rs)
+    let mut staging = Staging::default();
+    let contexts: Vec<(u8, String, String)> = assoc
+        .presentation_contexts()
+        .iter()
+        .filter(|pc| pc.reason == PresentationContextResultReason::Acceptance)
+        .map(|pc| (pc.id, pc.abstract_syntax.clone(), pc.transfer_syntax.clone()))
+        .collect();
+    let contexts: Vec<AcceptedContext<'_>> = contexts
+        .iter()
+        .map(|(id, a, t)| AcceptedContext { id: *id, abstract_syntax: a, transfer_syntax: t })
+        .collect();
     let outcome: &str = loop {
         let event = tokio::select! {
             biased;
@@ -171,11 +184,14 @@ async fn serve_established<S>(
                 abort(&mut assoc).await;
                 break "aborted: node shutting down";
             }
-            ev = read_message_async(&mut assoc, &mut asm) => ev,
+            ev = read_message_async_observed(&mut assoc, &mut asm, |asm| staging.observe(&ctx.spool, &contexts, asm)) => ev,
         };
         match event {
             Ok(AssociationEvent::Message(m)) => {
-                if let Err(e) = handle_message(&ctx, &mut assoc, m, &calling, &peer_s, &mut stats, &mut series_seen).await {
+                let staged = staging.take(m.presentation_context_id, &m.command, m.dataset.as_deref());
+                if let Err(e) =
+                    handle_message(&ctx, &mut assoc, m, staged, &calling, &peer_s, &mut stats, &mut series_seen).await
+                {
                     warn!(peer = %peer_s, calling_ae = %calling, error = %e, "DIMSE failure, aborting association");
                     abort(&mut assoc).await;
                     break "aborted: DIMSE failure";
@@ -227,11 +243,13 @@ async fn abort<S: AsyncRead + AsyncWrite + Unpin + Send>(assoc: &mut AsyncServer
     let _ = assoc.send(&pdu).await;
 }
 
-/// Dispatch one DIMSE request and send its response.
+/// Dispatch one DIMSE request and send its response. `staged`: the C-STORE data set as
+/// already written to the spool while it arrived (staging.rs), if it was.
 async fn handle_message<S: AsyncRead + AsyncWrite + Unpin + Send>(
     ctx: &Arc<ReceiveContext>,
     assoc: &mut AsyncServerAssociation<S>,
     message: DimseMessage,
+    staged: Option<crate::spool::StagedInstance>,
     calling: &str,
     peer: &str,
     stats: &mut AssociationStats,
@@ -254,7 +272,7 @@ async fn handle_message<S: AsyncRead + AsyncWrite + Unpin + Send>(
         command_field::C_STORE_RQ => {
             let reply: StoreReply =
                 tracing::Instrument::instrument(
-                    handle_c_store(ctx.clone(), &pc.abstract_syntax, &pc.transfer_syntax, &command, message.dataset, calling),
+                    handle_c_store(ctx.clone(), &pc.abstract_syntax, &pc.transfer_syntax, &command, message.dataset, staged, calling),
                     tracing::info_span!("c_store", calling_ae = calling,
                         sop_instance = command.affected_sop_instance_uid.as_deref().unwrap_or("")),
                 )

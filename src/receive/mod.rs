@@ -12,6 +12,7 @@
 
 pub mod association;
 pub mod scan;
+mod staging;
 pub mod store;
 
 use std::sync::Arc;

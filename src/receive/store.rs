@@ -17,7 +17,7 @@ use super::scan::{scan_data_set, DataSetEncoding, ScanOutcome};
 use super::ReceiveContext;
 use crate::dimse::{status, CommandSet};
 use crate::pipeline::messages::InstanceStored;
-use crate::spool::{is_valid_uid, InstanceIdentity, SpoolError, StoreOutcome};
+use crate::spool::{is_valid_uid, InstanceIdentity, SpoolError, StagedInstance, StoreOutcome};
 
 /// The outcome of one C-STORE, to be sent back in the C-STORE-RSP.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,6 +143,7 @@ pub async fn handle_c_store(
     transfer_syntax: &str,
     command: &CommandSet,
     dataset: Option<Vec<u8>>,
+    staged: Option<StagedInstance>,
     calling_ae: &str,
 ) -> StoreReply {
     let abstract_syntax = abstract_syntax.to_string();
@@ -150,7 +151,7 @@ pub async fn handle_c_store(
     let command = command.clone();
     let calling_ae = calling_ae.to_string();
     match tokio::task::spawn_blocking(move || {
-        store_instance_blocking(&ctx, &abstract_syntax, &transfer_syntax, &command, dataset, &calling_ae)
+        store_instance_blocking(&ctx, &abstract_syntax, &transfer_syntax, &command, dataset, staged, &calling_ae)
     })
     .await
     {
@@ -183,12 +184,19 @@ pub async fn handle_c_store(
 /// `ctx.tx` (`duplicate: true` for a known instance), and the status is 0000. If `assemble`
 /// has gone away the instance stays durably in the spool (found again at start-up) and the
 /// status is still 0000.
+///
+/// `staged`: the data set as already written to an unnamed spool file while it arrived
+/// ([`Spool::stage_instance`](crate::spool::Spool::stage_instance)); after the checks above it
+/// is named by [`Spool::store_staged_instance`](crate::spool::Spool::store_staged_instance)
+/// instead of writing the data set now (same file, same guarantee). A refused instance's staged
+/// file is dropped, which frees it.
 pub fn store_instance_blocking(
     ctx: &ReceiveContext,
     abstract_syntax: &str,
     transfer_syntax: &str,
     command: &CommandSet,
     dataset: Option<Vec<u8>>,
+    staged: Option<StagedInstance>,
     calling_ae: &str,
 ) -> StoreReply {
     let Some(dataset) = dataset else {
@@ -267,7 +275,12 @@ pub fn store_instance_blocking(
         return reply;
     }
     let parsed = Instant::now();
-    let outcome = match ctx.spool.store_instance(&id, &dataset) {
+    let was_staged = staged.is_some();
+    let stored = match staged {
+        Some(staged) => ctx.spool.store_staged_instance(&id, staged, &dataset),
+        None => ctx.spool.store_instance(&id, &dataset),
+    };
+    let outcome = match stored {
         Ok(o) => o,
         Err(e @ SpoolError::InvalidUid { .. }) => {
             return StoreReply::failure(status::ERROR_DATA_SET_DOES_NOT_MATCH_SOP_CLASS, e.to_string());
@@ -280,7 +293,7 @@ pub fn store_instance_blocking(
     let duplicate = matches!(outcome, StoreOutcome::Duplicate(_));
     let written = Instant::now();
     debug!(
-        sop_instance_uid = %sop_instance, path = %outcome.path().display(), duplicate, bytes = dataset.len(),
+        sop_instance_uid = %sop_instance, path = %outcome.path().display(), duplicate, bytes = dataset.len(), staged = was_staged,
         parse_us = (parsed - started).as_micros() as u64, write_us = (written - parsed).as_micros() as u64,
         "instance stored"
     );

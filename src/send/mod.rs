@@ -19,7 +19,7 @@ use std::sync::Arc;
 use tracing::{error, info, warn};
 
 pub use queue::DestinationReport;
-pub use scu::{c_echo, c_echo_destination, c_store};
+pub use scu::{c_echo, c_echo_destination, c_store, c_store_many, MAX_OBJECTS_PER_ASSOCIATION};
 
 /// Errors of the C-STORE / C-ECHO SCU.
 #[derive(Debug, thiserror::Error)]
@@ -133,21 +133,25 @@ pub fn run(
     spool: Arc<crate::spool::Spool>,
     health: Option<Arc<crate::pipeline::health::PipelineHealth>>,
 ) -> Vec<DestinationReport> {
-    let mut senders: HashMap<String, crossbeam_channel::Sender<queue::QueueItem>> = HashMap::new();
+    let mut senders: HashMap<String, crossbeam_channel::Sender<Vec<queue::QueueItem>>> = HashMap::new();
     let mut workers = Vec::new();
     let mut recovered: HashSet<PathBuf> = HashSet::new();
     let mut job_of: Option<HashMap<String, String>> = None;
     for dest in &destinations {
-        let (tx, qrx) = crossbeam_channel::unbounded::<queue::QueueItem>();
+        let (tx, qrx) = crossbeam_channel::unbounded::<Vec<queue::QueueItem>>();
         let pending = spool.pending_outbox(&dest.name);
         if !pending.is_empty() {
             info!(destination = %dest.name, count = pending.len(), "re-queueing objects left in the outbox");
         }
+        let mut left = Vec::with_capacity(pending.len());
         for p in pending {
             recovered.insert(p.clone());
             let jobs = job_of.get_or_insert_with(|| outbox_job_ids(spool.root()));
             let job = p.file_stem().and_then(|s| s.to_str()).and_then(|uid| jobs.get(uid)).cloned().unwrap_or_default();
-            let _ = tx.send(queue::QueueItem { path: p, job });
+            left.push(queue::QueueItem { path: p, job });
+        }
+        if !left.is_empty() {
+            let _ = tx.send(left);
         }
         senders.insert(dest.name.clone(), tx);
         let d = dest.clone();
@@ -168,21 +172,31 @@ pub fn run(
             }
         }
     }
-    for o in crate::pipeline::health::iter(&rx) {
-        if recovered.remove(&o.path) {
-            continue; // already queued from the outbox scan
-        }
-        let _job = tracing::info_span!("send", job = %o.job_id, destination = %o.destination).entered();
-        match senders.get(&o.destination) {
-            Some(tx) => {
-                if tx.send(queue::QueueItem { path: o.path.clone(), job: o.job_id.clone() }).is_err() {
-                    error!(destination = %o.destination, path = %o.path.display(), "send queue is gone; object stays in the outbox");
-                }
+    // Everything already waiting is forwarded together (encode hands over the objects of a
+    // job back to back), so each destination's queue can send them over one association.
+    let mut incoming = crate::pipeline::health::iter(&rx);
+    while let Some(first) = incoming.next() {
+        let mut groups: HashMap<String, Vec<queue::QueueItem>> = HashMap::new();
+        for o in std::iter::once(first).chain(rx.try_iter()) {
+            if recovered.remove(&o.path) {
+                continue; // already queued from the outbox scan
             }
-            None => {
+            let _job = tracing::info_span!("send", job = %o.job_id, destination = %o.destination).entered();
+            if senders.contains_key(&o.destination) {
+                groups.entry(o.destination.clone()).or_default().push(queue::QueueItem { path: o.path, job: o.job_id });
+            } else {
                 warn!(destination = %o.destination, path = %o.path.display(), "unknown destination; dead-lettering");
                 if let Err(e) = spool.mark_failed(&o.destination, &o.path, &format!("unknown destination `{}`", o.destination)) {
                     error!(error = %e, "cannot dead-letter object");
+                }
+            }
+        }
+        for (destination, items) in groups {
+            let tx = &senders[&destination];
+            if let Err(e) = tx.send(items) {
+                for item in e.0 {
+                    let _job = tracing::info_span!("send", job = %item.job, destination = %destination).entered();
+                    error!(destination = %destination, path = %item.path.display(), "send queue is gone; object stays in the outbox");
                 }
             }
         }

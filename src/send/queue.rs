@@ -1,7 +1,9 @@
 //! The delivery queue of one destination: attempts, exponential backoff, dead letters.
 //!
 //! Objects that failed wait in a delay queue ordered by their next attempt time, so one
-//! object being retried does not hold back the others.
+//! object being retried does not hold back the others. Objects ready at the same time (the
+//! SEG and SR of a job, a backlog after an outage) are sent over one association, up to
+//! [`MAX_OBJECTS_PER_ASSOCIATION`]; each keeps its own attempt count and outcome.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -10,9 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
-use super::scu::c_store;
+use super::scu::{c_store_many, MAX_OBJECTS_PER_ASSOCIATION};
+use super::SendError;
 use crate::config::DestinationConfig;
 use crate::dimse::status::{describe, StatusKind};
 use crate::pipeline::health;
@@ -61,7 +64,7 @@ pub(crate) fn run_destination(
     dest: DestinationConfig,
     calling_ae: String,
     spool: Arc<Spool>,
-    rx: Receiver<QueueItem>,
+    rx: Receiver<Vec<QueueItem>>,
 ) -> DestinationReport {
     let mut report = DestinationReport { name: dest.name.clone(), ..Default::default() };
     let mut ready: VecDeque<(QueueItem, u32)> = VecDeque::new();
@@ -77,7 +80,7 @@ pub(crate) fn run_destination(
         if open {
             loop {
                 match rx.try_recv() {
-                    Ok(p) => ready.push_back((p, 0)),
+                    Ok(items) => ready.extend(items.into_iter().map(|p| (p, 0))),
                     Err(crossbeam_channel::TryRecvError::Empty) => break,
                     Err(crossbeam_channel::TryRecvError::Disconnected) => {
                         open = false;
@@ -86,11 +89,13 @@ pub(crate) fn run_destination(
                 }
             }
         }
-        if let Some((item, attempts)) = ready.pop_front() {
+        if !ready.is_empty() {
             health::busy();
-            let span = tracing::info_span!("send", job = %item.job, destination = %dest.name);
-            let retry = span.in_scope(|| attempt(&dest, &calling_ae, &spool, item.path.clone(), attempts, &mut report));
-            if let Some((_, tried)) = retry {
+            // everything ready (the SEG and SR of a job, a backlog), up to the batch size, goes
+            // over one association
+            let n = ready.len().min(MAX_OBJECTS_PER_ASSOCIATION);
+            let batch: Vec<(QueueItem, u32)> = ready.drain(..n).collect();
+            for (item, tried) in attempt_batch(&dest, &calling_ae, &spool, &batch, &mut report) {
                 seq += 1;
                 let wait = backoff(dest.retry_delay_seconds, tried);
                 delayed.push(Reverse(Delayed { due: Instant::now() + wait, seq, item, attempts: tried }));
@@ -106,7 +111,7 @@ pub(crate) fn run_destination(
         match (open, next_due) {
             (false, None) => break,
             (true, due) => match rx.recv_timeout(wait(due)) {
-                Ok(p) => ready.push_back((p, 0)),
+                Ok(items) => ready.extend(items.into_iter().map(|p| (p, 0))),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => open = false,
             },
@@ -117,22 +122,58 @@ pub(crate) fn run_destination(
     report
 }
 
-/// One C-STORE attempt. Returns `Some((path, attempts_so_far))` if the object must be retried.
-fn attempt(
+/// One C-STORE attempt for each object of `batch` (item, attempts so far), all over one
+/// association ([`c_store_many`]). Returns the items to retry with their attempt counts.
+fn attempt_batch(
     dest: &DestinationConfig,
     calling_ae: &str,
     spool: &Spool,
-    path: PathBuf,
-    previous_attempts: u32,
+    batch: &[(QueueItem, u32)],
     report: &mut DestinationReport,
-) -> Option<(PathBuf, u32)> {
-    if !path.is_file() {
-        // Already delivered or dead-lettered (queued twice), or removed by hand.
-        warn!(destination = %dest.name, path = %path.display(), "object no longer in the outbox; skipped");
-        return None;
+) -> Vec<(QueueItem, u32)> {
+    let mut todo: Vec<&(QueueItem, u32)> = Vec::with_capacity(batch.len());
+    for entry in batch {
+        if entry.0.path.is_file() {
+            todo.push(entry);
+        } else {
+            // Already delivered or dead-lettered (queued twice), or removed by hand.
+            let _span = tracing::info_span!("send", job = %entry.0.job, destination = %dest.name).entered();
+            warn!(destination = %dest.name, path = %entry.0.path.display(), "object no longer in the outbox; skipped");
+        }
     }
-    let attempts = previous_attempts + 1;
-    let outcome = c_store(dest, calling_ae, &path);
+    if todo.is_empty() {
+        return Vec::new();
+    }
+    let paths: Vec<&std::path::Path> = todo.iter().map(|(item, _)| item.path.as_path()).collect();
+    if todo.len() > 1 {
+        debug!(destination = %dest.name, objects = todo.len(), "sending over one association");
+    }
+    let outcome = c_store_many(dest, calling_ae, &paths);
+    let mut retry = Vec::new();
+    for (k, (item, previous_attempts)) in todo.into_iter().enumerate() {
+        let result = match &outcome {
+            Ok(results) => results[k].as_ref().map(|s| *s),
+            Err(e) => Err(e),
+        };
+        let span = tracing::info_span!("send", job = %item.job, destination = %dest.name);
+        if let Some(tried) = span.in_scope(|| settle(dest, spool, &item.path, previous_attempts + 1, result, report)) {
+            retry.push((item.clone(), tried));
+        }
+    }
+    retry
+}
+
+/// What one C-STORE attempt (the `attempts`-th) of the object at `path` leads to: moved to
+/// `sent/` (success or warning), retried later (returns `Some(attempts)`), or dead-lettered to
+/// `failed/` with a reason file once `max_attempts` are used up or the failure is permanent.
+fn settle(
+    dest: &DestinationConfig,
+    spool: &Spool,
+    path: &std::path::Path,
+    attempts: u32,
+    outcome: Result<u16, &SendError>,
+    report: &mut DestinationReport,
+) -> Option<u32> {
     let reason = match &outcome {
         Ok(status) if StatusKind::of(*status).is_completed() => {
             let status = *status;
@@ -141,7 +182,7 @@ fn attempt(
             } else {
                 info!(destination = %dest.name, path = %path.display(), attempts, "delivered");
             }
-            match spool.mark_sent(&dest.name, &path) {
+            match spool.mark_sent(&dest.name, path) {
                 Ok(_) => { report.delivered += 1; metrics::counter!("myonode_delivered_total", "destination" => dest.name.clone()).increment(1) }
                 Err(e) => error!(destination = %dest.name, error = %e, "delivered but cannot move to sent/ (will be sent again after restart)"),
             }
@@ -161,7 +202,7 @@ fn attempt(
         metrics::counter!("myonode_send_retries_total", "destination" => dest.name.clone()).increment(1);
         warn!(destination = %dest.name, path = %path.display(), attempt = attempts, max_attempts = dest.max_attempts,
             retry_in_s = backoff(dest.retry_delay_seconds, attempts).as_secs_f64(), reason = %reason, "delivery failed; will retry");
-        return Some((path, attempts));
+        return Some(attempts);
     }
     let full = format!(
         "delivery to {} ({}@{}:{}) failed after {} attempt(s){}; last error: {}",
@@ -174,7 +215,7 @@ fn attempt(
         reason
     );
     error!(destination = %dest.name, path = %path.display(), reason = %full, "dead-lettering");
-    match spool.mark_failed(&dest.name, &path, &full) {
+    match spool.mark_failed(&dest.name, path, &full) {
         Ok(_) => { report.failed += 1; metrics::counter!("myonode_dead_letters_total", "destination" => dest.name.clone()).increment(1) }
         Err(e) => error!(destination = %dest.name, error = %e, "cannot move object to failed/"),
     }
@@ -215,7 +256,7 @@ mod tests {
             tls: None,
         };
         let (tx, rx) = crossbeam_channel::unbounded();
-        tx.send(QueueItem { path: path.clone(), job: "1.2.840.99-v1".into() }).unwrap();
+        tx.send(vec![QueueItem { path: path.clone(), job: "1.2.840.99-v1".into() }]).unwrap();
         drop(tx);
         let sink = Sink::default();
         let w = sink.clone();

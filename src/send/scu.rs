@@ -1,8 +1,9 @@
 //! C-STORE and C-ECHO SCU (PS3.4 B.2 / A.2, PS3.7 9.1.1 / 9.1.5) over dicom-ul's sync client,
 //! on plain TCP or DICOM TLS (PS3.15 B.1, a destination's `tls`; see [`crate::tls`]).
 //!
-//! One association per call: A-ASSOCIATE with the needed presentation contexts, one DIMSE
-//! request and its response through [`crate::dimse`], A-RELEASE. Runs on worker threads.
+//! One association per call: A-ASSOCIATE with the needed presentation contexts, the DIMSE
+//! requests (one C-ECHO, or one C-STORE per object of a batch, [`c_store_many`]) and their
+//! responses through [`crate::dimse`], A-RELEASE. Runs on worker threads.
 
 use std::net::TcpStream;
 use std::path::Path;
@@ -113,6 +114,71 @@ fn establish_tls(
     Ok(assoc)
 }
 
+/// Send `request` and wait for the response to it (on an open association).
+fn exchange<S: Read + Write + CloseSocket>(
+    assoc: &mut ClientAssociation<S>,
+    pc_id: u8,
+    request: &CommandSet,
+    dataset: Option<&[u8]>,
+    expected_response: u16,
+) -> Result<CommandSet, SendError> {
+    send_message(assoc, pc_id, request, dataset).map_err(SendError::Dimse)?;
+    let mut asm = MessageAssembler::new();
+    loop {
+        match read_message(assoc, &mut asm).map_err(SendError::Dimse)? {
+            AssociationEvent::Message(m) => {
+                let c = m.command;
+                if c.command_field == expected_response && c.message_id_being_responded_to == request.message_id {
+                    return Ok(c);
+                }
+                debug!(command_field = format!("{:04X}H", c.command_field), "ignoring unrelated DIMSE message");
+            }
+            AssociationEvent::Released => {
+                return Err(SendError::UnexpectedEnd("the peer released the association before responding".into()))
+            }
+            AssociationEvent::Aborted(source) => {
+                return Err(SendError::UnexpectedEnd(format!("the peer aborted the association ({source:?})")))
+            }
+        }
+    }
+}
+
+/// How an association ends after its exchanges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// The exchanges went well: A-RELEASE (a sloppy release does not undo the responses).
+    Release,
+    /// An exchange failed on our side or in transit: A-ABORT (service user).
+    Abort,
+    /// The peer released or aborted it already: nothing to send.
+    PeerEnded,
+}
+
+impl Ending {
+    /// The ending after an exchange that failed with `e`.
+    fn after(e: &SendError) -> Ending {
+        if matches!(e, SendError::UnexpectedEnd(_)) {
+            Ending::PeerEnded
+        } else {
+            Ending::Abort
+        }
+    }
+}
+
+fn close<S: Read + Write + CloseSocket>(mut assoc: ClientAssociation<S>, ending: Ending) {
+    match ending {
+        Ending::Release => {
+            if let Err(e) = assoc.release() {
+                warn!(error = %e, "A-RELEASE failed after the responses were received");
+            }
+        }
+        Ending::Abort => {
+            let _ = assoc.send(&Pdu::AbortRQ { source: AbortRQSource::ServiceUser });
+        }
+        Ending::PeerEnded => {}
+    }
+}
+
 /// Send `request` and wait for the response to it; then release the association.
 fn request_response<S: Read + Write + CloseSocket>(
     mut assoc: ClientAssociation<S>,
@@ -121,141 +187,187 @@ fn request_response<S: Read + Write + CloseSocket>(
     dataset: Option<&[u8]>,
     expected_response: u16,
 ) -> Result<CommandSet, SendError> {
-    let result = (|| {
-        send_message(&mut assoc, pc_id, request, dataset).map_err(SendError::Dimse)?;
-        let mut asm = MessageAssembler::new();
-        loop {
-            match read_message(&mut assoc, &mut asm).map_err(SendError::Dimse)? {
-                AssociationEvent::Message(m) => {
-                    let c = m.command;
-                    if c.command_field == expected_response && c.message_id_being_responded_to == request.message_id {
-                        return Ok(c);
-                    }
-                    debug!(command_field = format!("{:04X}H", c.command_field), "ignoring unrelated DIMSE message");
-                }
-                AssociationEvent::Released => {
-                    return Err(SendError::UnexpectedEnd("the peer released the association before responding".into()))
-                }
-                AssociationEvent::Aborted(source) => {
-                    return Err(SendError::UnexpectedEnd(format!("the peer aborted the association ({source:?})")))
-                }
-            }
-        }
-    })();
-    match result {
-        Ok(rsp) => {
-            if let Err(e) = assoc.release() {
-                // The response is what counts; a sloppy release does not undo it.
-                warn!(error = %e, "A-RELEASE failed after the response was received");
-            }
-            Ok(rsp)
-        }
-        Err(e) => {
-            if !matches!(e, SendError::UnexpectedEnd(_)) {
-                let _ = assoc.send(&Pdu::AbortRQ { source: AbortRQSource::ServiceUser });
-            }
-            Err(e)
-        }
-    }
+    let result = exchange(&mut assoc, pc_id, request, dataset, expected_response);
+    close(assoc, result.as_ref().err().map_or(Ending::Release, Ending::after));
+    result
 }
 
 /// C-STORE one Part-10 file to a destination; returns the DIMSE status of the C-STORE-RSP
 /// (PS3.4 Table B.2-1; see [`crate::dimse::status::StatusKind`] to classify it).
-///
-/// Proposes the file's SOP class twice: with the file's own transfer syntax, and with
-/// Explicit and Implicit VR Little Endian. The data set is sent byte for byte when the file's
-/// transfer syntax is accepted; a native (uncompressed) data set is re-encoded between
-/// Explicit and Implicit VR Little Endian if only the other one is accepted. Anything else
-/// would need transcoding, which is not done.
+/// [`c_store_many`] with one file.
 ///
 /// # Errors
-/// [`SendError::ReadFile`] / [`SendError::NotPart10`] for the file;
-/// [`SendError::Association`] when the destination cannot be reached or rejects the
-/// association; [`SendError::SopClassNotAccepted`] when it accepts no context for the
-/// object's SOP class; [`SendError::TransferSyntaxNotAccepted`]
-/// when only a transfer syntax the data cannot be converted to was accepted;
-/// [`SendError::Dimse`] / [`SendError::UnexpectedEnd`] when the exchange fails.
+/// As [`c_store_many`], the file's own error or the association's.
 pub fn c_store(dest: &crate::config::DestinationConfig, calling_ae: &str, file: &Path) -> Result<u16, SendError> {
-    let part10 = read_part10(file)?;
-    let sop_class = part10.meta.media_storage_sop_class_uid().to_string();
-    let sop_instance = part10.meta.media_storage_sop_instance_uid().to_string();
-    let ts = part10.meta.transfer_syntax().to_string();
-    let native = ts == EXPLICIT_LE || ts == IMPLICIT_LE;
-    let mut options = ClientAssociationOptions::new()
-        .calling_ae_title(calling_ae.to_string())
-        .called_ae_title(dest.ae_title.clone());
-    if native {
-        options = options.with_presentation_context(sop_class.clone(), vec![ts.clone()]);
-        let other = if ts == EXPLICIT_LE { IMPLICIT_LE } else { EXPLICIT_LE };
-        options = options.with_presentation_context(sop_class.clone(), vec![other.to_string()]);
-    } else {
-        options = options
-            .with_presentation_context(sop_class.clone(), vec![ts.clone()])
-            .with_presentation_context(sop_class.clone(), vec![EXPLICIT_LE.to_string(), IMPLICIT_LE.to_string()]);
-    }
-    fn map_no_context<T>(r: Result<T, SendError>, destination: &str, sop_class: &str) -> Result<T, SendError> {
-        match r {
-            Err(SendError::Association { address, source })
-                if matches!(*source, dicom_ul::association::Error::NoAcceptedPresentationContexts { .. }) =>
-            {
-                Err(SendError::SopClassNotAccepted { destination: destination.to_string(), address, sop_class_uid: sop_class.to_string() })
-            }
-            other => other,
-        }
-    }
-    let status = match &dest.tls {
-        None => {
-            let assoc = map_no_context(establish(options, &dest.host, dest.port), &dest.name, &sop_class)?;
-            store_on(assoc, dest, &part10, &sop_class, &sop_instance, &ts, native)?
-        }
-        Some(tls) => {
-            let key = format!("destination `{}` tls", dest.name);
-            let assoc = map_no_context(establish_tls(options, &dest.host, dest.port, tls, &key), &dest.name, &sop_class)?;
-            store_on(assoc, dest, &part10, &sop_class, &sop_instance, &ts, native)?
-        }
-    };
-    debug!(destination = %dest.name, sop_instance_uid = %sop_instance, status = format!("{status:04X}H"), tls = dest.tls.is_some(), "C-STORE-RSP");
-    Ok(status)
+    c_store_many(dest, calling_ae, &[file])?.pop().expect("one result per file")
 }
 
-/// The C-STORE exchange of [`c_store`] on an established association (plain or TLS).
-fn store_on<S: Read + Write + CloseSocket>(
-    mut assoc: ClientAssociation<S>,
+/// The most objects [`c_store_many`] sends over one association (the send queue's batch).
+pub const MAX_OBJECTS_PER_ASSOCIATION: usize = 16;
+
+/// C-STORE several Part-10 files to a destination over **one** association (PS3.7 9.1.1, one
+/// C-STORE-RQ after the other, message IDs 1, 2, …); returns one result per file, in order:
+/// the DIMSE status of its C-STORE-RSP (PS3.4 Table B.2-1; see
+/// [`crate::dimse::status::StatusKind`] to classify it) or why it was not stored.
+///
+/// Proposes each SOP class of the files twice: with the file's own transfer syntax, and with
+/// Explicit and Implicit VR Little Endian (PS3.8 9.3.2.2; one context per distinct SOP class and
+/// transfer syntax list, at most 2 × [`MAX_OBJECTS_PER_ASSOCIATION`]). A data set is sent byte
+/// for byte when its transfer syntax is accepted; a native (uncompressed) data set is
+/// re-encoded between Explicit and Implicit VR Little Endian if only the other one is accepted.
+/// Anything else would need transcoding, which is not done. A failed exchange ends the
+/// association (A-ABORT); the files after it get [`SendError::UnexpectedEnd`] ("not sent").
+///
+/// # Errors
+/// Per file: [`SendError::ReadFile`] / [`SendError::NotPart10`] (not proposed);
+/// [`SendError::SopClassNotAccepted`] when the destination accepted no context for its SOP
+/// class; [`SendError::TransferSyntaxNotAccepted`] / [`SendError::Transcode`] when only a
+/// transfer syntax it cannot be converted to was accepted; [`SendError::Dimse`] /
+/// [`SendError::UnexpectedEnd`] when its exchange failed.
+/// For all files (the outer error): [`SendError::Association`] when the destination cannot be
+/// reached or rejects the association, [`SendError::SopClassNotAccepted`] (all SOP classes
+/// listed, comma-separated) when it accepts no context at all, [`SendError::Tls`].
+pub fn c_store_many(
     dest: &crate::config::DestinationConfig,
-    part10: &Part10,
-    sop_class: &str,
-    sop_instance: &str,
-    ts: &str,
-    native: bool,
-) -> Result<u16, SendError> {
-    let accepted: Vec<(u8, String)> =
-        assoc.presentation_contexts().iter().map(|pc| (pc.id, pc.transfer_syntax.clone())).collect();
-    let (pc_id, dataset): (u8, std::borrow::Cow<'_, [u8]>) =
-        if let Some((id, _)) = accepted.iter().find(|(_, t)| *t == ts) {
-            (*id, std::borrow::Cow::Borrowed(&part10.dataset[..]))
-        } else if let (true, Some((id, t))) = (native, accepted.iter().find(|(_, t)| t == EXPLICIT_LE || t == IMPLICIT_LE)) {
-            match reencode_native(&part10.dataset, ts, t) {
-                Ok(bytes) => (*id, std::borrow::Cow::Owned(bytes)),
-                Err(e) => {
-                    let _ = assoc.send(&Pdu::AbortRQ { source: AbortRQSource::ServiceUser });
-                    return Err(e);
+    calling_ae: &str,
+    files: &[&Path],
+) -> Result<Vec<Result<u16, SendError>>, SendError> {
+    let mut results: Vec<Option<Result<u16, SendError>>> = Vec::with_capacity(files.len());
+    let mut objects: Vec<(usize, Part10)> = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        match read_part10(f) {
+            Ok(p) => {
+                objects.push((i, p));
+                results.push(None);
+            }
+            Err(e) => results.push(Some(Err(e))),
+        }
+    }
+    if !objects.is_empty() {
+        let mut options = ClientAssociationOptions::new()
+            .calling_ae_title(calling_ae.to_string())
+            .called_ae_title(dest.ae_title.clone());
+        let mut proposed: Vec<(String, Vec<String>)> = Vec::new();
+        for (_, p) in &objects {
+            let class = p.meta.media_storage_sop_class_uid().to_string();
+            let ts = p.meta.transfer_syntax().to_string();
+            let native = ts == EXPLICIT_LE || ts == IMPLICIT_LE;
+            let second = if native {
+                vec![if ts == EXPLICIT_LE { IMPLICIT_LE } else { EXPLICIT_LE }.to_string()]
+            } else {
+                vec![EXPLICIT_LE.to_string(), IMPLICIT_LE.to_string()]
+            };
+            for ctx in [(class.clone(), vec![ts.clone()]), (class.clone(), second)] {
+                if !proposed.contains(&ctx) {
+                    options = options.with_presentation_context(ctx.0.clone(), ctx.1.clone());
+                    proposed.push(ctx);
                 }
             }
+        }
+        let classes = || {
+            let mut c: Vec<&str> = objects.iter().map(|(_, p)| p.meta.media_storage_sop_class_uid()).collect();
+            c.sort_unstable();
+            c.dedup();
+            c.join(", ")
+        };
+        let map_no_context = |e: SendError| match e {
+            SendError::Association { address, source }
+                if matches!(*source, dicom_ul::association::Error::NoAcceptedPresentationContexts { .. }) =>
+            {
+                SendError::SopClassNotAccepted { destination: dest.name.clone(), address, sop_class_uid: classes() }
+            }
+            other => other,
+        };
+        let sent = match &dest.tls {
+            None => {
+                let assoc = establish(options, &dest.host, dest.port).map_err(map_no_context)?;
+                store_all(assoc, dest, &objects)
+            }
+            Some(tls) => {
+                let key = format!("destination `{}` tls", dest.name);
+                let assoc = establish_tls(options, &dest.host, dest.port, tls, &key).map_err(map_no_context)?;
+                store_all(assoc, dest, &objects)
+            }
+        };
+        for ((i, _), r) in objects.iter().zip(sent) {
+            results[*i] = Some(r);
+        }
+    }
+    Ok(results.into_iter().map(|r| r.expect("every file has a result")).collect())
+}
+
+/// The C-STORE exchanges of [`c_store_many`] on an established association (plain or TLS),
+/// one result per object; releases or aborts the association.
+fn store_all<S: Read + Write + CloseSocket>(
+    mut assoc: ClientAssociation<S>,
+    dest: &crate::config::DestinationConfig,
+    objects: &[(usize, Part10)],
+) -> Vec<Result<u16, SendError>> {
+    let accepted: Vec<(u8, String, String)> = assoc
+        .presentation_contexts()
+        .iter()
+        .map(|pc| (pc.id, pc.abstract_syntax.clone(), pc.transfer_syntax.clone()))
+        .collect();
+    let address = format!("{}:{}", dest.host, dest.port);
+    let mut out = Vec::with_capacity(objects.len());
+    let mut broken: Option<String> = None;
+    let mut ending = Ending::Release;
+    for (n, (_, part10)) in objects.iter().enumerate() {
+        if let Some(why) = &broken {
+            out.push(Err(SendError::UnexpectedEnd(format!("not sent: the association ended after an earlier object failed ({why})"))));
+            continue;
+        }
+        let sop_class = part10.meta.media_storage_sop_class_uid();
+        let sop_instance = part10.meta.media_storage_sop_instance_uid();
+        let ts = part10.meta.transfer_syntax();
+        let native = ts == EXPLICIT_LE || ts == IMPLICIT_LE;
+        let for_class: Vec<&(u8, String, String)> = accepted.iter().filter(|(_, a, _)| a == sop_class).collect();
+        let chosen: Result<(u8, std::borrow::Cow<'_, [u8]>), SendError> = if for_class.is_empty() {
+            Err(SendError::SopClassNotAccepted {
+                destination: dest.name.clone(),
+                address: address.clone(),
+                sop_class_uid: sop_class.to_string(),
+            })
+        } else if let Some((id, _, _)) = for_class.iter().find(|(_, _, t)| t == ts) {
+            Ok((*id, std::borrow::Cow::Borrowed(&part10.dataset[..])))
+        } else if let (true, Some((id, _, t))) = (native, for_class.iter().find(|(_, _, t)| t == EXPLICIT_LE || t == IMPLICIT_LE)) {
+            reencode_native(&part10.dataset, ts, t).map(|bytes| (*id, std::borrow::Cow::Owned(bytes)))
         } else {
-            let _ = assoc.send(&Pdu::AbortRQ { source: AbortRQSource::ServiceUser });
-            return Err(SendError::TransferSyntaxNotAccepted {
+            Err(SendError::TransferSyntaxNotAccepted {
                 destination: dest.name.clone(),
                 sop_class_uid: sop_class.to_string(),
                 transfer_syntax: ts.to_string(),
-                accepted: accepted.into_iter().map(|(_, t)| t).collect(),
-            });
+                accepted: for_class.iter().map(|(_, _, t)| t.clone()).collect(),
+            })
         };
-    let rq = CommandSet::c_store_rq(1, sop_class, sop_instance, priority::MEDIUM);
-    let rsp = request_response(assoc, pc_id, &rq, Some(&dataset), command_field::C_STORE_RSP)?;
-    if let Some(c) = rsp.error_comment.as_deref() {
-        debug!(destination = %dest.name, comment = c, "C-STORE-RSP error comment");
+        let (pc_id, dataset) = match chosen {
+            Ok(c) => c,
+            Err(e) => {
+                out.push(Err(e));
+                continue;
+            }
+        };
+        let rq = CommandSet::c_store_rq((n + 1) as u16, sop_class, sop_instance, priority::MEDIUM);
+        match exchange(&mut assoc, pc_id, &rq, Some(&dataset), command_field::C_STORE_RSP) {
+            Ok(rsp) => {
+                if let Some(c) = rsp.error_comment.as_deref() {
+                    debug!(destination = %dest.name, comment = c, "C-STORE-RSP error comment");
+                }
+                let status = rsp.status.ok_or_else(|| SendError::UnexpectedEnd("C-STORE-RSP without Status".into()));
+                if let Ok(st) = &status {
+                    debug!(destination = %dest.name, sop_instance_uid = %sop_instance, status = format!("{st:04X}H"), tls = dest.tls.is_some(), "C-STORE-RSP");
+                }
+                out.push(status);
+            }
+            Err(e) => {
+                broken = Some(e.to_string());
+                ending = Ending::after(&e);
+                out.push(Err(e));
+            }
+        }
     }
-    rsp.status.ok_or_else(|| SendError::UnexpectedEnd("C-STORE-RSP without Status".into()))
+    close(assoc, ending);
+    out
 }
 
 /// Re-encode a native data set between Explicit and Implicit VR Little Endian.
