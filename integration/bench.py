@@ -750,7 +750,7 @@ def main(argv=None) -> int:
     pelvis = series / "mr-pelvis-adc"
     if not knee.is_dir():
         raise SystemExit(f"bench: test data not found at {series} (set MYONODE_DATA)")
-    out = args.out
+    out = args.out.resolve()  # the node runs in its own work folder: paths must be absolute
     out.mkdir(parents=True, exist_ok=True)
     gen = out / "generated"
     res = {"machine": machine(), "config": {"quick": args.quick, "repeat": args.repeat, "pdu": PDU,

@@ -10,6 +10,13 @@
 //! what is left after the last fragment is the final `fdatasync` (mostly the device cache
 //! flush), the `linkat` and the directory `fsync`.
 //!
+//! The appends run on the association's async task (between two PDU reads), not on the
+//! blocking pool: they are page-cache writes of one PDU (≤ `receive.max_pdu_length`, 47 µs for
+//! 128 KiB here) plus a non-waiting writeback start, and a hop to the blocking pool per PDU
+//! would cost about as much. Because writeback starts early, dirty pages stay far below the
+//! kernel's throttling limits; a device whose queue is congested can still make a
+//! `sync_file_range` call wait, holding that tokio worker for its duration.
+//!
 //! Nothing about acceptance changes: the complete data set is still checked
 //! ([`super::store::store_instance_blocking`]) before the file gets its name, and a refused,
 //! aborted or incomplete instance leaves only an unnamed inode that is freed when dropped.
