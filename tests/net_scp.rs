@@ -367,6 +367,18 @@ fn deflated_transfer_syntax_is_accepted_and_stored_as_received() {
     scp.stop();
 }
 
+/// A client association from `SCANNER` proposing `sop_class` in `transfer_syntax`, with 16 KiB
+/// PDUs (so a data set arrives in many fragments).
+fn store_association(port: u16, sop_class: &str, transfer_syntax: &str) -> dicom_ul::ClientAssociation<std::net::TcpStream> {
+    dicom_ul::ClientAssociationOptions::new()
+        .calling_ae_title("SCANNER")
+        .called_ae_title("MYONODE")
+        .with_presentation_context(sop_class, vec![transfer_syntax])
+        .max_pdu_length(16_384)
+        .establish(("127.0.0.1", port))
+        .unwrap()
+}
+
 #[test]
 fn association_continues_after_refused_store_and_unknown_operation() {
     use myonode::dimse::command::{command_field, priority, NO_DATA_SET};
@@ -377,13 +389,7 @@ fn association_continues_after_refused_store_and_unknown_operation() {
     let part = myonode::send::scu::read_part10(&src).unwrap();
     let mr = "1.2.840.10008.5.1.4.1.1.4";
     let sop = part.meta.media_storage_sop_instance_uid().to_string();
-    let mut assoc = dicom_ul::ClientAssociationOptions::new()
-        .calling_ae_title("SCANNER")
-        .called_ae_title("MYONODE")
-        .with_presentation_context(mr, vec![part.meta.transfer_syntax()])
-        .max_pdu_length(16_384)
-        .establish(("127.0.0.1", scp.port))
-        .unwrap();
+    let mut assoc = store_association(scp.port, mr, part.meta.transfer_syntax());
     let pc = assoc.presentation_contexts()[0].id;
     let mut asm = MessageAssembler::new();
     let mut roundtrip = |assoc: &mut dicom_ul::ClientAssociation<std::net::TcpStream>, cmd: &CommandSet, ds: Option<&[u8]>| {
@@ -523,4 +529,75 @@ fn c_store_many_sends_a_batch_over_one_association() {
     scp.stop();
     dead.port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     assert!(matches!(c_store_many(&dead, "SCANNER", &batch), Err(SendError::Association { .. })));
+}
+
+/// Open file descriptors of this process (the SCP runs in it) on unnamed spool files: staged
+/// instances (O_TMPFILE in `incoming/`, shown by Linux as `incoming/#<inode> (deleted)`).
+fn open_staged_files(spool_dir: &Path) -> usize {
+    let incoming = spool_dir.join("incoming");
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter(|target| target.starts_with(&incoming) && target.to_string_lossy().ends_with("(deleted)"))
+        .count()
+}
+
+/// An association aborted (or a connection dropped) in the middle of a data set that was
+/// being written while it arrived (receive::staging) leaves nothing: no instance in the spool,
+/// no file descriptor held, nothing reported to assemble; the next association stores the
+/// same instance normally.
+#[test]
+fn data_set_cut_off_mid_transfer_leaves_nothing() {
+    use myonode::dimse::command::priority;
+    use myonode::dimse::{message_pdus, read_message, AssociationEvent, CommandSet, MessageAssembler};
+    let data = data_dir();
+    let scp = Scp::start(&[]);
+    let src = files_in(&data.join("series/mr-knee-dess-echo1"))[9].clone();
+    let part = myonode::send::scu::read_part10(&src).unwrap();
+    let mr = "1.2.840.10008.5.1.4.1.1.4";
+    let sop = part.meta.media_storage_sop_instance_uid().to_string();
+    let cmd = CommandSet::c_store_rq(1, mr, &sop, priority::MEDIUM).encode().unwrap();
+    for how in ["abort", "drop"] {
+        let mut assoc = store_association(scp.port, mr, part.meta.transfer_syntax());
+        let pc = assoc.presentation_contexts()[0].id;
+        let pdus: Vec<_> = message_pdus(pc, &cmd, Some(&part.dataset), 16_384).collect();
+        assert!(pdus.len() > 10, "the data set must arrive in many fragments");
+        // the command and the first half of the data set
+        for p in &pdus[..pdus.len() / 2] {
+            assoc.send(p).unwrap();
+        }
+        // the SCP has staged it by now: an unnamed file is open
+        let t0 = std::time::Instant::now();
+        while open_staged_files(scp.spool_dir.path()) == 0 && t0.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(open_staged_files(scp.spool_dir.path()), 1, "{how}: the data set is being written while it arrives");
+        match how {
+            "abort" => assoc.abort().unwrap(),
+            _ => drop(assoc),
+        }
+        let t0 = std::time::Instant::now();
+        while open_staged_files(scp.spool_dir.path()) > 0 && t0.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(open_staged_files(scp.spool_dir.path()), 0, "{how}: the unnamed file is closed (freed)");
+        assert!(scp.stored_files().is_empty(), "{how}: nothing may be stored");
+        assert!(scp.drain().is_empty());
+    }
+    // the whole instance on a new association: stored once, byte for byte
+    let mut assoc = store_association(scp.port, mr, part.meta.transfer_syntax());
+    let pc = assoc.presentation_contexts()[0].id;
+    myonode::dimse::send_message(&mut assoc, pc, &CommandSet::c_store_rq(2, mr, &sop, priority::MEDIUM), Some(&part.dataset)).unwrap();
+    let mut asm = MessageAssembler::new();
+    match read_message(&mut assoc, &mut asm).unwrap() {
+        AssociationEvent::Message(m) => assert_eq!(m.command.status, Some(status::SUCCESS)),
+        other => panic!("expected C-STORE-RSP, got {other:?}"),
+    }
+    assoc.release().unwrap();
+    let stored = scp.stored_files();
+    assert_eq!(stored.len(), 1);
+    assert!(std::fs::read(&stored[0]).unwrap().ends_with(&part.dataset));
+    assert_eq!(open_staged_files(scp.spool_dir.path()), 0);
+    scp.stop();
 }
