@@ -88,12 +88,21 @@ struct Row {
 }
 
 fn bench(model: &mut OnnxModel, channels: &[ChannelInput<'_>], units: usize, unit: &'static str, warmup: bool) -> Row {
+    bench_path(model, channels, units, unit, warmup, false)
+}
+
+/// `whole = true`: [`OnnxModel::segment_whole_volume`] (each step on the whole volume, the
+/// reference of the slice-streamed 2D path) instead of [`OnnxModel::segment`].
+fn bench_path(model: &mut OnnxModel, channels: &[ChannelInput<'_>], units: usize, unit: &'static str, warmup: bool, whole: bool) -> Row {
+    let segment = |model: &mut OnnxModel| {
+        if whole { model.segment_whole_volume(channels, None) } else { model.segment(channels, None) }
+    };
     if warmup {
-        model.segment(channels, None).expect("warm-up run");
+        segment(model).expect("warm-up run");
     }
     model.reset_timing();
     let t = Instant::now();
-    let labels = model.segment(channels, None).expect("benchmark run");
+    let labels = segment(model).expect("benchmark run");
     let wall = t.elapsed();
     // FNV-1a of the label map: equal across builds when the results are bit-identical
     let checksum = labels.iter().fold(0xcbf29ce484222325u64, |h, &v| (h ^ v as u64).wrapping_mul(0x100000001b3));
@@ -101,7 +110,7 @@ fn bench(model: &mut OnnxModel, channels: &[ChannelInput<'_>], units: usize, uni
     let v = channels[0].1;
     Row {
         shipped: false,
-        model: model.manifest().name(),
+        model: if whole { format!("{} (whole-volume steps)", model.manifest().name()) } else { model.manifest().name() },
         input: format!("{}x{:?}", channels.len(), v.shape()),
         runs: timing.runs,
         total_ms: wall.as_secs_f64() * 1e3,
@@ -169,9 +178,15 @@ fn main() {
             }
             None => volume_with_spacing((80, 512, 512), [1.5, 0.3125, 0.3125], 4),
         };
-        let mut row = bench(&mut ms, &[("water", &knee)], 80, "slice", true);
+        let units = knee.shape().0;
+        let mut row = bench(&mut ms, &[("water", &knee)], units, "slice", true);
         row.shipped = true;
         rows.push(row);
+        // the same analysis with every step on the whole volume (before slice streaming): the
+        // label hash must be the same, the time shows what streaming hides
+        if std::env::var_os("BENCH_WHOLE_VOLUME").is_some() {
+            rows.push(bench_path(&mut ms, &[("water", &knee)], units, "slice", true, true));
+        }
     }
 
     println!(

@@ -725,6 +725,9 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--latency-repeat", type=int, default=1, help="repetitions of the latency section (median reported)")
     ap.add_argument("--analyses", default=None, help="latency analyses, comma-separated (default body-mask[,lumbar-vertebrae-mr])")
+    ap.add_argument("--lumbar-cases", choices=["both", "water-only"], default="both",
+                    help="latency of the lumbar model: with the default assemble.dixon_channels (waits "
+                         "assemble.study_window_seconds for partners) and with [water], or only the latter")
     ap.add_argument("--small", type=int, default=1000, help="number of generated small instances")
     ap.add_argument("--parallel", default="1,4")
     ap.add_argument("--quiet", type=float, default=2.0, help="completion quiet period (s) for latency/scaling")
@@ -785,8 +788,9 @@ def main(argv=None) -> int:
             data_name, files, warm_lumbar = lumbar
             case = dict(analysis="lumbar-vertebrae-mr", data=data_name, series=files, warmup=warm_lumbar)
             # a site that sends only the water image says so: no wait for partners
-            cases += [case, dict(case, data=data_name + ", dixon_channels = [water]",
-                                 env={"MYONODE__ASSEMBLE__DIXON_CHANNELS": "water"})]
+            water_only = dict(case, data=data_name + ", dixon_channels = [water]",
+                              env={"MYONODE__ASSEMBLE__DIXON_CHANNELS": "water"})
+            cases += [water_only] if args.lumbar_cases == "water-only" else [case, water_only]
         res["latency"] = bench_latency(args, out, cases, compute)
     if "memory" in sections:
         import pydicom

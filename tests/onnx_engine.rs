@@ -168,6 +168,10 @@ fn compare_with_reference_modality(model: &str, vol: &Volume, modality: Option<&
     let ds = max_abs_diff(scores.as_slice().unwrap(), ref_scores.as_slice().unwrap());
     assert!(ds <= 1e-5, "{model}: blended scores differ from NumPy by {ds}");
     let labels = m.segment(&[("image", vol)], modality).unwrap();
+    // 2D models run slice-streamed in `segment`: the same label map, bit for bit, as every
+    // step on the whole volume
+    let whole = m.segment_whole_volume(&[("image", vol)], modality).unwrap();
+    assert_eq!(labels, whole, "{model}: segment and segment_whole_volume differ");
     let ref_labels: Array3<u8> = read_npy(d.path().join("labels.npy")).unwrap();
     assert_eq!(labels.dim(), vol.data.dim(), "{model}: label map not on the source grid");
     let mismatched = labels.iter().zip(ref_labels.iter()).filter(|(a, b)| a != b).count();
@@ -285,6 +289,36 @@ fn count_components(l: &Array3<u8>, v: u8) -> usize {
         }
     }
     n
+}
+
+#[test]
+fn slice_streamed_2d_segmentation_equals_the_whole_volume_steps() {
+    // several windows per slice with overlap and mirroring (conv2d), 2.5D context at the volume
+    // edges (conv2d-ctx), padding and probabilities with decision weights (conv2d-prob-cw);
+    // more slices than the channels between the threads hold at once
+    for (model, shape, spacing) in [
+        ("conv2d", (40, 45, 38), [3.0, 0.7, 0.8]),
+        ("conv2d-ctx", (23, 30, 27), [2.5, 0.9, 0.9]),
+        ("conv2d-prob-cw", (19, 35, 31), [3.0, 0.7, 0.8]),
+    ] {
+        let mut vol = volume(shape, spacing);
+        for ((z, y, x), v) in vol.data.indexed_iter_mut() {
+            *v += 30.0 * ((z * 5 + y * 3 + x) % 7) as f32 / 7.0;
+        }
+        let mut m = OnnxModel::load(&fixtures().join(model), &cfg()).unwrap();
+        m.reset_timing();
+        let streamed = m.segment(&[("image", &vol)], None).unwrap();
+        let streamed_runs = m.timing().runs;
+        m.reset_timing();
+        let whole = m.segment_whole_volume(&[("image", &vol)], None).unwrap();
+        assert_eq!(m.timing().runs, streamed_runs, "{model}: both paths run the same windows");
+        assert!(streamed_runs >= shape.0 as u64, "{model}: at least one run per slice");
+        assert_eq!(streamed.dim(), vol.data.dim());
+        let differ = streamed.iter().zip(whole.iter()).filter(|(a, b)| a != b).count();
+        assert_eq!(differ, 0, "{model}: {differ} voxels differ between the streamed and the whole-volume path");
+        let fg = streamed.iter().filter(|&&v| v != 0).count();
+        assert!(fg > 0 && fg < streamed.len(), "{model}: degenerate segmentation ({fg} fg)");
+    }
 }
 
 #[test]

@@ -47,6 +47,19 @@ fn linear_taps(n_in: usize, n_out: usize) -> Vec<(usize, usize, f32)> {
         .collect()
 }
 
+/// Run `f(z, plane)` on every `plane`-sized chunk of `out`: one rayon task per plane, or on
+/// this thread for a single plane (a slice-by-slice caller on its own thread then does not hand
+/// each slice to the pool). The planes are independent, so both give the same result.
+fn per_plane(out: &mut [f32], plane: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    if out.len() <= plane {
+        if !out.is_empty() {
+            f(0, out);
+        }
+        return;
+    }
+    out.par_chunks_mut(plane).enumerate().for_each(|(z, dst)| f(z, dst));
+}
+
 /// One linear pass along `axis` of `a` (shape `(nz, ny, nx)`), output extent `n_out` on that
 /// axis. The output is computed in parallel, one output `z` plane per task (rayon); every
 /// voxel is `src[i0] · (1 − w) + src[i1] · w` with the taps of [`linear_taps`], evaluated in
@@ -58,7 +71,7 @@ fn resample_axis_linear(a: ArrayView3<f32>, axis: usize, n_out: usize) -> Array3
     let taps = linear_taps(n_in, n_out);
     let plane = shape[1] * shape[2];
     let mut out = vec![0f32; shape[0] * plane];
-    out.par_chunks_mut(plane).enumerate().for_each(|(z, dst)| {
+    per_plane(&mut out, plane, |z, dst| {
         let mut dst = ArrayViewMut2::from_shape((shape[1], shape[2]), dst).expect("plane shape");
         if axis == 0 {
             let (i0, i1, w) = taps[z];
@@ -110,7 +123,7 @@ pub fn resample_linear_map(src: ArrayView3<f32>, out_shape: [usize; 3], f: impl 
     let Some((&first, rest)) = axes.split_first() else {
         let plane = shape[1] * shape[2];
         let mut out = vec![0f32; shape[0] * plane];
-        out.par_chunks_mut(plane).enumerate().for_each(|(z, dst)| {
+        per_plane(&mut out, plane, |z, dst| {
             for (d, &v) in dst.iter_mut().zip(src.index_axis(Axis(0), z).iter()) {
                 *d = f(v);
             }
@@ -132,7 +145,7 @@ fn resample_axis_linear_with(a: ArrayView3<f32>, axis: usize, n_out: usize, f: &
     let taps = linear_taps(n_in, n_out);
     let plane = shape[1] * shape[2];
     let mut out = vec![0f32; shape[0] * plane];
-    out.par_chunks_mut(plane).enumerate().for_each(|(z, dst)| {
+    per_plane(&mut out, plane, |z, dst| {
         let mut dst = ArrayViewMut2::from_shape((shape[1], shape[2]), dst).expect("plane shape");
         if axis == 0 {
             let (i0, i1, w) = taps[z];
@@ -152,6 +165,104 @@ fn resample_axis_linear_with(a: ArrayView3<f32>, axis: usize, n_out: usize, f: &
         }
     });
     Array3::from_shape_vec(shape, out).expect("output shape")
+}
+
+/// `mask[v]` is true for the values in `valid`.
+fn valid_mask(valid: &[u8]) -> [bool; 256] {
+    let mut ok = [false; 256];
+    for &v in valid {
+        ok[v as usize] = true;
+    }
+    ok
+}
+
+/// Running argmax: where `vals[i] > best[i]`, `best[i] = vals[i]` and `idx[i] = c` (the first
+/// maximum wins).
+fn fold_max(best: &mut [f32], idx: &mut [u8], vals: &[f32], c: u8) {
+    for ((b, i), &s) in best.iter_mut().zip(idx.iter_mut()).zip(vals) {
+        if s > *b {
+            *b = s;
+            *i = c;
+        }
+    }
+}
+
+/// One `z` plane of [`resample_linear_argmax`] for grids with the same `z` (2-D models): class
+/// scores `(K, my, mx)` of one model-grid slice → labels of the source slice `(ny, nx)`, row
+/// major. Holds the taps and plane buffers, so a worker resamples slice after slice without
+/// allocating; the result is bit-identical to that plane of [`resample_linear_argmax`] (which
+/// runs this per plane).
+pub struct PlaneArgmax {
+    model: [usize; 2],
+    out: [usize; 2],
+    tx: Vec<(usize, usize, f32)>,
+    ty: Vec<(usize, usize, f32)>,
+    ok: [bool; 256],
+    xbuf: Vec<f32>,
+    vals: Vec<f32>,
+    best: Vec<f32>,
+}
+
+impl PlaneArgmax {
+    /// For model-grid slices of `model` = `(my, mx)` and source slices of `out` = `(ny, nx)`;
+    /// class indices not in `valid` become 0.
+    pub fn new(model: [usize; 2], out: [usize; 2], valid: &[u8]) -> PlaneArgmax {
+        let ([my, mx], [ny, nx]) = (model, out);
+        PlaneArgmax {
+            model,
+            out,
+            tx: linear_taps(mx, nx),
+            ty: linear_taps(my, ny),
+            ok: valid_mask(valid),
+            xbuf: vec![0f32; my * nx],
+            vals: vec![0f32; ny * nx],
+            best: vec![0f32; ny * nx],
+        }
+    }
+
+    /// Labels of one slice into `idx` (length `ny·nx`) from `scores` `(K, my, mx)`, K ≤ 256.
+    ///
+    /// # Panics
+    /// When the shapes differ from those given to [`PlaneArgmax::new`].
+    pub fn run(&mut self, scores: ndarray::ArrayView3<f32>, idx: &mut [u8]) {
+        let (k, my, mx) = scores.dim();
+        let ([ny, nx], k) = (self.out, k.min(256));
+        assert_eq!([my, mx], self.model, "model slice shape");
+        assert_eq!(idx.len(), ny * nx, "label slice length");
+        let (tx, ty, xbuf, vals, best) = (&self.tx, &self.ty, &mut self.xbuf, &mut self.vals, &mut self.best);
+        best.fill(f32::NEG_INFINITY);
+        idx.fill(0);
+        for c in 0..k {
+            let src = scores.index_axis(Axis(0), c);
+            // x pass (skipped when nx == mx, as resample_linear skips it)
+            if nx != mx {
+                for (row, dst) in src.outer_iter().zip(xbuf.chunks_mut(nx)) {
+                    for (d, &(i0, i1, w)) in dst.iter_mut().zip(tx) {
+                        *d = row[i0] * (1.0 - w) + row[i1] * w;
+                    }
+                }
+            } else {
+                for (row, dst) in src.outer_iter().zip(xbuf.chunks_mut(nx)) {
+                    dst.iter_mut().zip(row.iter()).for_each(|(d, &v)| *d = v);
+                }
+            }
+            let plane_vals: &[f32] = if ny != my {
+                for (y, dst) in vals.chunks_mut(nx).enumerate() {
+                    let (i0, i1, w) = ty[y];
+                    let (r0, r1) = (&xbuf[i0 * nx..(i0 + 1) * nx], &xbuf[i1 * nx..(i1 + 1) * nx]);
+                    for ((d, &p), &q) in dst.iter_mut().zip(r0).zip(r1) {
+                        *d = p * (1.0 - w) + q * w;
+                    }
+                }
+                vals
+            } else {
+                xbuf
+            };
+            fold_max(best, idx, plane_vals, c as u8);
+        }
+        let ok = &self.ok;
+        idx.iter_mut().for_each(|v| *v = if ok[*v as usize] { *v } else { 0 });
+    }
 }
 
 /// Label map from class scores `(K, mz, my, mx)` on a model grid, resampled back to
@@ -175,58 +286,13 @@ pub fn resample_linear_argmax(scores: ndarray::ArrayView4<f32>, out_shape: [usiz
     assert!(k > 0 && mz * my * mx > 0 && out_shape.iter().all(|&n| n > 0), "empty grid");
     let k = k.min(256);
     let [nz, ny, nx] = out_shape;
-    let mut ok = [false; 256];
-    for &v in valid {
-        ok[v as usize] = true;
-    }
+    let ok = valid_mask(valid);
     let plane = ny * nx;
     let mut labels = vec![0u8; nz * plane];
-    let fold = |best: &mut [f32], idx: &mut [u8], vals: &[f32], c: u8| {
-        for ((b, i), &s) in best.iter_mut().zip(idx.iter_mut()).zip(vals) {
-            if s > *b {
-                *b = s;
-                *i = c;
-            }
-        }
-    };
     if mz == nz {
-        let (tx, ty) = (linear_taps(mx, nx), linear_taps(my, ny));
         labels.par_chunks_mut(plane).enumerate().for_each_init(
-            || (vec![0f32; my * nx], vec![0f32; plane], vec![0f32; plane]),
-            |(xbuf, vals, best), (z, idx)| {
-                best.fill(f32::NEG_INFINITY);
-                for c in 0..k {
-                    let src = scores.slice(ndarray::s![c, z, .., ..]);
-                    // x pass (skipped when nx == mx, as resample_linear skips it)
-                    let after_x: &[f32] = if nx != mx {
-                        for (row, dst) in src.outer_iter().zip(xbuf.chunks_mut(nx)) {
-                            for (d, &(i0, i1, w)) in dst.iter_mut().zip(&tx) {
-                                *d = row[i0] * (1.0 - w) + row[i1] * w;
-                            }
-                        }
-                        xbuf
-                    } else {
-                        for (row, dst) in src.outer_iter().zip(xbuf.chunks_mut(nx)) {
-                            dst.iter_mut().zip(row.iter()).for_each(|(d, &v)| *d = v);
-                        }
-                        xbuf
-                    };
-                    let plane_vals: &[f32] = if ny != my {
-                        for (y, dst) in vals.chunks_mut(nx).enumerate() {
-                            let (i0, i1, w) = ty[y];
-                            let (r0, r1) = (&after_x[i0 * nx..(i0 + 1) * nx], &after_x[i1 * nx..(i1 + 1) * nx]);
-                            for ((d, &p), &q) in dst.iter_mut().zip(r0).zip(r1) {
-                                *d = p * (1.0 - w) + q * w;
-                            }
-                        }
-                        vals
-                    } else {
-                        after_x
-                    };
-                    fold(best, idx, plane_vals, c as u8);
-                }
-                idx.iter_mut().for_each(|v| *v = if ok[*v as usize] { *v } else { 0 });
-            },
+            || PlaneArgmax::new([my, mx], [ny, nx], valid),
+            |pa, (z, idx)| pa.run(scores.index_axis(Axis(1), z), idx),
         );
     } else {
         let tz = linear_taps(mz, nz);
@@ -242,7 +308,7 @@ pub fn resample_linear_argmax(scores: ndarray::ArrayView4<f32>, out_shape: [usiz
                     for ((d, &p), &q) in vals.iter_mut().zip(s0.iter()).zip(s1.iter()) {
                         *d = p * (1.0 - w) + q * w;
                     }
-                    fold(best, idx, vals, c as u8);
+                    fold_max(best, idx, vals, c as u8);
                 },
             );
         }

@@ -15,6 +15,11 @@
 //! 5. resample the scores back to the exact source shape, linear
 //!    ("probability resampling"), then [`postprocess::argmax`];
 //! 6. per label: optional largest connected component, hole filling.
+//!
+//! 2D models run steps 2–5 slice by slice on three threads ([`OnnxModel::segment`]): slice
+//! `z + 1` is pre-processed and slice `z − 1` blended and resampled back while the network
+//! runs on slice `z`; the result is bit-identical to [`OnnxModel::segment_whole_volume`],
+//! which runs each step on the whole volume (and is the path of 3D models).
 
 pub mod manifest;
 pub mod postprocess;
@@ -419,6 +424,44 @@ impl OnnxModel {
         }
     }
 
+    /// Axes of a `(C, pz, py, px)` window that test-time mirroring flips (`inference.mirroring`):
+    /// y and x for 2D models, z, y and x for 3D; empty without mirroring.
+    fn mirror_axes(&self) -> Vec<usize> {
+        if !self.manifest.inference.mirroring {
+            return vec![];
+        }
+        match self.manifest.input.dimensions {
+            Dimensions::TwoD => vec![2, 3],
+            Dimensions::ThreeD => vec![1, 2, 3],
+        }
+    }
+
+    /// The network's `(K, pz, py, px)` scores for one window `(C, pz, py, px)`, averaged over
+    /// every combination of flips of `mirror_axes` (each output flipped back) when given.
+    fn run_window(&mut self, data: &[f32], shape: [usize; 4], mirror_axes: &[usize]) -> Result<Vec<f32>, OnnxError> {
+        if mirror_axes.is_empty() {
+            return self.run_patch(data, shape);
+        }
+        let mut sum: Option<Vec<f32>> = None;
+        let combos = 1usize << mirror_axes.len();
+        for mask in 0..combos {
+            let axes: Vec<usize> =
+                mirror_axes.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, &a)| a).collect();
+            let flipped = flip(data, shape, &axes);
+            let out = self.run_patch(&flipped, shape)?;
+            let k = out.len() / (shape[1] * shape[2] * shape[3]);
+            let back = flip(&out, [k, shape[1], shape[2], shape[3]], &axes);
+            match sum.as_mut() {
+                None => sum = Some(back),
+                Some(s) => s.iter_mut().zip(&back).for_each(|(a, b)| *a += b),
+            }
+        }
+        let mut s = sum.expect("at least one combination");
+        let inv = 1.0 / combos as f32;
+        s.iter_mut().for_each(|v| *v *= inv);
+        Ok(s)
+    }
+
     /// Step 4: sliding-window inference on a normalised input `(C, z, y, x)` on the model grid;
     /// returns class scores `(K, z, y, x)` on the same grid.
     ///
@@ -427,43 +470,14 @@ impl OnnxModel {
     pub fn predict(&mut self, input: ArrayView4<f32>) -> Result<Array4<f32>, OnnxError> {
         let patch = self.manifest.patch_zyx();
         let overlap = self.manifest.inference.overlap;
-        let mirror_axes: Vec<usize> = if self.manifest.inference.mirroring {
-            match self.manifest.input.dimensions {
-                Dimensions::TwoD => vec![2, 3],
-                Dimensions::ThreeD => vec![1, 2, 3],
-            }
-        } else {
-            vec![]
-        };
+        let mirror_axes = self.mirror_axes();
         let name = self.manifest.name();
         sliding_window::sliding_window(
             input,
             patch,
             overlap,
             true,
-            |w| {
-                if mirror_axes.is_empty() {
-                    return self.run_patch(w.data, w.shape);
-                }
-                let mut sum: Option<Vec<f32>> = None;
-                let combos = 1usize << mirror_axes.len();
-                for mask in 0..combos {
-                    let axes: Vec<usize> =
-                        mirror_axes.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, &a)| a).collect();
-                    let flipped = flip(w.data, w.shape, &axes);
-                    let out = self.run_patch(&flipped, w.shape)?;
-                    let k = out.len() / (w.shape[1] * w.shape[2] * w.shape[3]);
-                    let back = flip(&out, [k, w.shape[1], w.shape[2], w.shape[3]], &axes);
-                    match sum.as_mut() {
-                        None => sum = Some(back),
-                        Some(s) => s.iter_mut().zip(&back).for_each(|(a, b)| *a += b),
-                    }
-                }
-                let mut s = sum.expect("at least one combination");
-                let inv = 1.0 / combos as f32;
-                s.iter_mut().for_each(|v| *v *= inv);
-                Ok(s)
-            },
+            |w| self.run_window(w.data, w.shape, &mirror_axes),
             |message| OnnxError::Inference { model: name.clone(), message },
         )
     }
@@ -472,31 +486,46 @@ impl OnnxModel {
     /// `+ ln w_k` for logits, `· w_k` for probabilities (see
     /// [`manifest::OutputSection::class_weights`]). No-op without weights or for label outputs.
     pub fn apply_class_weights(&self, scores: &mut Array4<f32>) {
-        let Some(weights) = &self.manifest.output.class_weights else { return };
-        let kind = self.manifest.output.kind;
-        for (k, mut ch) in scores.outer_iter_mut().enumerate() {
-            let Some(&w) = weights.get(k) else { break };
-            match kind {
-                OutputKind::Logits => {
-                    let add = w.ln() as f32;
-                    ch.mapv_inplace(|v| v + add);
-                }
-                OutputKind::Probabilities => {
-                    let w = w as f32;
-                    ch.mapv_inplace(|v| v * w);
-                }
-                OutputKind::Labels => {}
-            }
-        }
+        ClassWeights::of(&self.manifest).apply(scores);
     }
 
     /// The whole analysis (module docs, steps 1–6): label map on the exact grid of the
     /// first channel's volume, shape `(nz, ny, nx)`, values from the manifest's `[[labels]]`.
     ///
+    /// 2D models run slice-streamed ([`OnnxModel::segment_whole_volume`] gives the same label
+    /// map, bit for bit): one thread normalises and resamples the source slices ahead of the
+    /// network, this thread runs `Session::run` window after window, and a third blends each
+    /// slice's windows, applies the decision weights and resamples the slice back with its
+    /// argmax as soon as the slice's last window is out. Pre- and post-processing thus run on
+    /// the cores that the network (one intra-op thread per worker by default) leaves free, and
+    /// only the normalisation statistics before the first slice and the connected components
+    /// after the last one wait for them. 3D models run [`OnnxModel::segment_whole_volume`].
+    ///
     /// # Errors
     /// [`OnnxError::InputMismatch`] when the images do not fit the model's channels;
     /// [`OnnxError::Inference`].
     pub fn segment(&mut self, channels: &[ChannelInput<'_>], modality: Option<&str>) -> Result<Array3<u8>, OnnxError> {
+        if self.manifest.input.dimensions != Dimensions::TwoD {
+            return self.segment_whole_volume(channels, modality);
+        }
+        let started = Instant::now();
+        self.check_channels(channels, modality)?;
+        let mut labels = self.segment_2d_streamed(channels, started)?;
+        let post_started = Instant::now();
+        self.components(&mut labels);
+        self.timing.postprocess += post_started.elapsed();
+        self.timing.total += started.elapsed();
+        Ok(labels)
+    }
+
+    /// [`OnnxModel::segment`] one step after the other on whole volumes: pre-processing of the
+    /// whole volume ([`OnnxModel::preprocess`]), [`OnnxModel::predict`], the decision weights,
+    /// resampling back fused with the argmax, then the connected-component steps. The reference
+    /// for the slice-streamed 2D path, and the path of 3D models.
+    ///
+    /// # Errors
+    /// As [`OnnxModel::segment`].
+    pub fn segment_whole_volume(&mut self, channels: &[ChannelInput<'_>], modality: Option<&str>) -> Result<Array3<u8>, OnnxError> {
         let started = Instant::now();
         self.check_channels(channels, modality)?;
         let input = self.preprocess(channels);
@@ -513,21 +542,185 @@ impl OnnxModel {
             resample::resample_linear_argmax(scores.view(), [nz, ny, nx], &valid)
         };
         drop(scores);
-        // components of every `largest_component` label in one pass; valid in manifest order
-        // because no step changes the voxels of a label before that label's own step
-        let largest: Vec<u8> = self.manifest.labels.iter().filter(|l| l.largest_component).map(|l| l.value).collect();
-        let mut keep = postprocess::LargestComponents::find(&labels, &largest);
-        for l in &self.manifest.labels {
-            if l.largest_component {
-                keep.apply(&mut labels, l.value);
-            }
-            if l.fill_holes {
-                postprocess::fill_holes(&mut labels, l.value);
-            }
-        }
+        self.components(&mut labels);
         self.timing.postprocess += post_started.elapsed();
         self.timing.total += started.elapsed();
         Ok(labels)
+    }
+
+    /// Step 6 on a label map: largest connected component and hole filling per label, in
+    /// manifest order.
+    fn components(&self, labels: &mut Array3<u8>) {
+        // components of every `largest_component` label in one pass; valid in manifest order
+        // because no step changes the voxels of a label before that label's own step
+        let largest: Vec<u8> = self.manifest.labels.iter().filter(|l| l.largest_component).map(|l| l.value).collect();
+        if largest.is_empty() && !self.manifest.labels.iter().any(|l| l.fill_holes) {
+            return;
+        }
+        let mut keep = postprocess::LargestComponents::find(labels, &largest);
+        for l in &self.manifest.labels {
+            if l.largest_component {
+                keep.apply(labels, l.value);
+            }
+            if l.fill_holes {
+                postprocess::fill_holes(labels, l.value);
+            }
+        }
+    }
+
+    /// Steps 2–5 of a 2D model, slice-streamed (see [`OnnxModel::segment`]): the label map
+    /// `(nz, ny, nx)` before the connected-component steps. `started` is when the analysis
+    /// began (for [`InferenceTiming::preprocess`]: until the first model-grid slice is ready).
+    fn segment_2d_streamed(&mut self, channels: &[ChannelInput<'_>], started: Instant) -> Result<Array3<u8>, OnnxError> {
+        let v0 = channels[0].1;
+        let (nz, ny, nx) = v0.shape();
+        let mut target = self.manifest.input.spacing_mm;
+        target[0] = 0.0;
+        let mshape = resample::resampled_shape([nz, ny, nx], v0.spacing, target);
+        let (my, mx) = (mshape[1], mshape[2]);
+        let patch = self.manifest.patch_zyx();
+        let (padded, starts) = sliding_window::window_grid([1, my, mx], patch, self.manifest.inference.overlap);
+        let windows_per_slice = starts[1].len() * starts[2].len();
+        let context = self.manifest.input.context_slices;
+        let width = 2 * context + 1;
+        let c_in = channels.len();
+        let mirror_axes = self.mirror_axes();
+        let weights = ClassWeights::of(&self.manifest);
+        let valid: Vec<u8> = self.manifest.labels.iter().map(|l| l.value).collect();
+        let norms: Vec<preprocess::Normalizer> =
+            channels.iter().map(|(_, v)| preprocess::Normalizer::fit(v.data.view(), &self.manifest.normalization)).collect();
+        let name = self.manifest.name();
+        let inference_error = |message: String| OnnxError::Inference { model: name.clone(), message };
+
+        std::thread::scope(|scope| -> Result<Array3<u8>, OnnxError> {
+            // pre-processing: model-grid slice z of every channel, (C, my, mx), in z order
+            let (pre_tx, pre_rx) = crossbeam_channel::bounded::<Array3<f32>>(8);
+            let norms = &norms;
+            let pre = scope.spawn(move || {
+                for z in 0..nz {
+                    let mut slice = Array3::<f32>::zeros((c_in, my, mx));
+                    for (c, (_, v)) in channels.iter().enumerate() {
+                        let norm = norms[c];
+                        let src = v.data.slice(ndarray::s![z..z + 1, .., ..]);
+                        let r = resample::resample_linear_map(src, [1, my, mx], |x| norm.apply(x));
+                        slice.index_axis_mut(Axis(0), c).assign(&r.index_axis(Axis(0), 0));
+                    }
+                    if pre_tx.send(slice).is_err() {
+                        return;
+                    }
+                }
+            });
+            // post-processing: blend a slice's windows, decision weights, back to the source grid.
+            // Unbounded: a send never waits for this thread (a bounded channel made the network
+            // wait for it when it was descheduled); it holds at most every slice's scores, what
+            // the whole-volume path holds at once.
+            let (post_tx, post_rx) = crossbeam_channel::unbounded::<(usize, [usize; 3], Vec<f32>)>();
+            let post = scope.spawn(move || -> Result<Vec<u8>, String> {
+                let mut labels = vec![0u8; nz * ny * nx];
+                let mut argmax = resample::PlaneArgmax::new([my, mx], [ny, nx], &valid);
+                let mut blender = sliding_window::Blender::new(padded, patch, true);
+                let mut received = 0usize;
+                for (z, start, out) in post_rx {
+                    blender.add(start, &out)?;
+                    received += 1;
+                    if received < windows_per_slice {
+                        continue;
+                    }
+                    received = 0;
+                    let done = std::mem::replace(&mut blender, sliding_window::Blender::new(padded, patch, true));
+                    let mut scores = done.finish([1, my, mx]).expect("windows_per_slice >= 1");
+                    weights.apply(&mut scores);
+                    argmax.run(scores.index_axis(Axis(1), 0), &mut labels[z * ny * nx..(z + 1) * ny * nx]);
+                }
+                Ok(labels)
+            });
+
+            // the network, on this thread; slices kept while a later slice's context needs them
+            let run = (|| -> Result<(), OnnxError> {
+                let mut slices: std::collections::VecDeque<(usize, Array3<f32>)> = std::collections::VecDeque::new();
+                let mut next_in = 0usize;
+                let mut window_input = Array4::<f32>::zeros((c_in * width, 1, my, mx));
+                let mut buf = Vec::new();
+                for z in 0..nz {
+                    let need = (z + context).min(nz - 1);
+                    while next_in <= need {
+                        let slice = pre_rx.recv().map_err(|_| inference_error("pre-processing stopped".into()))?;
+                        slices.push_back((next_in, slice));
+                        next_in += 1;
+                    }
+                    if z == 0 {
+                        self.timing.preprocess += started.elapsed();
+                    }
+                    while slices.front().is_some_and(|(i, _)| *i + context < z) {
+                        slices.pop_front();
+                    }
+                    // 2.5D: channel c·(2n+1) + j holds slice clamp(z - n + j) of image channel c
+                    let first = slices.front().expect("slice z is held").0;
+                    for c in 0..c_in {
+                        for j in 0..width {
+                            let src = (z as isize - context as isize + j as isize).clamp(0, nz as isize - 1) as usize;
+                            let (_, s) = &slices[src - first];
+                            window_input
+                                .slice_mut(ndarray::s![c * width + j, 0, .., ..])
+                                .assign(&s.index_axis(Axis(0), c));
+                        }
+                    }
+                    for &y0 in &starts[1] {
+                        for &x0 in &starts[2] {
+                            sliding_window::copy_window(window_input.view(), [0, y0, x0], patch, &mut buf);
+                            let out = self.run_window(&buf, [c_in * width, patch[0], patch[1], patch[2]], &mirror_axes)?;
+                            if post_tx.send((z, [0, y0, x0], out)).is_err() {
+                                return Ok(()); // the post-processing thread stopped: its error is reported below
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            })();
+            drop(pre_rx);
+            drop(post_tx);
+            let _ = pre.join();
+            let labels = match post.join() {
+                Ok(r) => r,
+                Err(panic) => std::panic::resume_unwind(panic),
+            };
+            run?;
+            let labels = labels.map_err(inference_error)?;
+            Ok(Array3::from_shape_vec((nz, ny, nx), labels).expect("label map shape"))
+        })
+    }
+}
+
+/// The manifest's `output.class_weights` as the per-element map [`OnnxModel::apply_class_weights`]
+/// applies (`+ ln w_k` on logits, `· w_k` on probabilities; none for label outputs).
+#[derive(Debug, Clone)]
+struct ClassWeights {
+    kind: OutputKind,
+    weights: Option<Vec<f64>>,
+}
+
+impl ClassWeights {
+    fn of(manifest: &Manifest) -> ClassWeights {
+        ClassWeights { kind: manifest.output.kind, weights: manifest.output.class_weights.clone() }
+    }
+
+    /// Apply to scores `(K, z, y, x)` in place.
+    fn apply(&self, scores: &mut Array4<f32>) {
+        let Some(weights) = &self.weights else { return };
+        for (k, mut ch) in scores.outer_iter_mut().enumerate() {
+            let Some(&w) = weights.get(k) else { break };
+            match self.kind {
+                OutputKind::Logits => {
+                    let add = w.ln() as f32;
+                    ch.mapv_inplace(|v| v + add);
+                }
+                OutputKind::Probabilities => {
+                    let w = w as f32;
+                    ch.mapv_inplace(|v| v * w);
+                }
+                OutputKind::Labels => {}
+            }
+        }
     }
 }
 

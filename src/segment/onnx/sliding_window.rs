@@ -56,11 +56,105 @@ pub struct Window<'a> {
     pub start: [usize; 3],
 }
 
-/// Run `run` on every window of `input` (`(C, z, y, x)`) and blend the outputs.
+/// Accumulates window outputs into their Gaussian-weighted mean ([`sliding_window`]'s
+/// blending, usable on its own when the windows are produced elsewhere, e.g. on another
+/// thread): [`Blender::add`] each window's `(K, pz, py, px)` output at its start, in the order
+/// [`sliding_window`] visits them, then [`Blender::finish`]. The arithmetic per voxel is the
+/// same as in [`sliding_window`], so both give bit-identical results.
+pub struct Blender {
+    patch: [usize; 3],
+    padded_size: [usize; 3],
+    weights: Array3<f32>,
+    acc: Option<Array4<f32>>,
+    wsum: Array3<f32>,
+}
+
+impl Blender {
+    /// A blender for windows of `patch` (z, y, x) over a padded grid of `padded_size`
+    /// (each axis at least the patch); `gaussian = false` weighs all windows 1.
+    pub fn new(padded_size: [usize; 3], patch: [usize; 3], gaussian: bool) -> Blender {
+        let weights = if gaussian { gaussian_importance(patch) } else { Array3::from_elem(patch, 1.0f32) };
+        Blender { patch, padded_size, weights, acc: None, wsum: Array3::zeros(padded_size) }
+    }
+
+    /// Add the output `out` (`(K, pz, py, px)` flattened) of the window starting at `start`.
+    ///
+    /// # Errors
+    /// A message when `out` is not a whole number of patch-sized channels or `K` differs from
+    /// the first window's.
+    pub fn add(&mut self, start: [usize; 3], out: &[f32]) -> Result<(), String> {
+        let patch = self.patch;
+        let patch_len = patch[0] * patch[1] * patch[2];
+        if out.is_empty() || out.len() % patch_len != 0 {
+            return Err(format!("output has {} values, not a whole number of channels of the patch {:?}", out.len(), patch));
+        }
+        let k = out.len() / patch_len;
+        let padded = self.padded_size;
+        let acc = self.acc.get_or_insert_with(|| Array4::zeros((k, padded[0], padded[1], padded[2])));
+        if acc.dim().0 != k {
+            return Err(format!("output channel count changed from {} to {k}", acc.dim().0));
+        }
+        let [z0, y0, x0] = start;
+        let out = ArrayView4::from_shape((k, patch[0], patch[1], patch[2]), out).expect("length checked");
+        let mut region = acc.slice_mut(s![.., z0..z0 + patch[0], y0..y0 + patch[1], x0..x0 + patch[2]]);
+        for ch in 0..k {
+            Zip::from(region.index_axis_mut(ndarray::Axis(0), ch))
+                .and(out.index_axis(ndarray::Axis(0), ch))
+                .and(&self.weights)
+                .for_each(|a, &o, &w| *a += o * w);
+        }
+        Zip::from(self.wsum.slice_mut(s![z0..z0 + patch[0], y0..y0 + patch[1], x0..x0 + patch[2]]))
+            .and(&self.weights)
+            .for_each(|a, &w| *a += w);
+        Ok(())
+    }
+
+    /// The blended scores `(K, z, y, x)` cropped to `size` (the unpadded grid); `None` when no
+    /// window was added.
+    pub fn finish(self, size: [usize; 3]) -> Option<Array4<f32>> {
+        let mut acc = self.acc?;
+        for mut ch in acc.outer_iter_mut() {
+            Zip::from(&mut ch).and(&self.wsum).for_each(|a, &w| *a /= w);
+        }
+        if self.padded_size != size {
+            Some(acc.slice(s![.., ..size[0], ..size[1], ..size[2]]).to_owned())
+        } else {
+            Some(acc)
+        }
+    }
+}
+
+/// The padded grid of an input of `size` for windows of `patch` (each axis at least the patch)
+/// and the window starts per axis ([`window_starts`]).
+pub fn window_grid(size: [usize; 3], patch: [usize; 3], overlap: f64) -> ([usize; 3], [Vec<usize>; 3]) {
+    let padded_size = [0, 1, 2].map(|i| size[i].max(patch[i]));
+    let starts = [0, 1, 2].map(|i| window_starts(padded_size[i], patch[i], overlap));
+    (padded_size, starts)
+}
+
+/// Copy the window of `patch` starting at `start` out of `input` (`(C, z, y, x)`) into `buf`
+/// (cleared first) in standard layout; the parts beyond `input`'s high end are zero (the
+/// padding of the module docs).
+pub fn copy_window(input: ArrayView4<f32>, start: [usize; 3], patch: [usize; 3], buf: &mut Vec<f32>) {
+    let (c, nz, ny, nx) = input.dim();
+    let [z0, y0, x0] = start;
+    let (z1, y1, x1) = ((z0 + patch[0]).min(nz), (y0 + patch[1]).min(ny), (x0 + patch[2]).min(nx));
+    buf.clear();
+    if (z1 - z0, y1 - y0, x1 - x0) == (patch[0], patch[1], patch[2]) {
+        buf.extend(input.slice(s![.., z0..z1, y0..y1, x0..x1]).iter().copied());
+        return;
+    }
+    buf.resize(c * patch[0] * patch[1] * patch[2], 0.0);
+    let mut dst = ndarray::ArrayViewMut4::from_shape((c, patch[0], patch[1], patch[2]), &mut buf[..]).expect("buffer length");
+    dst.slice_mut(s![.., ..z1 - z0, ..y1 - y0, ..x1 - x0]).assign(&input.slice(s![.., z0..z1, y0..y1, x0..x1]));
+}
+
+/// Run `run` on every window of `input` (`(C, z, y, x)`) and blend the outputs ([`Blender`]).
 ///
 /// `run` returns the window's output as `K` channels of the patch shape, flattened
 /// `(K, pz, py, px)`; `K` must be the same for every window. With `gaussian = false`
-/// all windows weigh 1 (plain averaging in overlaps).
+/// all windows weigh 1 (plain averaging in overlaps). Windows are visited z-start outermost,
+/// then y, then x.
 ///
 /// Returns `(K, z, y, x)` on the grid of `input`.
 ///
@@ -77,65 +171,19 @@ pub fn sliding_window<E>(
 ) -> Result<Array4<f32>, E> {
     let (c, nz, ny, nx) = input.dim();
     let size = [nz, ny, nx];
-    let padded_size = [0, 1, 2].map(|i| size[i].max(patch[i]));
-    let padded: Array4<f32>;
-    let inp: ArrayView4<f32> = if padded_size != size {
-        let mut p = Array4::<f32>::zeros((c, padded_size[0], padded_size[1], padded_size[2]));
-        p.slice_mut(s![.., ..nz, ..ny, ..nx]).assign(&input);
-        padded = p;
-        padded.view()
-    } else {
-        input.view()
-    };
-    let weights =
-        if gaussian { gaussian_importance(patch) } else { Array3::from_elem(patch, 1.0f32) };
-    let starts = [0, 1, 2].map(|i| window_starts(padded_size[i], patch[i], overlap));
-    let patch_len = patch[0] * patch[1] * patch[2];
-    let mut acc: Option<Array4<f32>> = None;
-    let mut wsum = Array3::<f32>::zeros(padded_size);
-    let mut buf: Vec<f32> = Vec::with_capacity(c * patch_len);
+    let (padded_size, starts) = window_grid(size, patch, overlap);
+    let mut blender = Blender::new(padded_size, patch, gaussian);
+    let mut buf: Vec<f32> = Vec::with_capacity(c * patch[0] * patch[1] * patch[2]);
     for &z0 in &starts[0] {
         for &y0 in &starts[1] {
             for &x0 in &starts[2] {
-                let win = inp.slice(s![.., z0..z0 + patch[0], y0..y0 + patch[1], x0..x0 + patch[2]]);
-                buf.clear();
-                buf.extend(win.iter().copied());
+                copy_window(input, [z0, y0, x0], patch, &mut buf);
                 let out = run(Window { data: &buf, shape: [c, patch[0], patch[1], patch[2]], start: [z0, y0, x0] })?;
-                if out.is_empty() || out.len() % patch_len != 0 {
-                    return Err(mismatch(format!(
-                        "output has {} values, not a whole number of channels of the patch {:?}",
-                        out.len(),
-                        patch
-                    )));
-                }
-                let k = out.len() / patch_len;
-                let acc = acc.get_or_insert_with(|| Array4::zeros((k, padded_size[0], padded_size[1], padded_size[2])));
-                if acc.dim().0 != k {
-                    return Err(mismatch(format!("output channel count changed from {} to {k}", acc.dim().0)));
-                }
-                let out = ArrayView4::from_shape((k, patch[0], patch[1], patch[2]), &out).expect("length checked");
-                let mut region = acc.slice_mut(s![.., z0..z0 + patch[0], y0..y0 + patch[1], x0..x0 + patch[2]]);
-                for ch in 0..k {
-                    Zip::from(region.index_axis_mut(ndarray::Axis(0), ch))
-                        .and(out.index_axis(ndarray::Axis(0), ch))
-                        .and(&weights)
-                        .for_each(|a, &o, &w| *a += o * w);
-                }
-                Zip::from(wsum.slice_mut(s![z0..z0 + patch[0], y0..y0 + patch[1], x0..x0 + patch[2]]))
-                    .and(&weights)
-                    .for_each(|a, &w| *a += w);
+                blender.add([z0, y0, x0], &out).map_err(&mismatch)?;
             }
         }
     }
-    let mut acc = acc.expect("at least one window");
-    for mut ch in acc.outer_iter_mut() {
-        Zip::from(&mut ch).and(&wsum).for_each(|a, &w| *a /= w);
-    }
-    if padded_size != size {
-        Ok(acc.slice(s![.., ..nz, ..ny, ..nx]).to_owned())
-    } else {
-        Ok(acc)
-    }
+    Ok(blender.finish(size).expect("at least one window"))
 }
 
 #[cfg(test)]
