@@ -109,28 +109,6 @@ struct Acc {
     right_ff_sum: f64,
 }
 
-/// The non-zero voxels of `labels` as `(z, y, x, label)` in `[z][y][x]` scan order (one z plane
-/// per rayon task, concatenated in plane order). A segmentation labels a small share of the
-/// volume, so the measurement passes visit only these instead of every voxel.
-fn labelled_voxels(labels: &ndarray::Array3<u8>) -> Vec<(u32, u32, u32, u8)> {
-    use rayon::prelude::*;
-    let planes: Vec<Vec<(u32, u32, u32, u8)>> = (0..labels.shape()[0])
-        .into_par_iter()
-        .map(|z| {
-            let mut out = Vec::new();
-            for (y, row) in labels.index_axis(ndarray::Axis(0), z).outer_iter().enumerate() {
-                for (x, &l) in row.iter().enumerate() {
-                    if l != 0 {
-                        out.push((z as u32, y as u32, x as u32, l));
-                    }
-                }
-            }
-            out
-        })
-        .collect();
-    planes.concat()
-}
-
 /// Measure every segment listed in `seg.segments` (also those with zero voxels).
 ///
 /// `seg.labels` must have the shape of `seg.job.volume.data`; otherwise every
@@ -154,22 +132,21 @@ pub fn measure(seg: &Segmentation) -> Vec<SegmentMeasurements> {
     let ff_map = fat_fraction_map(&seg.job);
     let mut midline = 0.0;
     if shapes_match {
-        // the labelled voxels in [z][y][x] scan order, found one z plane per rayon task; the
-        // passes below visit them in that order, as a serial scan of the volume would
-        let fg = labelled_voxels(labels);
         // pass 1: midline from the centroid of all labelled voxels
         let (mut n_all, mut sx_all) = (0u64, 0f64);
-        for &(z, y, x, _) in &fg {
-            n_all += 1;
-            sx_all += z as f64 * dx[0] + y as f64 * dx[1] + x as f64 * dx[2];
+        for ((z, y, x), &l) in labels.indexed_iter() {
+            if l != 0 {
+                n_all += 1;
+                sx_all += z as f64 * dx[0] + y as f64 * dx[1] + x as f64 * dx[2];
+            }
         }
         if n_all > 0 {
             midline = sx_all / n_all as f64;
         }
         // pass 2: per-label sums
-        for &(z, y, x, l) in &fg {
-            let (z, y, x, l) = (z as usize, y as usize, x as usize, l as usize);
-            if l > max_label {
+        for ((z, y, x), &l) in labels.indexed_iter() {
+            let l = l as usize;
+            if l == 0 || l > max_label {
                 continue;
             }
             let v = vol.data[[z, y, x]] as f64;

@@ -15,11 +15,12 @@ use crate::pipeline::messages::{Segmentation, StudyJob};
 pub const LABELS_FILE: &str = "labels.npy";
 
 /// Run one worker until `rx` disconnects. Each job's analysis is chosen by
-/// [`routing::choose`](super::routing::choose) from `routes` (else `cfg.analysis`). The default
-/// analysis and every routed one are created when the worker starts (so the first job a
-/// worker takes does not wait for an ONNX Runtime session to be built: ~0.1–0.2 s for the
-/// shipped model here); one that cannot be created then is logged and tried again on first
-/// use; all are kept for later jobs of this worker. A job whose analysis
+/// [`routing::choose`](super::routing::choose) from `routes` (else `cfg.analysis`) and
+/// created on first use, then kept for later jobs of this worker. (Creating every routed
+/// model when the worker starts would spare the first job on each worker the ONNX Runtime
+/// session creation, ~0.1–0.2 s for the shipped model, but puts ONNX Runtime and a session
+/// per worker of every routed model in memory at start: peak RSS of the knee series with
+/// body-mask 148 → 375 MiB, against the 3× goal of issue #8; measured 2026-12-02.) A job whose analysis
 /// cannot be created or fails is logged, its error written to `<job_dir>/ERROR.txt`,
 /// and the worker continues with the next job (the series stays in `incoming/`).
 pub fn run_worker(
@@ -30,17 +31,6 @@ pub fn run_worker(
     tx: Sender<Segmentation>,
 ) {
     let mut analyses: HashMap<String, Box<dyn super::Analysis>> = HashMap::new();
-    let mut names: Vec<&str> = std::iter::once(cfg.analysis.as_str()).chain(routes.iter().map(|r| r.analysis.as_str())).collect();
-    names.sort_unstable();
-    names.dedup();
-    for name in names {
-        match super::create_analysis_with(name, &cfg) {
-            Ok(a) => {
-                analyses.insert(name.to_string(), a);
-            }
-            Err(e) => tracing::warn!(worker, analysis = name, error = %e, "analysis not created at start; tried again when a job needs it"),
-        }
-    }
     for job in crate::pipeline::health::iter(&rx) {
         let routed = super::routing::choose(&routes, &cfg.analysis, &job.header);
         let analysis_name = routed.analysis.to_string();
