@@ -40,7 +40,9 @@ log events (timestamps are the node's clock, microsecond resolution):
   → measured   (last "measured" of the job)
   → encoded    ("results encoded"; older builds "SEG and SR encoded")
   → delivered  (last "delivered" of the job's SEG/SR: the PACS acknowledged the C-STORE).
-A warm-up series goes first so model loading is not counted. Cases: every analysis but the
+Warm-up series go first, one per segment worker and at once (--latency-warmups), so
+model loading is not counted in the measured series whichever worker takes it; their
+segment time outside Session::run is reported as the cold start. Cases: every analysis but the
 lumbar model on the knee series (warm-up: pelvis ADC); the shipped lumbar model, which takes
 only Dixon water images, on its own kind of input (a held-out training volume as a sagittal
 Dixon water series, REAL PIXELS, GENERATED HEADERS; warm-up: a second one), with the default
@@ -230,7 +232,11 @@ class Storescp:
 
 def storescu_parallel(port: int, called_ae: str, files: list[Path], n: int, log_dir: Path) -> float:
     """Send `files` over `n` concurrent storescu processes (round-robin split); returns wall seconds."""
-    groups = [files[i::n] for i in range(n)]
+    return storescu_groups(port, called_ae, [files[i::n] for i in range(n)], log_dir)
+
+
+def storescu_groups(port: int, called_ae: str, groups: list[list[Path]], log_dir: Path) -> float:
+    """Send each group of files over its own storescu process, all at once; returns wall seconds."""
     procs = []
     t0 = time.perf_counter()
     for i, g in enumerate(groups):
@@ -274,6 +280,8 @@ def write_copies(src_files: list[Path], out: Path, count: int, z_step: Optional[
         ds.SOPInstanceUID = sop
         ds.file_meta.MediaStorageSOPInstanceUID = sop
         ds.InstanceNumber = i + 1
+        if "ImagesInAcquisition" in ds:
+            ds.ImagesInAcquisition = count  # the generated series' own size, not the source's
         if normal is not None:
             ds.ImagePositionPatient = [f"{v:.4f}" for v in origin + normal * z_step * i]
         p = out / f"{i:05d}.dcm"
@@ -485,20 +493,31 @@ def latency_once(args, work: Path, binary: Path, series: list[Path], warmup: lis
         node = Node(binary, work / "node", pacs_port=pacs.port, json_log=True, debug_receive=True,
                     MYONODE__ASSEMBLE__QUIET_PERIOD_SECONDS=str(quiet), MYONODE__SEGMENT__ANALYSIS=analysis,
                     MYONODE__SPOOL__FSYNC="true", **(env or {}))
-        storescu_parallel(node.port, "MYONODE", warmup, 1, work)
-        wait_delivered(node, 2, args.timeout)
+        # one warm-up series per segment worker, sent at once (a busy worker leaves the next
+        # job to the other), so the measured series finds its model loaded on whichever worker
+        # takes it; their first-job cost is reported as the cold start
+        warm_sets = warmups_for(warmup, args.latency_warmups)
+        storescu_groups(node.port, "MYONODE", warm_sets, work)
+        wait_delivered(node, 2 * len(warm_sets), args.timeout)
         storescu_parallel(node.port, "MYONODE", series, 1, work)
-        wait_delivered(node, 4, args.timeout)
+        wait_delivered(node, 2 * len(warm_sets) + 2, args.timeout)
         import pydicom
         uid = pydicom.dcmread(series[0], stop_before_pixels=True).SeriesInstanceUID
-        t = series_timeline(node.events(), uid)
+        events = node.events()
+        t = series_timeline(events, uid)
+        cold = [series_timeline(events, pydicom.dcmread(w[0], stop_before_pixels=True).SeriesInstanceUID)
+                for w in warm_sets]
     finally:
         if node:
             node.stop()
         pacs.stop()
     st = stage_ms(t, quiet)
     row = {"analysis": analysis, "quiet_period_s": quiet, "volume_zyx": t["volume"], "stages_ms": st,
-           "receive_parse_us": t["receive_parse_us"], "receive_write_us": t["receive_write_us"], "timeline": t}
+           "receive_parse_us": t["receive_parse_us"], "receive_write_us": t["receive_write_us"], "timeline": t,
+           # the warm-up jobs (first job of each worker, run side by side): segment stage time
+           # outside Session::run, i.e. mostly creating the ONNX Runtime session
+           "cold_start_segment_outside_model_ms": [
+               round((c["segmented"] - c["segment_started"]) * 1e3 - (c["model_ms"] or 0.0), 1) for c in cold]}
     compute = t.get("model_ms") or model_compute_ms.get(analysis)
     if compute:
         overhead = (st["completion_wait_minus_quiet_period"] + st["assemble"] + st["segment_queue"]
@@ -511,6 +530,22 @@ def latency_once(args, work: Path, binary: Path, series: list[Path], warmup: lis
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     return row
+
+
+_WARMUP_COPIES: dict[tuple[Path, int], list[Path]] = {}
+
+
+def warmups_for(warmup: list[Path], n: int) -> list[list[Path]]:
+    """`warmup` and n-1 copies of it with new UIDs (generated once per process, beside it)."""
+    sets = [warmup]
+    for i in range(1, n):
+        key = (warmup[0].parent, i)
+        if key not in _WARMUP_COPIES:
+            d = warmup[0].parent.with_name(f"{warmup[0].parent.name}-copy{i}")
+            shutil.rmtree(d, ignore_errors=True)
+            _WARMUP_COPIES[key] = write_copies(warmup, d, len(warmup))
+        sets.append(_WARMUP_COPIES[key])
+    return sets
 
 
 def lumbar_case(args, gen: Path) -> Optional[tuple[str, list[Path], list[Path]]]:
@@ -680,11 +715,13 @@ def table(res: dict) -> str:
     if res.get("latency"):
         keys = list(res["latency"][0]["stages_ms"].keys())
         out += ["## Latency per stage (ms, one series)", "",
-                "| analysis | data | binary | " + " | ".join(keys) + " | model compute | overhead % of compute |",
-                "|---|---|---|" + "---:|" * (len(keys) + 2)]
+                "| analysis | data | binary | " + " | ".join(keys)
+                + " | model compute | overhead % of compute | cold start: segment outside model (warm-ups) |",
+                "|---|---|---|" + "---:|" * (len(keys) + 3)]
         for r in res["latency"]:
+            cold = ", ".join(str(c) for c in r.get("cold_start_segment_outside_model_ms", []))
             out.append(f"| {r['analysis']} | {r.get('data', '')} | {r.get('binary', 'myonode')} | " + " | ".join(str(r["stages_ms"][k]) for k in keys)
-                       + f" | {r.get('model_compute_ms', '')} | {r.get('overhead_pct_of_compute', '')} |")
+                       + f" | {r.get('model_compute_ms', '')} | {r.get('overhead_pct_of_compute', '')} | {cold} |")
         out.append("")
     if res.get("inference"):
         out += ["## Inference (CPU)", "", "| model | input | threads | per unit ms | Session::run share % | peak RSS MiB |",
@@ -723,6 +760,9 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("MYONODE_DATA", REPO.parent / "shared" / "data")))
     ap.add_argument("--sections", default="receive,latency,inference,memory,scaling")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--latency-warmups", type=int, default=2,
+                    help="warm-up series sent at once before each measured series: one per segment worker "
+                         "(conf default segment.workers = 2)")
     ap.add_argument("--latency-repeat", type=int, default=1, help="repetitions of the latency section (median reported)")
     ap.add_argument("--analyses", default=None, help="latency analyses, comma-separated (default body-mask[,lumbar-vertebrae-mr])")
     ap.add_argument("--lumbar-cases", choices=["both", "water-only"], default="both",

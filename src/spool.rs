@@ -453,6 +453,27 @@ impl Spool {
     /// # Errors
     /// [`SpoolError::Io`]; the temporary file is removed on failure.
     pub fn write_atomically(&self, dest: &Path, parts: &[&[u8]]) -> Result<(), SpoolError> {
+        self.write_renamed(dest, parts)?;
+        if self.fsync {
+            if let Some(parent) = dest.parent() {
+                sync_dir(parent)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Several files of one directory written like [`Spool::write_atomically`] whose names
+    /// become durable together with ONE `fsync` of the directory, at [`DirBatch::commit`]
+    /// (each file's data is `fsync`ed before its rename, as there). Until `commit` returns, a
+    /// crash may keep any subset of the new names, each with complete contents: use it where
+    /// readers already treat a missing file as "not written yet" (the job directory, whose
+    /// `job.json` is only trusted when every file it lists is present).
+    pub fn batch(&self, dir: &Path) -> DirBatch<'_> {
+        DirBatch { spool: self, dir: dir.to_path_buf() }
+    }
+
+    /// Steps 1–3 of [`Spool::write_atomically`]: `tmp/` file, fsync, rename (no directory fsync).
+    fn write_renamed(&self, dest: &Path, parts: &[&[u8]]) -> Result<(), SpoolError> {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let tmp = self.root.join("tmp").join(format!("{}-{}.part", std::process::id(), n));
         let result = (|| {
@@ -464,13 +485,7 @@ impl Spool {
                 f.sync_all().map_err(io_err(&tmp))?;
             }
             drop(f);
-            fs::rename(&tmp, dest).map_err(io_err(dest))?;
-            if self.fsync {
-                if let Some(parent) = dest.parent() {
-                    sync_dir(parent)?;
-                }
-            }
-            Ok(())
+            fs::rename(&tmp, dest).map_err(io_err(dest))
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
@@ -550,16 +565,63 @@ impl Spool {
     /// # Errors
     /// [`SpoolError::Io`].
     pub fn put_outbox_once(&self, destination: &str, name: &str, bytes: &[u8]) -> Result<Option<PathBuf>, SpoolError> {
-        for area in ["sent", "failed"] {
-            if self.root.join(area).join(destination).join(name).is_file() {
-                return Ok(None);
-            }
+        match self.outbox_entry(destination, name) {
+            Some(known) => Ok(known),
+            None => self.put_outbox(destination, name, bytes).map(Some),
+        }
+    }
+
+    /// Where object `name` of `destination` already is: `Some(None)` delivered or dead-lettered
+    /// (`sent/`, `failed/`), `Some(Some(path))` waiting in the outbox, `None` nowhere yet.
+    fn outbox_entry(&self, destination: &str, name: &str) -> Option<Option<PathBuf>> {
+        if ["sent", "failed"].iter().any(|area| self.root.join(area).join(destination).join(name).is_file()) {
+            return Some(None);
         }
         let p = self.root.join("outbox").join(destination).join(name);
-        if p.is_file() {
-            return Ok(Some(p));
+        p.is_file().then_some(Some(p))
+    }
+
+    /// Like [`Spool::put_outbox_once`] for several objects of one destination whose bytes are
+    /// already durable in files of the spool (the job directory's `seg.dcm`, `sr.dcm`, ...):
+    /// each new outbox entry is a hard link to its `source` file instead of a second copy, and
+    /// one `fsync` of the outbox directory makes every new name durable (POSIX `link(2)` is
+    /// atomic; the inode's data was `fsync`ed when `source` was written). Falls back to writing
+    /// `bytes` ([`Spool::put_outbox`]) when `source` is not `bytes.len()` long or cannot be
+    /// linked (another file system, a file system without hard links). The send stage only
+    /// reads and renames outbox files, and the job directory's files are only ever replaced by
+    /// rename, so the shared inode is never changed in place.
+    ///
+    /// Returns, per entry in order, what [`Spool::put_outbox_once`] returns.
+    ///
+    /// # Errors
+    /// [`SpoolError::Io`].
+    pub fn put_outbox_linked(
+        &self,
+        destination: &str,
+        entries: &[(&str, &Path, &[u8])],
+    ) -> Result<Vec<Option<PathBuf>>, SpoolError> {
+        let dir = self.root.join("outbox").join(destination);
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let mut out = Vec::with_capacity(entries.len());
+        let mut linked = false;
+        for &(name, source, bytes) in entries {
+            if let Some(known) = self.outbox_entry(destination, name) {
+                out.push(known);
+                continue;
+            }
+            let p = dir.join(name);
+            let same_size = fs::metadata(source).map(|m| m.len() == bytes.len() as u64).unwrap_or(false);
+            if same_size && fs::hard_link(source, &p).is_ok() {
+                linked = true;
+            } else {
+                self.write_atomically(&p, &[bytes])?;
+            }
+            out.push(Some(p));
         }
-        self.put_outbox(destination, name, bytes).map(Some)
+        if linked && self.fsync {
+            sync_dir(&dir)?;
+        }
+        Ok(out)
     }
 
     /// Move a delivered object from the outbox to `sent/<destination>/`.
@@ -693,6 +755,36 @@ impl StagedInstance {
             }
         }
         true
+    }
+}
+
+/// Files written into one directory, made durable by one directory `fsync` ([`Spool::batch`]).
+#[must_use = "the new names are durable only after commit()"]
+pub struct DirBatch<'a> {
+    spool: &'a Spool,
+    dir: PathBuf,
+}
+
+impl DirBatch<'_> {
+    /// Write `parts` concatenated to `<dir>/<name>` (`tmp/` file, fsync, rename); returns the path.
+    ///
+    /// # Errors
+    /// [`SpoolError::Io`]; the temporary file is removed on failure.
+    pub fn write(&self, name: &str, parts: &[&[u8]]) -> Result<PathBuf, SpoolError> {
+        let p = self.dir.join(name);
+        self.spool.write_renamed(&p, parts)?;
+        Ok(p)
+    }
+
+    /// `fsync` the directory (when the spool fsyncs): every name written so far is durable.
+    ///
+    /// # Errors
+    /// [`SpoolError::Io`] if the `fsync` fails.
+    pub fn commit(self) -> Result<(), SpoolError> {
+        if self.spool.fsync {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
     }
 }
 
@@ -838,6 +930,35 @@ mod tests {
             sop_instance_uid: sop,
             transfer_syntax_uid: "1.2.840.10008.1.2.1",
         }
+    }
+
+    #[test]
+    fn outbox_entries_link_the_job_files_once_and_fall_back_to_a_copy() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), true).unwrap();
+        let job = spool.job_dir("job-1").unwrap();
+        let batch = spool.batch(&job);
+        let seg = batch.write("seg.dcm", &[b"SEG", b"-bytes"]).unwrap();
+        let sr = batch.write("sr.dcm", &[b"SR-bytes"]).unwrap();
+        batch.commit().unwrap();
+        assert_eq!(fs::read(&seg).unwrap(), b"SEG-bytes");
+        // sr's bytes differ from its file (e.g. a stale job directory): a copy, not a link
+        let entries: [(&str, &Path, &[u8]); 2] = [("1.dcm", &seg, b"SEG-bytes"), ("2.dcm", &sr, b"other bytes")];
+        let placed = spool.put_outbox_linked("pacs", &entries).unwrap();
+        let (p1, p2) = (placed[0].clone().unwrap(), placed[1].clone().unwrap());
+        assert_eq!(fs::metadata(&p1).unwrap().ino(), fs::metadata(&seg).unwrap().ino(), "hard link");
+        assert_ne!(fs::metadata(&p2).unwrap().ino(), fs::metadata(&sr).unwrap().ino());
+        assert_eq!(fs::read(&p2).unwrap(), b"other bytes");
+        // replacing the job file by rename (a re-encoded job) leaves the queued object alone
+        spool.batch(&job).write("seg.dcm", &[b"new"]).unwrap();
+        assert_eq!(fs::read(&p1).unwrap(), b"SEG-bytes");
+        // idempotent: queued → same path; delivered → None, nothing placed again
+        let sent = spool.mark_sent("pacs", &p1).unwrap();
+        let again = spool.put_outbox_linked("pacs", &entries).unwrap();
+        assert_eq!(again, vec![None, Some(p2.clone())]);
+        assert!(!p1.exists());
+        assert_eq!(fs::read(sent).unwrap(), b"SEG-bytes");
     }
 
     #[test]

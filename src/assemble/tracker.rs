@@ -6,7 +6,11 @@
 //! 1. **expected count** — the number of images its headers announce has arrived:
 //!    ImagesInAcquisition (0020,1002) when every instance states the same value, else for an
 //!    enhanced multi-frame object its NumberOfFrames (0028,0008) (one such object holds the
-//!    whole stack). Images are counted as frames (1 per single-frame instance);
+//!    whole stack). Images are counted as frames (1 per single-frame instance). The rule
+//!    fires when exactly that many arrived; once MORE arrive than announced (ImagesInAcquisition
+//!    of one of several acquisitions, headers copied from another series), the count is known
+//!    wrong and the rule no longer applies to the series, so the rules below complete it — one
+//!    new version, not one per further instance;
 //! 2. **association end** — the association that delivered its instances ended (release,
 //!    abort, connection loss) and `association_end_grace` passed without a new instance;
 //! 3. **quiet period** — no new instance for `quiet_period` (Orthanc's StableAge, mercure's
@@ -169,7 +173,9 @@ impl OpenSeries {
         };
         if p.expected_count {
             if let Some(Ok(n)) = self.expected {
-                if self.images() >= n as u64 {
+                // exactly the announced count: more images than announced disable the
+                // rule (see `on_instance_with_hints`), so it never fires once per late instance
+                if self.images() == n as u64 {
                     consider(self.last_arrival, CompletionReason::ExpectedCount);
                 }
             }
@@ -247,6 +253,21 @@ impl SeriesTracker {
                 Some(Ok(m)) if m == n => Some(Ok(n)),
                 _ => Some(Err(())),
             };
+        }
+        // More images than the headers announce: the count is not the series' size (e.g.
+        // ImagesInAcquisition of one of several acquisitions, or headers copied from another
+        // series), so the rule stops applying to this series and the others decide. Without
+        // this, every further instance would complete a new version at once.
+        if let Some(Ok(n)) = entry.expected {
+            if entry.images() > n as u64 {
+                tracing::warn!(
+                    series = %msg.series_instance_uid,
+                    announced = n,
+                    images = entry.images(),
+                    "more images than ImagesInAcquisition/NumberOfFrames announce; completing this series by the other rules"
+                );
+                entry.expected = Some(Err(()));
+            }
         }
     }
 
@@ -452,6 +473,41 @@ mod tests {
         assert!(t.take_due(t0 + Duration::from_secs(9)).is_empty());
         assert_eq!(t.take_due(t0 + Duration::from_secs(10))[0].reason, CompletionReason::QuietPeriod);
         // switched off: waits for the quiet period
+        let mut t = SeriesTracker::with_policy(CompletionPolicy { expected_count: false, ..policy() });
+        t.on_instance_with_hints(&msg("2.1", "mf"), InstanceHints { images: 8, expected_images: Some(8) }, t0);
+        assert!(t.take_due(t0 + Duration::from_secs(1)).is_empty());
+    }
+
+    #[test]
+    fn more_images_than_announced_fall_back_to_the_other_rules_instead_of_a_version_per_instance() {
+        // A 1,000-slice series whose headers were copied from an 80-slice one: completes once
+        // at 80 (the count cannot be known wrong before), then the rest form ONE new version
+        // by the quiet period, not 920 versions of one instance each.
+        let t0 = Instant::now();
+        let mut t = SeriesTracker::with_policy(CompletionPolicy { association_end_grace: None, ..policy() });
+        let h = InstanceHints { images: 1, expected_images: Some(80) };
+        let mut done = Vec::new();
+        let mut now = t0;
+        for i in 0..1000 {
+            t.on_instance_with_hints(&msg("1.1", &format!("f{i:04}")), h, now);
+            done.extend(t.take_due(now));
+            now += Duration::from_millis(5);
+        }
+        assert_eq!(done.len(), 1, "{:?}", done.iter().map(|d| (d.version, d.files.len())).collect::<Vec<_>>());
+        assert_eq!((done[0].reason, done[0].files.len()), (CompletionReason::ExpectedCount, 80));
+        assert!(t.take_due(now + Duration::from_secs(9)).is_empty());
+        let d = t.take_due(now + Duration::from_secs(10));
+        assert_eq!((d.len(), d[0].reason, d[0].version, d[0].files.len()), (1, CompletionReason::QuietPeriod, 2, 1000));
+        // a late instance after a correct expected-count completion: quiet period, one version
+        let mut t = SeriesTracker::with_policy(CompletionPolicy { association_end_grace: None, ..policy() });
+        let h = InstanceHints { images: 1, expected_images: Some(2) };
+        t.on_instance_with_hints(&msg("2.1", "a"), h, t0);
+        t.on_instance_with_hints(&msg("2.1", "b"), h, t0);
+        assert_eq!(t.take_due(t0)[0].reason, CompletionReason::ExpectedCount);
+        t.on_instance_with_hints(&msg("2.1", "c"), h, t0 + Duration::from_secs(1));
+        assert!(t.take_due(t0 + Duration::from_secs(1)).is_empty());
+        assert_eq!(t.take_due(t0 + Duration::from_secs(11))[0].version, 2);
+        // switched off: the same series still waits for the quiet period
         let mut t = SeriesTracker::with_policy(CompletionPolicy { expected_count: false, ..policy() });
         t.on_instance_with_hints(&msg("2.1", "mf"), InstanceHints { images: 8, expected_images: Some(8) }, t0);
         assert!(t.take_due(t0 + Duration::from_secs(1)).is_empty());

@@ -17,13 +17,15 @@
 //! Exactly once across such a re-run: `job.json` lists under `encoded` the objects written
 //! for the job version; a re-run of the same job id and version re-uses them (same SOP
 //! Instance UIDs) instead of encoding new ones, and places in each outbox only what is not
-//! already there, in `sent/` or in `failed/` ([`Spool::put_outbox_once`]). Only when the
+//! already there, in `sent/` or in `failed/` ([`Spool::put_outbox_linked`]: hard links to the
+//! job directory's files, one directory fsync per outbox). Only when the
 //! configuration now wants an output that was not encoded then is the job encoded anew.
 //!
 //! The planar report (`sr-planar`, [`encode_planar_tid1500`]) follows the same SEG-reference
 //! rule as `sr` and is kept as [`PLANAR_SR_FILE`]. When every segment is empty it is skipped
 //! with a warning (recorded as skipped in `job.json`, so a re-run does not retry it).
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -180,16 +182,20 @@ pub fn encode_findings(f: &Findings, ctx: &EncodeContext) -> Result<Vec<Outbound
         return Ok(out);
     }
 
+    // seg.dcm, sr.dcm, ... and job.json become durable with one directory fsync, before any
+    // outbox entry exists (a crash in between leaves a job.json whose files may be missing:
+    // `previously_encoded` then encodes again, nothing was handed out yet)
+    let batch = ctx.spool.batch(&job.job_dir);
     let binary = if want_binary {
         let enc = encode_seg(&f.segmentation, &opts, SegmentationKind::Binary)?;
-        ctx.spool.write_atomically(&job.job_dir.join(SEG_FILE), &[&enc.bytes])?;
+        batch.write(SEG_FILE, &[&enc.bytes])?;
         Some(enc)
     } else {
         None
     };
     let labelmap = if want_labelmap {
         let enc = encode_seg(&f.segmentation, &opts, SegmentationKind::Labelmap)?;
-        ctx.spool.write_atomically(&job.job_dir.join(LABELMAP_SEG_FILE), &[&enc.bytes])?;
+        batch.write(LABELMAP_SEG_FILE, &[&enc.bytes])?;
         Some(enc)
     } else {
         None
@@ -213,7 +219,7 @@ pub fn encode_findings(f: &Findings, ctx: &EncodeContext) -> Result<Vec<Outbound
     let sr_binary = match (&binary, sr_binary_needed) {
         (Some(seg), true) => {
             let sr = sr_for(seg)?;
-            ctx.spool.write_atomically(&job.job_dir.join(SR_FILE), &[&sr.bytes])?;
+            batch.write(SR_FILE, &[&sr.bytes])?;
             Some(sr)
         }
         _ => None,
@@ -222,7 +228,7 @@ pub fn encode_findings(f: &Findings, ctx: &EncodeContext) -> Result<Vec<Outbound
         (Some(seg), true) => {
             let sr = sr_for(seg)?;
             let file = if sr_binary.is_some() { LABELMAP_SR_FILE } else { SR_FILE };
-            ctx.spool.write_atomically(&job.job_dir.join(file), &[&sr.bytes])?;
+            batch.write(file, &[&sr.bytes])?;
             Some(sr)
         }
         _ => None,
@@ -239,7 +245,7 @@ pub fn encode_findings(f: &Findings, ctx: &EncodeContext) -> Result<Vec<Outbound
         let planar_opts = SrOptions { series_number: sr_opts.series_number + 1, ..sr_opts.clone() };
         match encode_planar_tid1500(f, &seg_ref, &planar_opts) {
             Ok(sr) => {
-                ctx.spool.write_atomically(&job.job_dir.join(file), &[&sr.bytes])?;
+                batch.write(file, &[&sr.bytes])?;
                 Ok(Some(sr))
             }
             Err(PlanarSrError::NothingToReport | PlanarSrError::Sr(SrError::NothingToReport)) => {
@@ -304,7 +310,8 @@ pub fn encode_findings(f: &Findings, ctx: &EncodeContext) -> Result<Vec<Outbound
             "sr_planar_labelmap": describe_planar(&planar_labelmap, wanted.planar_labelmap, planar_labelmap_file),
         },
     });
-    ctx.spool.write_atomically(&job.job_dir.join(JOB_FILE), &[&serde_json::to_vec_pretty(&summary).expect("json")])?;
+    batch.write(JOB_FILE, &[&serde_json::to_vec_pretty(&summary).expect("json")])?;
+    batch.commit()?;
     crate::http::preview::write_preview_logged(&f.segmentation);
     let encoded = Encoded { binary, labelmap, sr_binary, sr_labelmap, planar_binary, planar_labelmap };
     let out = fill_outboxes(ctx, job, &encoded)?;
@@ -389,43 +396,64 @@ fn previously_encoded(job: &crate::pipeline::messages::StudyJob, wanted: &Encode
 }
 
 /// Place each destination's objects in its outbox (SEGs first, then the SRs that reference
-/// one of them), idempotently ([`Spool::put_outbox_once`]).
+/// one of them), idempotently, as hard links to the job directory's files
+/// ([`Spool::put_outbox_linked`]; the job directory must be committed before).
 fn fill_outboxes(
     ctx: &EncodeContext,
     job: &crate::pipeline::messages::StudyJob,
     enc: &Encoded<Option<EncodedObject>>,
 ) -> Result<Vec<Outbound>, EncodeStageError> {
-    let Encoded { binary, labelmap, sr_binary, sr_labelmap, planar_binary, planar_labelmap } = enc;
+    // each object with the job-directory file that holds it (the names `job.json` lists)
+    fn with_file<'a>(o: &'a Option<EncodedObject>, file: &'static str) -> Option<(&'a EncodedObject, &'static str)> {
+        o.as_ref().map(|o| (o, file))
+    }
+    let binary = with_file(&enc.binary, SEG_FILE);
+    let labelmap = with_file(&enc.labelmap, LABELMAP_SEG_FILE);
+    let sr_binary = with_file(&enc.sr_binary, SR_FILE);
+    let sr_labelmap = with_file(&enc.sr_labelmap, if enc.sr_binary.is_some() { LABELMAP_SR_FILE } else { SR_FILE });
+    let planar_binary = with_file(&enc.planar_binary, PLANAR_SR_FILE);
+    let planar_labelmap = with_file(
+        &enc.planar_labelmap,
+        if enc.planar_binary.is_some() { PLANAR_LABELMAP_SR_FILE } else { PLANAR_SR_FILE },
+    );
     let mut out = Vec::new();
     for dest in &ctx.destinations {
         let has = |k: OutputKind| dest.outputs.contains(&k);
         // SEGs first, then the SR that references one of them.
-        let mut objects: Vec<&EncodedObject> = Vec::new();
+        let mut objects: Vec<(&EncodedObject, &str)> = Vec::new();
         if has(OutputKind::SegBinary) {
-            objects.extend(binary.as_ref());
+            objects.extend(binary);
         }
         if has(OutputKind::SegLabelmap) {
-            objects.extend(labelmap.as_ref());
+            objects.extend(labelmap);
         }
         if has(OutputKind::Sr) {
             let sr = if has(OutputKind::SegBinary) || !has(OutputKind::SegLabelmap) {
-                sr_binary.as_ref().or(sr_labelmap.as_ref())
+                sr_binary.or(sr_labelmap)
             } else {
-                sr_labelmap.as_ref()
+                sr_labelmap
             };
             objects.extend(sr);
         }
         if has(OutputKind::SrPlanar) {
             let sr = if has(OutputKind::SegBinary) || !has(OutputKind::SegLabelmap) {
-                planar_binary.as_ref().or(planar_labelmap.as_ref())
+                planar_binary.or(planar_labelmap)
             } else {
-                planar_labelmap.as_ref()
+                planar_labelmap
             };
             objects.extend(sr);
         }
-        for obj in objects {
-            let Some(path) = ctx.spool.put_outbox_once(&dest.name, &format!("{}.dcm", obj.sop_instance_uid), &obj.bytes)?
-            else {
+        let names: Vec<String> = objects.iter().map(|(o, _)| format!("{}.dcm", o.sop_instance_uid)).collect();
+        let sources: Vec<PathBuf> = objects.iter().map(|(_, file)| job.job_dir.join(file)).collect();
+        let entries: Vec<(&str, &Path, &[u8])> = objects
+            .iter()
+            .zip(&names)
+            .zip(&sources)
+            .map(|(((o, _), n), src)| (n.as_str(), src.as_path(), o.bytes.as_slice()))
+            .collect();
+        let placed = ctx.spool.put_outbox_linked(&dest.name, &entries)?;
+        for ((obj, _), path) in objects.into_iter().zip(placed) {
+            let Some(path) = path else {
                 continue; // delivered or dead-lettered before a restart
             };
             out.push(Outbound {
