@@ -134,3 +134,67 @@ def test_dixon_job_reports_fat_fraction_through_the_node(start_node, pacs: Pacs,
     groups = {g.tracking_identifier: g for g in sr.content.get_volumetric_roi_measurement_groups()}
     got = {x.name.value: float(x.value) for x in groups["Skeletal muscle"].get_measurements()}
     assert math.isclose(got["129100"], muscle["fat_fraction_percent"], rel_tol=1e-9), got
+
+
+def _write_overcounted_series(data_dir: Path, out: Path) -> Path:
+    """12 knee slices (real pixels) as a new series whose GENERATED headers (new UIDs) say
+    ImagesInAcquisition = 5."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    out.mkdir(parents=True)
+    series_uid = generate_uid()
+    for i, f in enumerate(support.dicom_files(data_dir / "series" / "mr-knee-dess-echo1")[30:42]):
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.ImagesInAcquisition = 5
+        ds.save_as(out / f"{i:03d}.dcm", enforce_file_format=True)
+    return out
+
+
+def test_more_images_than_announced_make_one_new_version_not_one_per_instance(
+        start_node, pacs: Pacs, data_dir: Path, tmp_path: Path):
+    """12 knee slices whose headers (GENERATED: new UIDs, ImagesInAcquisition = 5) announce 5
+    images, sent in one association. The expected-count rule completes version 1 at the 5th
+    image (it cannot know better yet); from the 6th on the count is known wrong, the rule stops
+    applying to the series and the end of the association completes ONE version 2 with all 12.
+    Before the fix every further instance completed a version of its own (8 SEGs)."""
+    import time
+
+    import pydicom
+
+    node: Node = start_node(ASSEMBLE__QUIET_PERIOD_SECONDS=HOUR, ASSEMBLE__MAX_WAIT_SECONDS=HOUR)
+    out = _write_overcounted_series(data_dir, tmp_path / "series")
+
+    # in slice order, so version 1 (the first 5) is a regular volume too
+    sent = support.storescu(node.port, node.ae_title, sorted(out.iterdir()), "SCANNER")
+    assert sent.returncode == 0, describe(sent)
+    support.wait_for("two DICOM-SEGs at the PACS", lambda: len(pacs.segs()) >= 2, timeout=300, alive=node.problem)
+    time.sleep(3)  # room for any further (wrong) version to arrive
+    segs = [pydicom.dcmread(p) for p in pacs.segs()]
+    frames = sorted(len({tuple(map(float, fg.PlanePositionSequence[0].ImagePositionPatient))
+                         for fg in s.PerFrameFunctionalGroupsSequence}) for s in segs)
+    assert len(segs) == 2, f"{len(segs)} SEGs (one per version) for one series"
+    assert frames[-1] == 12, f"slices covered by the SEGs: {frames}"
+    log = node.log_text()
+    assert "more images than ImagesInAcquisition" in log
+    versions = sorted(p.name.rsplit("-v", 1)[1] for p in (node.spool / "jobs").iterdir())
+    assert versions == ["1", "2"], versions
+
+
+def test_process_completes_each_series_once_when_its_input_ends(node_bin: Path, data_dir: Path, tmp_path: Path):
+    """Offline `myonode process` knows every file will come: no completion rule applies while
+    the folder is read, so the series of _write_overcounted_series (5 images announced, 12
+    present) gives ONE job with all 12 slices, not a partial version at the 5th file."""
+    import json
+
+    folder = _write_overcounted_series(data_dir, tmp_path / "series")
+    env = support.clean_env()
+    env["MYONODE__SPOOL__DIR"] = str(tmp_path / "spool")
+    result = support.run([node_bin, "process", folder, "--out", tmp_path / "out"], timeout=600, env=env, cwd=tmp_path)
+    assert result.returncode == 0, describe(result)
+    jobs = sorted((tmp_path / "out" / "jobs").iterdir())
+    assert [j.name.rsplit("-v", 1)[1] for j in jobs] == ["1"], jobs
+    assert json.loads((jobs[0] / "job.json").read_text())["volume"]["shape_zyx"][0] == 12

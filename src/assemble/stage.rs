@@ -263,8 +263,9 @@ fn quarantine(done: &CompletedSeries, spool: &Spool, move_to_quarantine: bool, r
 
 /// Run the stage until `rx` disconnects. Series still open at that point stay
 /// in `incoming/` and are picked up by [`recover`] at the next start. In
-/// `offline` mode (`myonode process`) they are completed immediately instead,
-/// and failed series are not moved (the input folder is the user's): only
+/// `offline` mode (`myonode process`) series complete only then, all at once (no
+/// completion rule applies while the input is read, so no partial versions), and
+/// failed series are not moved (the input folder is the user's): only
 /// their reason is written under `quarantine/`.
 ///
 /// Assembled jobs pass through a [`DixonPairer`] (window `assemble.study_window_seconds`,
@@ -285,7 +286,7 @@ pub fn run(
     let flush_on_close = offline;
     let tick = Duration::from_millis(100);
     let mut events = events;
-    let use_hints = cfg.complete_on_expected_count;
+    let use_hints = cfg.complete_on_expected_count && !offline; // offline: no rule applies
     let mut pairer = DixonPairer::expecting(Duration::from_secs_f64(cfg.study_window_seconds), &cfg.dixon_channels);
     let on_instance = |tracker: &mut SeriesTracker, msg: InstanceStored| {
         let hints = if use_hints && !msg.duplicate { instance_hints(&msg.path) } else { InstanceHints::default() };
@@ -337,7 +338,10 @@ pub fn run(
             default(wait) => {}
         }
         crate::pipeline::health::busy(); // assembling due series (reads them) and handing jobs on
-        for done in tracker.take_due(Instant::now()) {
+        // Offline, every file is known to come: series complete when the input ends (above),
+        // never by a rule while the folder is still being read (a partial first version).
+        let due = if offline { Vec::new() } else { tracker.take_due(Instant::now()) };
+        for done in due {
             for job in dispatch(&done, &cfg, &spool, &mut tracker, !offline) {
                 send(pairer.offer(job, Instant::now()));
             }
