@@ -10,7 +10,10 @@ them from `storescu`, runs the ONNX model through ONNX Runtime, and delivers the
 `storescp`; the SEG is decoded with highdicom and compared per vertebra with the manual
 labels. The mean Dice must stay within 0.02 of the model card's test figure, so a broken
 pre- or post-processing step in the node (axis order, resampling, normalisation, argmax,
-frame placement) fails this test.
+frame placement) fails this test. Each volume is sent a second time with the field of view
+moved 32 mm head-foot (pixels and labels moved, uncovered rows without signal): the node must
+reproduce the card's figures for those too (`calibration.json` "fov_shift_mm"), which record
+that the shipped model shifts levels when the field of view moves towards the head.
 """
 
 from __future__ import annotations
@@ -30,6 +33,17 @@ from lumbar_series import write_series
 REPO = Path(__file__).resolve().parents[1]
 MODEL_DIR = REPO / "models" / "lumbar-vertebrae-mr"
 LEVELS = ["L1", "L2", "L3", "L4", "L5"]
+
+
+def shift_rows(vol: np.ndarray, s: int, fill) -> np.ndarray:
+    """`vol` moved by `s` rows along axis 0 (head-foot; positive toward the feet), uncovered rows
+    set to `fill`: the same operation as models/lumbar-vertebrae-mr/train/robustness.py."""
+    out = np.full_like(vol, fill)
+    if s >= 0:
+        out[s:] = vol[: vol.shape[0] - s]
+    else:
+        out[:s] = vol[-s:]
+    return out
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -55,10 +69,20 @@ def test_lumbar_model_through_the_node_matches_its_card(start_node, pacs, data_d
     # assemble.dixon_channels = ["water"] lets each job go on at once instead of waiting
     # study_window_seconds (30 s) for partners that never come.
     node = start_node(ASSEMBLE__QUIET_PERIOD_SECONDS="2", ASSEMBLE__DIXON_CHANNELS="water")
-    results = {}
-    for i, name in enumerate(test_files):
+    # Each test volume once as it is, then once with the field of view moved 32 mm head-foot
+    # (alternately up and down; the uncovered rows hold no signal, as train/robustness.py does):
+    # the card scores these too (calibration.json "fov_shift_mm"), and a model that labels a
+    # level by its place in the image shifts levels there (1.1.0 did).
+    shifted = calibration.get("fov_shift_mm", {})
+    cases = [(name, 0) for name in test_files]
+    if shifted:
+        cases += [(name, -32 if i % 2 == 0 else 32) for i, name in enumerate(test_files)]
+    results, results_shifted = {}, {}
+    for i, (name, shift) in enumerate(cases):
         m = scipy.io.loadmat(data_dir / "training" / "lumbar-vertebrae-mr" / name)
         img, gt = m["I"], m["GT"].astype(np.int64)
+        if shift:
+            img, gt = shift_rows(img, shift, img.min()), shift_rows(gt, shift, 0)
         folder = tmp_path / f"series-{i}"
         uids = write_series(img, folder, seed=i)
         sent = support.storescu(node.port, node.ae_title, [folder], "SCANNER")
@@ -79,10 +103,14 @@ def test_lumbar_model_through_the_node_matches_its_card(start_node, pacs, data_d
                 continue  # no frame references this slice: empty in every segment
             pred[:, :, k] = px[0]
         d = [dice(pred == v, gt == v) for v in range(1, 6)]
-        results[name] = d
-        print(f"{name}: Dice " + " ".join(f"{l} {x:.3f}" for l, x in zip(LEVELS, d)))
+        (results_shifted.setdefault(shift, {}) if shift else results)[name] = d
+        print(f"{name} (field of view moved {shift} mm): Dice " + " ".join(f"{l} {x:.3f}" for l, x in zip(LEVELS, d)))
     log = node.log_text()
-    assert log.count("Dixon series without partners on its grid: lone job") == len(test_files), log[-3000:]
+    assert log.count("Dixon series without partners on its grid: lone job") == len(cases), log[-3000:]
+    for shift, per_volume in results_shifted.items():
+        for name, d in per_volume.items():
+            want = shifted[str(shift)]["test_results"][name]["mean"]
+            assert abs(float(np.mean(d)) - want) <= 0.01, f"{name} moved {shift} mm: node {np.mean(d):.4f} vs card {want:.4f}"
     mean = float(np.mean([np.mean(v) for v in results.values()]))
     print(f"mean Dice through the node {mean:.4f}; model card {card_mean:.4f}")
     # The issue asks for 0.02; the node reproduces the card to about 1e-4, and the decision weights

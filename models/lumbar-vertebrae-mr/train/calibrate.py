@@ -25,6 +25,7 @@ import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 
+import robustness
 import train
 
 GRID = [1.0, 0.7, 0.5, 0.3, 0.2, 0.15, 0.1, 0.05]
@@ -47,10 +48,54 @@ def logits_full_res(sess, img, context):
     return torch.cat(out).permute(1, 2, 3, 0).numpy()  # (6, 224, 224, 77)
 
 
+ORDER_RELABEL = False  # set by --order-relabel
+
+
+def relabel_by_order(lab, min_voxels=2000, merge_mm=15.0):
+    """Give the vertebral bodies of a label map consecutive levels (EXPERIMENT, not in the node).
+
+    `lab` (224,224,77) labels 0..5 at 1 mm, axis 0 head->foot. The foreground is split into
+    3-D components (6-connected) of at least `min_voxels`; components whose head-foot centroids
+    lie within `merge_mm` of each other are one body (a body cut in parts by dark marrow); the
+    bodies are ordered head->foot and body j gets level j + o, the offset o chosen to agree with
+    the most voxels' own labels. Bodies mapped outside L1..L5 and smaller pieces become
+    background. A body whose voxels the network split between two neighbouring levels
+    (ensemble members that disagree by one level) thus gets one level, in order."""
+    import scipy.ndimage as ndi
+    cc, n = ndi.label(lab > 0)
+    if n == 0:
+        return lab
+    idx = np.arange(1, n + 1)
+    sizes = ndi.sum(np.ones_like(cc), cc, idx)
+    rows = ndi.mean(np.broadcast_to(np.arange(lab.shape[0])[:, None, None], lab.shape), cc, idx)
+    comps = sorted((float(r), int(i)) for r, i, sz in zip(rows, idx, sizes) if sz >= min_voxels)
+    bodies = []
+    for r, i in comps:
+        if bodies and r - bodies[-1][0] < merge_mm:
+            bodies[-1][1].append(i)
+        else:
+            bodies.append([r, [i]])
+    masks = [np.isin(cc, ids) for _, ids in bodies]
+    votes = np.array([[int((lab[m] == v).sum()) for v in range(train.NUM_CLASSES)] for m in masks])
+    best, best_o = -1, 0
+    for o in range(1 - len(bodies), train.NUM_CLASSES - 1):
+        score = sum(votes[j, j + o] for j in range(len(bodies)) if 1 <= j + o <= train.NUM_CLASSES - 1)
+        if score > best:
+            best, best_o = score, o
+    out = np.zeros_like(lab)
+    for j, m in enumerate(masks):
+        if 1 <= j + best_o <= train.NUM_CLASSES - 1:
+            out[m] = j + best_o
+    return out
+
+
 def decide(logits, background_weight):
     shifted = logits.copy()
     shifted[0] += np.float32(np.log(background_weight))
-    return train.largest_component_per_label(shifted.argmax(0))
+    lab = shifted.argmax(0)
+    if ORDER_RELABEL:
+        lab = relabel_by_order(lab)
+    return train.largest_component_per_label(lab)
 
 
 def main():
@@ -59,7 +104,14 @@ def main():
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--validation-only", action="store_true",
                     help="score the validation split only (to compare candidates without looking at the test split)")
+    ap.add_argument("--fov-shifts", type=int, nargs="*", default=[-32, 32],
+                    help="also score the test split with the field of view moved by these mm head-foot "
+                         "(robustness.shift_rows), with the chosen weight")
+    ap.add_argument("--order-relabel", action="store_true",
+                    help="experiment: consecutive levels per body (relabel_by_order) before the largest component")
     args = ap.parse_args()
+    global ORDER_RELABEL
+    ORDER_RELABEL = args.order_relabel
     sess = ort.InferenceSession(str(args.model), providers=["CPUExecutionProvider"])
     channels = sess.get_inputs()[0].shape[1]
     context = (int(channels) - 1) // 2 if len(sess.get_inputs()[0].shape) == 4 else 0
@@ -106,6 +158,22 @@ def main():
                                          for l in train.LEVELS},
         }
         print(name, w, json.dumps(results[name]["test_mean_dice_per_level"]), results[name]["test_mean_dice"], flush=True)
+    # the test volumes again with the field of view moved head-foot (robustness.py does this on the
+    # validation split to choose; here it is scored once for the card and for the node's test)
+    shifted = {}
+    for s in args.fov_shifts:
+        per_volume = {}
+        for f in test_f:
+            img, gt = train.load(f)
+            img, gt = robustness.shift_rows(img, s, img.min()), robustness.shift_rows(gt, s, 0)
+            pred = decide(logits_full_res(sess, img, context), chosen)
+            d = train.dice_per_level(pred, gt)
+            per_volume[f.name] = {"dice": dict(zip(train.LEVELS, d)), "mean": float(np.mean(d)),
+                                  "level_order_ok": train.level_order_ok(pred)}
+        shifted[str(s)] = {"test_results": per_volume,
+                           "test_mean_dice": float(np.mean([v["mean"] for v in per_volume.values()]))}
+        print(f"field of view moved {s} mm: test mean Dice {shifted[str(s)]['test_mean_dice']:.4f}", flush=True)
+    results["fov_shift_mm"] = shifted
     args.out.write_text(json.dumps(results, indent=2))
     print(f"background weight {chosen}: class_weights = [{chosen}, 1.0, 1.0, 1.0, 1.0, 1.0]")
 

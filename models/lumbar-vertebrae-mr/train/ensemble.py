@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Average the logits of several trained ONNX models into one ONNX graph and score it.
 
-Usage: ``python ensemble.py --out DIR MODEL.onnx [MODEL.onnx ...]`` (each from ``train.py``,
+Usage: ``python ensemble.py --out DIR [--merge-only] MODEL.onnx [MODEL.onnx ...]`` (each from ``train.py``,
 same split); ``--volumetric`` for members that mix 2-D and 3-D models (``train3d.py``), which
 become one 3-D graph on the 1x2x2 mm grid (scored by ``calibrate.py``). Writes ``DIR/model.onnx`` (input ``image``, output ``logits`` = mean of the
 members' logits) and ``DIR/metrics.json`` with the held-out test scores computed exactly as
@@ -107,6 +107,9 @@ def main():
     ap.add_argument("--volumetric", action="store_true",
                     help="members may mix 2-D and 3-D models: write one 3-D graph (merge_volumetric); "
                          "score it with calibrate.py")
+    ap.add_argument("--merge-only", action="store_true",
+                    help="write the merged model without scoring it (compare candidates with "
+                         "calibrate.py --validation-only before the test split is looked at)")
     ap.add_argument("models", nargs="+")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -115,6 +118,9 @@ def main():
         print(f"wrote {args.out / 'model.onnx'}; score it with calibrate.py --model {args.out / 'model.onnx'}")
         return
     merge(args.models, args.out / "model.onnx")
+    if args.merge_only:
+        print(f"wrote {args.out / 'model.onnx'}; score it with calibrate.py --model {args.out / 'model.onnx'}")
+        return
     sess = ort.InferenceSession(str(args.out / "model.onnx"), providers=["CPUExecutionProvider"])
     files = sorted(train.data_dir().glob("*.mat"))
     _, val_f, test_f = train.split(files)

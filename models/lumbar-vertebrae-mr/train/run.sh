@@ -5,7 +5,9 @@
 # after checking metrics.json, then choose the decision weights on the validation split:
 #   "$venv/bin/python" calibrate.py --model out/model.onnx --out out/calibration.json
 # and copy calibration.json beside model.toml, set [output] class_weights from it, and update
-# MODEL_CARD.md with its figures. Options: --context N (2.5D input), --steps N (step budget).
+# MODEL_CARD.md with its figures. Options: --context N (2.5D input), --steps N (step budget),
+# --shift-mode pad --shift-rows 24 (head-foot shifts of +-48 mm). Field-of-view robustness on the
+# validation split: "$venv/bin/python" robustness.py --model out/model.onnx --background-weight W
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 venv="${MYONODE_TRAIN_VENV:-$HOME/.cache/myonode/train-venv}"

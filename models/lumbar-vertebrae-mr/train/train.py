@@ -215,6 +215,30 @@ def strong_augment(x, y):
     return x, y
 
 
+def shift_pad(x, y, max_rows, max_cols):
+    """Translate each slice of x (B,C,H,W) / y (B,H,W) by its own random offset (rows up to
+    ``max_rows`` px head-foot, columns up to ``max_cols`` px), filling what comes in with the
+    slice's minimum (no signal) and background label: a field of view placed elsewhere, without
+    the wrap-around of ``torch.roll`` (which puts the sacrum above L1 for large shifts).
+
+    With rows up to 24 px (48 mm, more than one vertebral level of ~36 mm), where a level sits in
+    the image no longer tells which level it is; the model has to count from the anatomy (sacrum).
+    """
+    b, _, h, w = x.shape
+    xp = F.pad(x, (max_cols, max_cols, max_rows, max_rows), value=0.0)
+    lo = x.amin((1, 2, 3))
+    yp = F.pad(y, (max_cols, max_cols, max_rows, max_rows), value=0)
+    mask = F.pad(torch.ones(b, 1, h, w), (max_cols, max_cols, max_rows, max_rows), value=0.0)
+    xp = xp * mask + (1 - mask) * lo[:, None, None, None]
+    out_x, out_y = torch.empty_like(x), torch.empty_like(y)
+    for i in range(b):
+        r = max_rows + int(np.random.randint(-max_rows, max_rows + 1))
+        c = max_cols + int(np.random.randint(-max_cols, max_cols + 1))
+        out_x[i] = xp[i, :, r:r + h, c:c + w]
+        out_y[i] = yp[i, r:r + h, c:c + w]
+    return out_x, out_y
+
+
 def load_onnx_weights(model, path: Path):
     """Copy the initializers of an ONNX model exported by this script (same names as the state dict) into `model`."""
     import onnx
@@ -244,6 +268,11 @@ def main():
     ap.add_argument("--init", type=Path, default=None,
                     help="start from the weights of an exported model.onnx of the same architecture (fine-tuning)")
     ap.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine decay to 0)")
+    ap.add_argument("--shift-rows", type=int, default=8,
+                    help="head-foot translation range in px at 2 mm (default 8 = 16 mm)")
+    ap.add_argument("--shift-mode", choices=["roll", "pad"], default="roll",
+                    help="roll: one offset per batch, wrapped around (1.0.0/1.1.0 recipe); pad: one offset per "
+                         "slice, the uncovered border filled with no signal and background (see shift_pad)")
     ap.add_argument("--val-every", type=int, default=150, help="validate (and checkpoint) every N steps")
     args = ap.parse_args()
     global CONTEXT
@@ -289,11 +318,15 @@ def main():
         # 75 % slices with vertebrae, 25 % any slice
         idx = torch.cat([fg_idx[torch.randint(len(fg_idx), (bs * 3 // 4,))], all_idx[torch.randint(len(X), (bs // 4,))]])
         x, y = X[idx].clone(), Y[idx].clone()
-        # augmentation: intensity scale/shift, in-plane translation up to 8 px (16 mm)
+        # augmentation: intensity scale/shift, in-plane translation (default up to 8 px = 16 mm, wrapped)
         x = x * (1 + 0.1 * torch.randn(len(x), 1, 1, 1)) + 0.1 * torch.randn(len(x), 1, 1, 1)
-        dy, dx = np.random.randint(-8, 9, 2)
-        x = torch.roll(x, (int(dy), int(dx)), (2, 3))
-        y = torch.roll(y, (int(dy), int(dx)), (1, 2))
+        if args.shift_mode == "roll":
+            dy, dx = np.random.randint(-8, 9, 2)  # the 1.0.0 draw, kept for reproducibility
+            dy = dy * args.shift_rows // 8
+            x = torch.roll(x, (int(dy), int(dx)), (2, 3))
+            y = torch.roll(y, (int(dy), int(dx)), (1, 2))
+        else:
+            x, y = shift_pad(x, y, args.shift_rows, 8)
         if args.aug == "strong":
             x, y = strong_augment(x, y)
         progress = step / max_steps if args.steps and not args.smoke else (time.time() - t_train) / budget
@@ -327,7 +360,8 @@ def main():
                "train_minutes": train_minutes, "history": history, "torch": torch.__version__,
                "context_slices": CONTEXT, "input_channels": 2 * CONTEXT + 1,
                "augmentation": args.aug, "seed": args.seed,
-               "init": str(args.init) if args.init else None, "peak_lr": args.lr}
+               "init": str(args.init) if args.init else None, "peak_lr": args.lr,
+               "shift_rows": args.shift_rows, "shift_mode": args.shift_mode}
     per_volume = {}
     for f in test_f:
         img, gt = load(f)
