@@ -19,6 +19,7 @@ that the shipped model shifts levels when the field of view moves towards the he
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import highdicom as hd
@@ -32,18 +33,10 @@ from lumbar_series import write_series
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_DIR = REPO / "models" / "lumbar-vertebrae-mr"
+# the card's field-of-view shift (NumPy only), so the node is fed exactly what calibrate.py scored
+sys.path.append(str(MODEL_DIR / "train"))
+from robustness import shift_rows  # noqa: E402
 LEVELS = ["L1", "L2", "L3", "L4", "L5"]
-
-
-def shift_rows(vol: np.ndarray, s: int, fill) -> np.ndarray:
-    """`vol` moved by `s` rows along axis 0 (head-foot; positive toward the feet), uncovered rows
-    set to `fill`: the same operation as models/lumbar-vertebrae-mr/train/robustness.py."""
-    out = np.full_like(vol, fill)
-    if s >= 0:
-        out[s:] = vol[: vol.shape[0] - s]
-    else:
-        out[:s] = vol[-s:]
-    return out
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-import calibrate
-import train
+# calibrate and train (PyTorch) are imported in main(): integration/test_lumbar_model.py imports
+# shift_rows from here with only NumPy installed, so the node's test moves a volume exactly as the card did
 
 
 def shift_rows(vol, s, fill):
@@ -40,6 +40,8 @@ def main():
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--order-relabel", action="store_true", help="see calibrate.relabel_by_order")
     args = ap.parse_args()
+    import calibrate
+    import train
     calibrate.ORDER_RELABEL = args.order_relabel
     import onnxruntime as ort
     sess = ort.InferenceSession(str(args.model), providers=["CPUExecutionProvider"])
