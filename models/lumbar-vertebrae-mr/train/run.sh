@@ -8,6 +8,8 @@
 # MODEL_CARD.md with its figures. Options: --context N (2.5D input), --steps N (step budget),
 # --shift-mode pad --shift-rows 24 (head-foot shifts of +-48 mm). Field-of-view robustness on the
 # validation split: "$venv/bin/python" robustness.py --model out/model.onnx --background-weight W
+# (--mode crop: shorter images instead of shifted ones; --split train --limit N: training volumes).
+# Two-pass re-centring experiment (not in the node): "$venv/bin/python" recenter.py --model out/model.onnx
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 venv="${MYONODE_TRAIN_VENV:-$HOME/.cache/myonode/train-venv}"
