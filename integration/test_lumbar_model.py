@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tomllib
 from pathlib import Path
 
 import highdicom as hd
@@ -54,6 +55,13 @@ def test_lumbar_model_through_the_node_matches_its_card(start_node, pacs, data_d
     test_files = metrics["test"]
     assert calibration["test"] == test_files
     assert len(test_files) == 5
+    # the node must post-process as the card's figures were made: the decision weights chosen by
+    # calibrate.py, and no level relabelling (calibrate.py --order-relabel is an experiment the
+    # node does not run)
+    manifest = tomllib.loads((MODEL_DIR / "model.toml").read_text())
+    weights = manifest["output"].get("class_weights")
+    assert weights == [calibration["background_weight"]] + [1.0] * 5, weights
+    assert not calibration.get("order_relabel", False)
     lib = REPO / ".onnxruntime" / "lib" / "libonnxruntime.so.1.31.1"
     assert lib.is_file(), f"{lib} missing: run scripts/fetch-onnxruntime.sh"
     # No analysis override: the default config's [[routes]] send MR with BodyPartExamined

@@ -51,7 +51,10 @@ def logits_full_res(sess, img, context):
 ORDER_RELABEL = False  # set by --order-relabel
 
 
-def relabel_by_order(lab, min_voxels=2000, merge_mm=15.0):
+SPLIT_FACTOR = None  # set by --split-factor (relabel_by_order)
+
+
+def relabel_by_order(lab, min_voxels=2000, merge_mm=15.0, split_factor=None):
     """Give the vertebral bodies of a label map consecutive levels (EXPERIMENT, not in the node).
 
     `lab` (224,224,77) labels 0..5 at 1 mm, axis 0 head->foot. The foreground is split into
@@ -60,7 +63,10 @@ def relabel_by_order(lab, min_voxels=2000, merge_mm=15.0):
     bodies are ordered head->foot and body j gets level j + o, the offset o chosen to agree with
     the most voxels' own labels. Bodies mapped outside L1..L5 and smaller pieces become
     background. A body whose voxels the network split between two neighbouring levels
-    (ensemble members that disagree by one level) thus gets one level, in order."""
+    (ensemble members that disagree by one level) thus gets one level, in order.
+    With `split_factor` (``--split-factor``), a component larger than `split_factor` times the
+    median component holds several bodies joined through a disc and is split into the network's
+    own labels first. Scored by cross-validation in ``crossval.py`` (MODEL_CARD.md, session 11)."""
     import scipy.ndimage as ndi
     cc, n = ndi.label(lab > 0)
     if n == 0:
@@ -68,17 +74,33 @@ def relabel_by_order(lab, min_voxels=2000, merge_mm=15.0):
     idx = np.arange(1, n + 1)
     sizes = ndi.sum(np.ones_like(cc), cc, idx)
     rows = ndi.mean(np.broadcast_to(np.arange(lab.shape[0])[:, None, None], lab.shape), cc, idx)
-    comps = sorted((float(r), int(i)) for r, i, sz in zip(rows, idx, sizes) if sz >= min_voxels)
+    split_factor = SPLIT_FACTOR if split_factor is None else split_factor
+    parts = [(float(r), cc == i) for r, i, sz in sorted(zip(rows, idx, sizes)) if sz >= min_voxels]
+    if split_factor and parts:
+        # a component much larger than the typical one holds several bodies joined through a
+        # disc: split it into the network's own labels
+        median = float(np.median([m.sum() for _, m in parts]))
+        split = []
+        for r, m in parts:
+            if m.sum() > split_factor * median:
+                for v in range(1, train.NUM_CLASSES):
+                    sub = m & (lab == v)
+                    if sub.sum() >= min_voxels:
+                        split.append((float(np.argwhere(sub)[:, 0].mean()), sub))
+            else:
+                split.append((r, m))
+        parts = sorted(split, key=lambda p: p[0])
     bodies = []
-    for r, i in comps:
+    for r, m in parts:
         if bodies and r - bodies[-1][0] < merge_mm:
-            bodies[-1][1].append(i)
+            bodies[-1][1] = bodies[-1][1] | m
         else:
-            bodies.append([r, [i]])
-    masks = [np.isin(cc, ids) for _, ids in bodies]
+            bodies.append([r, m])
+    masks = [m for _, m in bodies]
     votes = np.array([[int((lab[m] == v).sum()) for v in range(train.NUM_CLASSES)] for m in masks])
     best, best_o = -1, 0
-    for o in range(1 - len(bodies), train.NUM_CLASSES - 1):
+    # every offset that maps at least one body to L1..L5 (the node's order_levels, same ties)
+    for o in range(2 - len(bodies), train.NUM_CLASSES):
         score = sum(votes[j, j + o] for j in range(len(bodies)) if 1 <= j + o <= train.NUM_CLASSES - 1)
         if score > best:
             best, best_o = score, o
@@ -108,10 +130,13 @@ def main():
                     help="also score the test split with the field of view moved by these mm head-foot "
                          "(robustness.shift_rows), with the chosen weight")
     ap.add_argument("--order-relabel", action="store_true",
-                    help="experiment: consecutive levels per body (relabel_by_order) before the largest component")
+                    help="consecutive levels per body (relabel_by_order) before the largest component")
+    ap.add_argument("--split-factor", type=float, default=None,
+                    help="relabel_by_order: split components larger than this times the median into the network's labels")
     args = ap.parse_args()
-    global ORDER_RELABEL
+    global ORDER_RELABEL, SPLIT_FACTOR
     ORDER_RELABEL = args.order_relabel
+    SPLIT_FACTOR = args.split_factor
     sess = ort.InferenceSession(str(args.model), providers=["CPUExecutionProvider"])
     channels = sess.get_inputs()[0].shape[1]
     context = (int(channels) - 1) // 2 if len(sess.get_inputs()[0].shape) == 4 else 0
@@ -139,7 +164,8 @@ def main():
               f"{max(ok, key=lambda r: r['val_mean_dice'])['val_mean_dice']:.4f}")
         return
 
-    results = {"model": str(args.model), "context_slices": context, "grid": table, "background_weight": chosen,
+    results = {"model": str(args.model), "context_slices": context, "order_relabel": ORDER_RELABEL,
+               "grid": table, "background_weight": chosen,
                "validation": [f.name for f in val_f], "test": [f.name for f in test_f]}
     for name, w in (("uncalibrated", 1.0), ("calibrated", chosen)):
         per_volume = {}

@@ -10,6 +10,8 @@
 # validation split: "$venv/bin/python" robustness.py --model out/model.onnx --background-weight W
 # (--mode crop: shorter images instead of shifted ones; --split train --limit N: training volumes).
 # Two-pass re-centring experiment (not in the node): "$venv/bin/python" recenter.py --model out/model.onnx
+# Cross-validation: train.py --cv-fold K (K = 0, 1, 2; holds out train[K::3]), then
+# "$venv/bin/python" crossval.py --runs DIR0 DIR1 DIR2 (held-out training volumes only; never the test split).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 venv="${MYONODE_TRAIN_VENV:-$HOME/.cache/myonode/train-venv}"

@@ -274,6 +274,10 @@ def main():
                     help="roll: one offset per batch, wrapped around (1.0.0/1.1.0 recipe); pad: one offset per "
                          "slice, the uncovered border filled with no signal and background (see shift_pad)")
     ap.add_argument("--val-every", type=int, default=150, help="validate (and checkpoint) every N steps")
+    ap.add_argument("--cv-fold", type=int, default=None,
+                    help="cross-validation: hold out training volumes train[K::--cv-folds] (recorded as cv_heldout in "
+                         "metrics.json) and train on the rest; the test split is not read")
+    ap.add_argument("--cv-folds", type=int, default=3)
     args = ap.parse_args()
     global CONTEXT
     CONTEXT = args.context
@@ -285,6 +289,11 @@ def main():
     if len(files) != 40:
         raise SystemExit(f"expected 40 volumes in {data_dir()}, found {len(files)}")
     train_f, val_f, test_f = split(files)
+    heldout_f = []
+    if args.cv_fold is not None:
+        heldout_f = train_f[args.cv_fold::args.cv_folds]
+        train_f = [f for f in train_f if f not in heldout_f]
+        test_f = []
     if args.smoke:
         train_f, val_f, test_f = train_f[:2], val_f[:1], []
     t0 = time.time()
@@ -361,7 +370,8 @@ def main():
                "context_slices": CONTEXT, "input_channels": 2 * CONTEXT + 1,
                "augmentation": args.aug, "seed": args.seed,
                "init": str(args.init) if args.init else None, "peak_lr": args.lr,
-               "shift_rows": args.shift_rows, "shift_mode": args.shift_mode}
+               "shift_rows": args.shift_rows, "shift_mode": args.shift_mode,
+               "cv_heldout": [f.name for f in heldout_f]}
     per_volume = {}
     for f in test_f:
         img, gt = load(f)
