@@ -56,12 +56,17 @@ def test_lumbar_model_through_the_node_matches_its_card(start_node, pacs, data_d
     assert calibration["test"] == test_files
     assert len(test_files) == 5
     # the node must post-process as the card's figures were made: the decision weights chosen by
-    # calibrate.py, and no level relabelling (calibrate.py --order-relabel is an experiment the
-    # node does not run)
+    # calibrate.py, and the level order (calibrate.py --order-relabel = the node's
+    # [output.level_order], same parameters) exactly when the figures used it
     manifest = tomllib.loads((MODEL_DIR / "model.toml").read_text())
     weights = manifest["output"].get("class_weights")
     assert weights == [calibration["background_weight"]] + [1.0] * 5, weights
-    assert not calibration.get("order_relabel", False)
+    if calibration.get("order_relabel", False):
+        want = {k: v for k, v in calibration["level_order"].items() if v is not None}
+        got = manifest["output"].get("level_order")
+        assert got == want, f"model.toml [output.level_order] {got} vs calibration.json {want}"
+    else:
+        assert "level_order" not in manifest["output"]
     lib = REPO / ".onnxruntime" / "lib" / "libonnxruntime.so.1.31.1"
     assert lib.is_file(), f"{lib} missing: run scripts/fetch-onnxruntime.sh"
     # No analysis override: the default config's [[routes]] send MR with BodyPartExamined

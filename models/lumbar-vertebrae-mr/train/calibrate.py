@@ -52,10 +52,12 @@ ORDER_RELABEL = False  # set by --order-relabel
 
 
 SPLIT_FACTOR = None  # set by --split-factor (relabel_by_order)
+KEEP_ALL_PIECES = False  # crossval.py "order-split-all:F": no largest-component step after the relabel
 
 
 def relabel_by_order(lab, min_voxels=2000, merge_mm=15.0, split_factor=None):
-    """Give the vertebral bodies of a label map consecutive levels (EXPERIMENT, not in the node).
+    """Give the vertebral bodies of a label map consecutive levels (``--order-relabel``; the node's
+    ``postprocess::order_levels``, manifest ``[output.level_order]``, does the same on its grid).
 
     `lab` (224,224,77) labels 0..5 at 1 mm, axis 0 head->foot. The foreground is split into
     3-D components (6-connected) of at least `min_voxels`; components whose head-foot centroids
@@ -117,6 +119,8 @@ def decide(logits, background_weight):
     lab = shifted.argmax(0)
     if ORDER_RELABEL:
         lab = relabel_by_order(lab)
+        if KEEP_ALL_PIECES:
+            return lab  # every piece >= min_voxels that relabel_by_order kept (crossval experiment)
     return train.largest_component_per_label(lab)
 
 
@@ -165,6 +169,10 @@ def main():
         return
 
     results = {"model": str(args.model), "context_slices": context, "order_relabel": ORDER_RELABEL,
+               # the node's [output.level_order] that reproduces relabel_by_order (1 mm voxels:
+               # min_voxels 2000 = 2.0 mL); None without --order-relabel
+               "level_order": ({"labels": list(range(1, train.NUM_CLASSES)), "min_volume_ml": 2.0,
+                                "merge_mm": 15.0, "split_factor": SPLIT_FACTOR} if ORDER_RELABEL else None),
                "grid": table, "background_weight": chosen,
                "validation": [f.name for f in val_f], "test": [f.name for f in test_f]}
     for name, w in (("uncalibrated", 1.0), ("calibrated", chosen)):

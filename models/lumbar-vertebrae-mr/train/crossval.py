@@ -69,7 +69,9 @@ def main():
                     # "none": the network's labels; "order": relabel_by_order; "order-split:F": with
                     # components larger than F times the median split into the network's labels
                     calibrate.ORDER_RELABEL = relabel != "none"
-                    calibrate.SPLIT_FACTOR = float(relabel.split(":")[1]) if relabel.startswith("order-split:") else None
+                    # "order-split-all:F": the same without the largest-component step afterwards
+                    calibrate.SPLIT_FACTOR = float(relabel.split(":")[1]) if relabel.startswith("order-split") else None
+                    calibrate.KEEP_ALL_PIECES = relabel.startswith("order-split-all:")
                     pred = calibrate.decide(lg, w0)
                     d = train.dice_per_level(pred, gt)
                     out.append({"run": run.name, "shift_mode": metrics["shift_mode"], "background_weight": w0,
@@ -80,7 +82,7 @@ def main():
                     print(json.dumps({k: out[-1][k] for k in ("run", "volume", "condition", "order_relabel",
                                                                "shifted_levels")} | {"dice": round(out[-1]["dice"], 3)}),
                           flush=True)
-        calibrate.ORDER_RELABEL, calibrate.SPLIT_FACTOR = False, None
+        calibrate.ORDER_RELABEL, calibrate.SPLIT_FACTOR, calibrate.KEEP_ALL_PIECES = False, None, False
     # summary per recipe, condition and relabel flag
     summary = {}
     for r in out:

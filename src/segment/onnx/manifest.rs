@@ -189,6 +189,51 @@ pub struct OutputSection {
     /// Only for `kind = "logits"` or `"probabilities"`; length must be `K` (highest label value + 1).
     #[serde(default)]
     pub class_weights: Option<Vec<f64>>,
+    /// Optional `[output.level_order]`: give the bodies of a chain of serially ordered
+    /// structures (vertebral levels) consecutive labels head to foot, after the decision
+    /// weights and before the connected-component steps ([`super::postprocess::order_levels`]).
+    #[serde(default)]
+    pub level_order: Option<LevelOrder>,
+}
+
+/// `[output.level_order]`: labels of a chain of structures that follow each other head to
+/// foot (L1–L5 vertebral bodies), relabelled so that body `j` from the head gets level `j + o`
+/// ([`super::postprocess::order_levels`]).
+///
+/// ```toml
+/// [output.level_order]
+/// labels = [1, 2, 3, 4, 5]   # label values, head to foot
+/// min_volume_ml = 2.0        # smaller 6-connected pieces become background
+/// merge_mm = 15.0            # pieces whose head-foot centroids are closer are one body
+/// split_factor = 1.5         # optional: split pieces > 1.5 x the median into the network's labels
+/// ```
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LevelOrder {
+    /// Label values of the levels, head to foot (each a `[[labels]]` value, no repeats).
+    pub labels: Vec<u8>,
+    /// Pieces (6-connected components of the level labels) below this volume, in mL, become
+    /// background. Default 2.0 mL (2,000 voxels at 1 mm³).
+    #[serde(default = "default_min_volume_ml")]
+    pub min_volume_ml: f64,
+    /// Pieces whose head-foot centroids (mm along patient S, PS3.3 C.7.6.2.1.1) lie closer than
+    /// this to the first piece of the current body join that body (one vertebral body cut in
+    /// parts by dark marrow). Default 15 mm.
+    #[serde(default = "default_merge_mm")]
+    pub merge_mm: f64,
+    /// A piece with more than `split_factor` times the median piece's voxels holds several
+    /// bodies joined through a disc and is split into the network's own labels first. `None`
+    /// (the default) never splits; must be > 1.
+    #[serde(default)]
+    pub split_factor: Option<f64>,
+}
+
+fn default_min_volume_ml() -> f64 {
+    2.0
+}
+
+fn default_merge_mm() -> f64 {
+    15.0
 }
 
 /// A coded concept in the manifest (PS3.3 8.8).
@@ -427,6 +472,31 @@ impl Manifest {
                 return Err(self.invalid(&format!("output.class_weights[{i}]"), format!("{v} must be finite and > 0")));
             }
         }
+        if let Some(order) = &self.output.level_order {
+            if order.labels.is_empty() {
+                return Err(self.invalid("output.level_order.labels", "needs at least one label value"));
+            }
+            let mut seen = std::collections::HashSet::new();
+            for (i, v) in order.labels.iter().enumerate() {
+                if !self.labels.iter().any(|l| l.value == *v) {
+                    return Err(self.invalid(&format!("output.level_order.labels[{i}]"), format!("{v} is not a [[labels]] value")));
+                }
+                if !seen.insert(*v) {
+                    return Err(self.invalid(&format!("output.level_order.labels[{i}]"), format!("{v} appears twice")));
+                }
+            }
+            if !(order.min_volume_ml.is_finite() && order.min_volume_ml >= 0.0) {
+                return Err(self.invalid("output.level_order.min_volume_ml", format!("{} must be finite and >= 0", order.min_volume_ml)));
+            }
+            if !(order.merge_mm.is_finite() && order.merge_mm >= 0.0) {
+                return Err(self.invalid("output.level_order.merge_mm", format!("{} must be finite and >= 0", order.merge_mm)));
+            }
+            if let Some(f) = order.split_factor {
+                if !(f.is_finite() && f > 1.0) {
+                    return Err(self.invalid("output.level_order.split_factor", format!("{f} must be finite and > 1")));
+                }
+            }
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, l) in self.labels.iter().enumerate() {
             let key = |k: &str| format!("labels[{i}].{k}");
@@ -519,6 +589,34 @@ mod tests {
         let bad = EXAMPLE_MANIFEST.replace("[normalization]", "[normalization]\nbogus = 1");
         let e = Manifest::parse(&bad, Path::new("m/model.toml")).unwrap_err().to_string();
         assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn level_order_is_parsed_and_validated() {
+        let with = |t: &str| EXAMPLE_MANIFEST.replace("kind = \"logits\"\n", &format!("kind = \"logits\"\n[output.level_order]\n{t}\n"));
+        let m = Manifest::parse(&with("labels = [1, 2]"), Path::new("m/model.toml")).unwrap();
+        assert_eq!(
+            m.output.level_order,
+            Some(LevelOrder { labels: vec![1, 2], min_volume_ml: 2.0, merge_mm: 15.0, split_factor: None })
+        );
+        let m = Manifest::parse(&with("labels = [2, 1]\nmin_volume_ml = 0.5\nmerge_mm = 10\nsplit_factor = 1.5"), Path::new("m/model.toml")).unwrap();
+        assert_eq!(
+            m.output.level_order,
+            Some(LevelOrder { labels: vec![2, 1], min_volume_ml: 0.5, merge_mm: 10.0, split_factor: Some(1.5) })
+        );
+        assert!(Manifest::parse(EXAMPLE_MANIFEST, Path::new("m/model.toml")).unwrap().output.level_order.is_none());
+        for (bad, key) in [
+            ("labels = []", "output.level_order.labels"),
+            ("labels = [1, 3]", "output.level_order.labels[1]"),
+            ("labels = [1, 1]", "output.level_order.labels[1]"),
+            ("labels = [1, 2]\nmin_volume_ml = -1", "output.level_order.min_volume_ml"),
+            ("labels = [1, 2]\nmerge_mm = nan", "output.level_order.merge_mm"),
+            ("labels = [1, 2]\nsplit_factor = 1.0", "output.level_order.split_factor"),
+            ("labels = [1, 2]\nbogus = 1", "bogus"),
+        ] {
+            let e = Manifest::parse(&with(bad), Path::new("m/model.toml")).unwrap_err().to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -14,7 +14,9 @@
 //!    (a `labels` output is one-hot encoded first, so blending is a vote);
 //! 5. resample the scores back to the exact source shape, linear
 //!    ("probability resampling"), then [`postprocess::argmax`];
-//! 6. per label: optional largest connected component, hole filling.
+//! 6. optional consecutive levels head to foot for a chain of structures such as vertebral
+//!    bodies (`[output.level_order]`, [`postprocess::order_levels`]); then per label:
+//!    optional largest connected component, hole filling.
 //!
 //! 2D models run steps 2–5 slice by slice on three threads ([`OnnxModel::segment`]): slice
 //! `z + 1` is pre-processed and slice `z − 1` blended and resampled back while the network
@@ -512,6 +514,7 @@ impl OnnxModel {
         self.check_channels(channels, modality)?;
         let mut labels = self.segment_2d_streamed(channels, started)?;
         let post_started = Instant::now();
+        self.level_order(&mut labels, channels[0].1);
         self.components(&mut labels);
         self.timing.postprocess += post_started.elapsed();
         self.timing.total += started.elapsed();
@@ -542,13 +545,37 @@ impl OnnxModel {
             resample::resample_linear_argmax(scores.view(), [nz, ny, nx], &valid)
         };
         drop(scores);
+        self.level_order(&mut labels, channels[0].1);
         self.components(&mut labels);
         self.timing.postprocess += post_started.elapsed();
         self.timing.total += started.elapsed();
         Ok(labels)
     }
 
-    /// Step 6 on a label map: largest connected component and hole filling per label, in
+    /// Step 6a on a label map `(z, y, x)` on the grid of `volume`: consecutive levels head to
+    /// foot when the manifest has `[output.level_order]` ([`postprocess::order_levels`]).
+    fn level_order(&self, labels: &mut Array3<u8>, volume: &Volume) {
+        let Some(order) = &self.manifest.output.level_order else {
+            return;
+        };
+        // head -> foot is -S in LPS: the S component of each index step, negated
+        let foot_step_mm = [
+            -volume.spacing[0] * volume.slice_direction[2],
+            -volume.spacing[1] * volume.column_direction[2],
+            -volume.spacing[2] * volume.row_direction[2],
+        ];
+        let summary = postprocess::order_levels(labels, order, foot_step_mm, volume.voxel_volume_mm3());
+        tracing::debug!(
+            model = %self.manifest.name(),
+            bodies = summary.bodies,
+            first_level = ?summary.first_level,
+            split = summary.split,
+            changed_voxels = summary.changed,
+            "level order"
+        );
+    }
+
+    /// Step 6b on a label map: largest connected component and hole filling per label, in
     /// manifest order.
     fn components(&self, labels: &mut Array3<u8>) {
         // components of every `largest_component` label in one pass; valid in manifest order

@@ -16,6 +16,8 @@
 use ndarray::{Array3, ArrayView4};
 use rayon::prelude::*;
 
+use super::manifest::LevelOrder;
+
 /// Label map from class scores `(K, z, y, x)`: `labels[v] = argmax_k scores[k, v]` if `k` is in
 /// `valid` (label values present in the manifest), else 0.
 pub fn argmax(scores: ArrayView4<f32>, valid: &[u8]) -> Array3<u8> {
@@ -383,10 +385,269 @@ pub fn fill_holes(labels: &mut Array3<u8>, label: u8) {
     }
 }
 
+/// What [`order_levels`] did, for the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LevelOrderSummary {
+    /// Bodies found (after merging and splitting), head to foot.
+    pub bodies: usize,
+    /// Level (1-based index into `LevelOrder::labels`) given to the first body; bodies mapped
+    /// outside `1..=labels.len()` became background. `None` when no body was found.
+    pub first_level: Option<i64>,
+    /// Pieces (6-connected components of the level labels) split into the network's labels.
+    pub split: usize,
+    /// Voxels whose label changed (relabelled or cleared).
+    pub changed: usize,
+}
+
+/// Give the bodies of a chain of serially ordered structures consecutive levels, head to foot
+/// (`[output.level_order]`, [`LevelOrder`]), in place on the label map `labels` `(z, y, x)`.
+///
+/// 1. The voxels whose label is one of `order.labels` are split into 6-connected pieces; pieces
+///    below `order.min_volume_ml` (mL) become background.
+/// 2. With `order.split_factor = f`, a piece with more than `f` times the median piece's voxels
+///    (several bodies joined through a disc) is split into its voxels of each label; parts
+///    below the minimum volume become background.
+/// 3. The pieces are sorted by their centroid's head-foot position (mm along −S of LPS); a
+///    piece whose centroid lies less than `order.merge_mm` below the first piece of the current
+///    body joins that body (a body cut in parts by dark marrow), otherwise it starts the next.
+/// 4. Body `j` (0 = nearest the head) gets level `j + o` (level `i` = `order.labels[i − 1]`),
+///    with the offset `o` that agrees with the most voxels' own labels, over every offset that
+///    maps at least one body to a level (ties: the smallest `o`). Bodies mapped outside the
+///    levels become background.
+///
+/// So a body whose voxels the network split between two neighbouring levels gets one level, and
+/// levels follow each other without gaps or repeats. Voxels of other labels are never changed.
+///
+/// `foot_step_mm` is the head-to-foot displacement (mm along −S, patient LPS, PS3.3
+/// C.7.6.2.1.1) of one index step along `(z, y, x)`: for a [`Volume`](crate::volume::Volume)
+/// `[−Δz·slice_direction[2], −Δy·column_direction[2], −Δx·row_direction[2]]`. `voxel_mm3` is
+/// the voxel volume in mm³.
+///
+/// Reference: the experiment it reproduces, `relabel_by_order` in
+/// `models/lumbar-vertebrae-mr/train/calibrate.py` (scored by cross-validation,
+/// `train/crossval.py`; MODEL_CARD.md "Cross-validation").
+pub fn order_levels(labels: &mut Array3<u8>, order: &LevelOrder, foot_step_mm: [f64; 3], voxel_mm3: f64) -> LevelOrderSummary {
+    let (nz, ny, nx) = labels.dim();
+    let dims = [nz, ny, nx];
+    let nl = order.labels.len();
+    // level index (0-based) of each label value, or usize::MAX
+    let mut level_of = [usize::MAX; 256];
+    for (i, &v) in order.labels.iter().enumerate() {
+        level_of[v as usize] = i;
+    }
+    let flat = labels.as_slice_mut().expect("standard layout");
+    let mask: Vec<bool> = flat.iter().map(|&v| level_of[v as usize] != usize::MAX).collect();
+    let (comp, sizes) = components(&mask, dims, false);
+    let min_voxels = if voxel_mm3 > 0.0 { order.min_volume_ml * 1000.0 / voxel_mm3 } else { 0.0 };
+    // pieces at least min_voxels large, numbered 0.. in component (scan) order
+    let mut piece_of = vec![u32::MAX; sizes.len()];
+    let mut npieces = 0usize;
+    for (c, &sz) in sizes.iter().enumerate().skip(1) {
+        if sz as f64 >= min_voxels {
+            piece_of[c] = npieces as u32;
+            npieces += 1;
+        }
+    }
+    // per (piece, level): voxel count and the sum of head-foot positions
+    let mut count = vec![0usize; npieces * nl];
+    let mut pos_sum = vec![0f64; npieces * nl];
+    for (i, (&c, &v)) in comp.iter().zip(flat.iter()).enumerate() {
+        if c == 0 || piece_of[c as usize] == u32::MAX {
+            continue;
+        }
+        let (z, y, x) = (i / (ny * nx), (i / nx) % ny, i % nx);
+        let h = z as f64 * foot_step_mm[0] + y as f64 * foot_step_mm[1] + x as f64 * foot_step_mm[2];
+        let k = piece_of[c as usize] as usize * nl + level_of[v as usize];
+        count[k] += 1;
+        pos_sum[k] += h;
+    }
+    // parts: (head-foot centroid, piece, Some(level) for a part of a split piece, votes per level)
+    struct Part {
+        pos: f64,
+        piece: usize,
+        level: Option<usize>,
+    }
+    let piece_size = |p: usize| count[p * nl..(p + 1) * nl].iter().sum::<usize>();
+    let piece_pos = |p: usize| pos_sum[p * nl..(p + 1) * nl].iter().sum::<f64>() / piece_size(p) as f64;
+    let median = {
+        let mut s: Vec<usize> = (0..npieces).map(piece_size).collect();
+        s.sort_unstable();
+        match s.len() {
+            0 => 0.0,
+            n if n % 2 == 1 => s[n / 2] as f64,
+            n => (s[n / 2 - 1] + s[n / 2]) as f64 / 2.0,
+        }
+    };
+    let mut parts: Vec<Part> = Vec::new();
+    let mut split = 0usize;
+    for p in 0..npieces {
+        match order.split_factor {
+            Some(f) if piece_size(p) as f64 > f * median => {
+                split += 1;
+                for l in 0..nl {
+                    let n = count[p * nl + l];
+                    if n > 0 && n as f64 >= min_voxels {
+                        parts.push(Part { pos: pos_sum[p * nl + l] / n as f64, piece: p, level: Some(l) });
+                    }
+                }
+            }
+            _ => parts.push(Part { pos: piece_pos(p), piece: p, level: None }),
+        }
+    }
+    parts.sort_by(|a, b| a.pos.total_cmp(&b.pos)); // stable: equal positions keep scan order
+    // bodies: (head-foot centroid of the first part, parts); votes per level
+    let mut body_of_part = vec![0usize; parts.len()];
+    let mut first_pos: Vec<f64> = Vec::new();
+    let mut votes: Vec<Vec<usize>> = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        if first_pos.last().is_none_or(|&f| part.pos - f >= order.merge_mm) {
+            first_pos.push(part.pos);
+            votes.push(vec![0; nl]);
+        }
+        let b = first_pos.len() - 1;
+        body_of_part[i] = b;
+        match part.level {
+            Some(l) => votes[b][l] += count[part.piece * nl + l],
+            None => {
+                for l in 0..nl {
+                    votes[b][l] += count[part.piece * nl + l];
+                }
+            }
+        }
+    }
+    let nb = votes.len() as i64;
+    let (mut best, mut best_o) = (-1i64, 0i64);
+    for o in (2 - nb)..=(nl as i64) {
+        let score: i64 = (0..nb)
+            .filter(|j| (1..=nl as i64).contains(&(j + o)))
+            .map(|j| votes[j as usize][(j + o - 1) as usize] as i64)
+            .sum();
+        if score > best {
+            best = score;
+            best_o = o;
+        }
+    }
+    // new label per (piece, level): 0 unless the voxel's part was kept and its body mapped
+    let mut new_label = vec![0u8; npieces * nl];
+    for (i, part) in parts.iter().enumerate() {
+        let level = body_of_part[i] as i64 + best_o;
+        let value = if (1..=nl as i64).contains(&level) { order.labels[(level - 1) as usize] } else { 0 };
+        match part.level {
+            Some(l) => new_label[part.piece * nl + l] = value,
+            None => new_label[part.piece * nl..(part.piece + 1) * nl].fill(value),
+        }
+    }
+    let mut changed = 0usize;
+    for (v, &c) in flat.iter_mut().zip(&comp) {
+        if c == 0 {
+            continue;
+        }
+        let p = piece_of[c as usize];
+        let nv = if p == u32::MAX { 0 } else { new_label[p as usize * nl + level_of[*v as usize]] };
+        if nv != *v {
+            *v = nv;
+            changed += 1;
+        }
+    }
+    LevelOrderSummary { bodies: votes.len(), first_level: (!votes.is_empty()).then_some(best_o), split, changed }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use ndarray::Array4;
+
+    fn chain_order(split_factor: Option<f64>) -> LevelOrder {
+        LevelOrder { labels: vec![1, 2, 3, 4, 5], min_volume_ml: 0.5, merge_mm: 8.0, split_factor }
+    }
+
+    /// Boxes of 10 (z) x `h` (y) x 10 (x) voxels at 1 mm starting at the given y rows, each
+    /// with its label; y runs head to foot (foot_step [0, 1, 0]).
+    fn chain(rows: &[(usize, usize, u8)]) -> Array3<u8> {
+        let mut m = Array3::<u8>::zeros((12, 80, 12));
+        for &(y0, h, l) in rows {
+            m.slice_mut(ndarray::s![1..11, y0..y0 + h, 1..11]).fill(l);
+        }
+        m
+    }
+
+    #[test]
+    fn order_levels_makes_levels_consecutive() {
+        // five bodies 10 mm tall, 4 mm discs; the network labelled them 1, 2, 2, 4, 5: body 2
+        // gets 3 (offset 0 agrees with 4 of 5 bodies)
+        let mut m = chain(&[(2, 10, 1), (16, 10, 2), (30, 10, 2), (44, 10, 4), (58, 10, 5)]);
+        // a speck of 8 voxels (< 0.5 mL) labelled 3 and a voxel of another label (7)
+        m.slice_mut(ndarray::s![5..7, 75..77, 5..7]).fill(3);
+        m[[0, 0, 0]] = 7;
+        let s = order_levels(&mut m, &chain_order(None), [0.0, 1.0, 0.0], 1.0);
+        assert_eq!(s, LevelOrderSummary { bodies: 5, first_level: Some(1), split: 0, changed: 1000 + 8 });
+        assert_eq!(m, {
+            let mut want = chain(&[(2, 10, 1), (16, 10, 2), (30, 10, 3), (44, 10, 4), (58, 10, 5)]);
+            want[[0, 0, 0]] = 7;
+            want
+        });
+    }
+
+    #[test]
+    fn order_levels_gives_a_body_one_level_and_merges_its_pieces() {
+        // body 1 half L2, half L3 by voxel count (network undecided); body 0 cut in two pieces
+        // by a 2 mm gap (dark marrow), centroids 7 mm apart, which join it
+        let mut m = chain(&[(2, 5, 1), (9, 5, 1), (20, 5, 2), (25, 5, 3), (38, 10, 3), (52, 10, 4)]);
+        let s = order_levels(&mut m, &chain_order(None), [0.0, 1.0, 0.0], 1.0);
+        assert_eq!((s.bodies, s.first_level), (4, Some(1)));
+        assert_eq!(m, chain(&[(2, 5, 1), (9, 5, 1), (20, 10, 2), (38, 10, 3), (52, 10, 4)]));
+    }
+
+    #[test]
+    fn order_levels_follows_patient_head_foot_not_the_index() {
+        // same map, but the y axis runs foot to head: the last rows are L1
+        let mut m = chain(&[(2, 10, 4), (16, 10, 3), (30, 10, 3), (44, 10, 1)]);
+        let s = order_levels(&mut m, &chain_order(None), [0.0, -1.0, 0.0], 1.0);
+        assert_eq!((s.bodies, s.first_level), (4, Some(1)));
+        assert_eq!(m, chain(&[(2, 10, 4), (16, 10, 3), (30, 10, 2), (44, 10, 1)]));
+        // millimetres, not voxels: with 0.5 mm steps the bodies lie 7 mm apart and merge_mm 8
+        // joins them into two bodies, {1, 2} and {3, 4}; offset 2 (levels 2, 3) agrees with
+        // 2,000 voxels, offsets 1 and 3 with 1,000
+        let mut m = chain(&[(2, 10, 1), (16, 10, 2), (30, 10, 3), (44, 10, 4)]);
+        let s = order_levels(&mut m, &chain_order(None), [0.0, 0.5, 0.0], 0.5);
+        assert_eq!((s.bodies, s.first_level), (2, Some(2)));
+        assert_eq!(m, chain(&[(2, 10, 2), (16, 10, 2), (30, 10, 3), (44, 10, 3)]));
+    }
+
+    #[test]
+    fn order_levels_splits_joined_bodies_with_split_factor() {
+        // L2 and L3 touch through a missing disc: one piece of 2,000 voxels; median 1,000
+        let rows = [(2, 10, 1), (16, 10, 2), (26, 10, 3), (40, 10, 4), (54, 10, 5)];
+        let mut m = chain(&rows);
+        let s = order_levels(&mut m, &chain_order(None), [0.0, 1.0, 0.0], 1.0);
+        // without splitting the joined piece is one body and the chain has four: offset 2
+        // (agrees with 3,000 voxels) moves every level one down, the head-end shift seen in
+        // cross-validation
+        assert_eq!((s.bodies, s.first_level, s.split), (4, Some(2), 0));
+        assert_eq!(m, chain(&[(2, 10, 2), (16, 20, 3), (40, 10, 4), (54, 10, 5)]));
+        let mut m = chain(&rows);
+        let s = order_levels(&mut m, &chain_order(Some(1.5)), [0.0, 1.0, 0.0], 1.0);
+        assert_eq!(s, LevelOrderSummary { bodies: 5, first_level: Some(1), split: 1, changed: 0 });
+        assert_eq!(m, chain(&rows));
+    }
+
+    #[test]
+    fn order_levels_drops_bodies_beyond_the_chain_and_keeps_empty_maps() {
+        // six bodies labelled 1..5 + a T12 above labelled 1 too: offset 0 maps the T12 to
+        // level 0 -> background; the others keep their labels
+        let mut m = Array3::<u8>::zeros((12, 100, 12));
+        for (i, l) in [1u8, 1, 2, 3, 4, 5].into_iter().enumerate() {
+            m.slice_mut(ndarray::s![1..11, 2 + 14 * i..12 + 14 * i, 1..11]).fill(l);
+        }
+        let before = m.clone();
+        let s = order_levels(&mut m, &chain_order(None), [0.0, 1.0, 0.0], 1.0);
+        assert_eq!((s.bodies, s.first_level, s.changed), (6, Some(0), 1000));
+        assert!(m.slice(ndarray::s![.., 2..12, ..]).iter().all(|&v| v == 0));
+        assert_eq!(m.slice(ndarray::s![.., 12.., ..]), before.slice(ndarray::s![.., 12.., ..]));
+        let mut e = Array3::<u8>::zeros((3, 3, 3));
+        let s = order_levels(&mut e, &chain_order(None), [0.0, 1.0, 0.0], 1.0);
+        assert_eq!((s.bodies, s.first_level, s.changed), (0, None, 0));
+    }
 
     #[test]
     fn argmax_ties_and_invalid() {
