@@ -67,6 +67,11 @@ def test_lumbar_model_through_the_node_matches_its_card(start_node, pacs, data_d
         assert got == want, f"model.toml [output.level_order] {got} vs calibration.json {want}"
     else:
         assert "level_order" not in manifest["output"]
+    # and the largest component per level exactly when calibrate.py kept only that
+    # (calibrate.py --keep-all-pieces records "largest_component": false)
+    largest = calibration.get("largest_component", True)
+    got_largest = [lab.get("largest_component", False) for lab in manifest["labels"]]
+    assert got_largest == [largest] * 5, f"model.toml largest_component {got_largest} vs calibration.json {largest}"
     lib = REPO / ".onnxruntime" / "lib" / "libonnxruntime.so.1.31.1"
     assert lib.is_file(), f"{lib} missing: run scripts/fetch-onnxruntime.sh"
     # No analysis override: the default config's [[routes]] send MR with BodyPartExamined

@@ -52,7 +52,7 @@ ORDER_RELABEL = False  # set by --order-relabel
 
 
 SPLIT_FACTOR = None  # set by --split-factor (relabel_by_order)
-KEEP_ALL_PIECES = False  # crossval.py "order-split-all:F": no largest-component step after the relabel
+KEEP_ALL_PIECES = False  # --keep-all-pieces / crossval.py "order-split-all:F": no largest-component step after the relabel
 
 
 def relabel_by_order(lab, min_voxels=2000, merge_mm=15.0, split_factor=None):
@@ -137,10 +137,15 @@ def main():
                     help="consecutive levels per body (relabel_by_order) before the largest component")
     ap.add_argument("--split-factor", type=float, default=None,
                     help="relabel_by_order: split components larger than this times the median into the network's labels")
+    ap.add_argument("--keep-all-pieces", action="store_true",
+                    help="with --order-relabel: keep every piece the relabel assigned to a level (no largest "
+                         "component per label afterwards; node: largest_component = false). Chosen by "
+                         "crossval.py order-split-all (MODEL_CARD.md, session 13)")
     args = ap.parse_args()
-    global ORDER_RELABEL, SPLIT_FACTOR
+    global ORDER_RELABEL, SPLIT_FACTOR, KEEP_ALL_PIECES
     ORDER_RELABEL = args.order_relabel
     SPLIT_FACTOR = args.split_factor
+    KEEP_ALL_PIECES = args.keep_all_pieces and args.order_relabel
     sess = ort.InferenceSession(str(args.model), providers=["CPUExecutionProvider"])
     channels = sess.get_inputs()[0].shape[1]
     context = (int(channels) - 1) // 2 if len(sess.get_inputs()[0].shape) == 4 else 0
@@ -173,6 +178,8 @@ def main():
                # min_voxels 2000 = 2.0 mL); None without --order-relabel
                "level_order": ({"labels": list(range(1, train.NUM_CLASSES)), "min_volume_ml": 2.0,
                                 "merge_mm": 15.0, "split_factor": SPLIT_FACTOR} if ORDER_RELABEL else None),
+               # the node's per-label largest_component (model.toml [[labels]]) that matches decide()
+               "largest_component": not KEEP_ALL_PIECES,
                "grid": table, "background_weight": chosen,
                "validation": [f.name for f in val_f], "test": [f.name for f in test_f]}
     for name, w in (("uncalibrated", 1.0), ("calibrated", chosen)):

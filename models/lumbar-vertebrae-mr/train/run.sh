@@ -12,10 +12,11 @@
 # Two-pass re-centring experiment (not in the node): "$venv/bin/python" recenter.py --model out/model.onnx
 # Cross-validation: train.py --cv-fold K (K = 0, 1, 2; holds out train[K::3]), then
 # "$venv/bin/python" crossval.py --runs DIR0 DIR1 DIR2 (held-out training volumes only; never the test split).
-# 1.2.0 (shipped): four runs "--steps 1350 --shift-mode pad --shift-rows 24 --seed S" (S = 0..3),
+# 1.2.1 (shipped; 1.2.0 plus --keep-all-pieces below): four runs "--steps 1350 --shift-mode pad --shift-rows 24 --seed S" (S = 0..3),
 # "$venv/bin/python" ensemble.py --merge-only --out DIR out0/model.onnx ... out3/model.onnx, then
 # calibrate.py --model DIR/model.onnx --out DIR/calibration.json --order-relabel --split-factor 1.5
-# and copy calibration["level_order"] into model.toml [output.level_order].
+# --keep-all-pieces, copy calibration["level_order"] into model.toml [output.level_order] and set
+# largest_component = calibration["largest_component"] (false) on every level.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 venv="${MYONODE_TRAIN_VENV:-$HOME/.cache/myonode/train-venv}"
