@@ -275,5 +275,6 @@ fn read_identity(path: &Path) -> Result<InstanceStored, String> {
         calling_ae_title: String::new(),
         received_at: std::time::SystemTime::now(),
         duplicate: false,
+        hints: None,
     })
 }

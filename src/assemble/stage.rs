@@ -139,6 +139,7 @@ pub fn recover(spool: &Spool, tracker: &mut SeriesTracker, now: Instant) -> usiz
                     calling_ae_title: String::new(),
                     received_at: std::time::SystemTime::now(),
                     duplicate: false,
+                    hints: None,
                 },
                 now,
             );
@@ -289,7 +290,12 @@ pub fn run(
     let use_hints = cfg.complete_on_expected_count && !offline; // offline: no rule applies
     let mut pairer = DixonPairer::expecting(Duration::from_secs_f64(cfg.study_window_seconds), &cfg.dixon_channels);
     let on_instance = |tracker: &mut SeriesTracker, msg: InstanceStored| {
-        let hints = if use_hints && !msg.duplicate { instance_hints(&msg.path) } else { InstanceHints::default() };
+        // the receive path's scan already read them; only files without (offline, recovery) are opened
+        let hints = if use_hints && !msg.duplicate {
+            msg.hints.unwrap_or_else(|| instance_hints(&msg.path))
+        } else {
+            InstanceHints::default()
+        };
         tracker.on_instance_with_hints(&msg, hints, Instant::now());
     };
     let send = |jobs: Vec<StudyJob>| {

@@ -117,16 +117,40 @@ pub fn instance_hints(path: &Path) -> InstanceHints {
     let Ok(file) = dicom_object::OpenFileOptions::new().read_until(tags::PIXEL_DATA).open_file(path) else {
         return InstanceHints::default();
     };
-    let int = |tag| {
-        file.get(tag)
-            .and_then(|e| e.to_int::<i64>().ok())
-            .filter(|v| *v > 0 && *v <= u32::MAX as i64)
-            .map(|v| v as u32)
-    };
-    let frames = int(tags::NUMBER_OF_FRAMES);
-    let images = frames.unwrap_or(1);
-    let expected_images = int(tags::IMAGES_IN_ACQUISITION).or(frames.filter(|n| *n > 1));
-    InstanceHints { images, expected_images }
+    let int = |tag| file.get(tag).and_then(|e| e.to_int::<i64>().ok());
+    InstanceHints::from_counts(int(tags::NUMBER_OF_FRAMES), int(tags::IMAGES_IN_ACQUISITION))
+}
+
+impl InstanceHints {
+    /// The hints from NumberOfFrames (0028,0008) and ImagesInAcquisition (0020,1002) as
+    /// integers (`None`: absent or unreadable); values outside 1..=u32::MAX count as absent.
+    pub fn from_counts(number_of_frames: Option<i64>, images_in_acquisition: Option<i64>) -> InstanceHints {
+        let valid = |v: Option<i64>| v.filter(|v| *v > 0 && *v <= u32::MAX as i64).map(|v| v as u32);
+        let frames = valid(number_of_frames);
+        let images = frames.unwrap_or(1);
+        let expected_images = valid(images_in_acquisition).or(frames.filter(|n| *n > 1));
+        InstanceHints { images, expected_images }
+    }
+
+    /// The hints from the raw top-level values of NumberOfFrames and ImagesInAcquisition as the
+    /// C-STORE path's structural scan found them (`receive::scan::COUNT_TAGS`: value bytes and
+    /// VR), without a second read of the stored file; equal to [`instance_hints`] of that file.
+    /// An IS value is read as dicom-rs reads it (first value, whitespace and NUL trimmed, decimal
+    /// integer; PS3.5 6.2 IS); a present value of any other VR gives `None` (the caller then
+    /// falls back to [`instance_hints`]).
+    pub fn from_received_values(values: [Option<(&[u8], [u8; 2])>; 2]) -> Option<InstanceHints> {
+        let mut ints = [None; 2];
+        for (slot, value) in ints.iter_mut().zip(values) {
+            let Some((bytes, vr)) = value else { continue };
+            if &vr != b"IS" {
+                return None;
+            }
+            *slot = std::str::from_utf8(bytes).ok().and_then(|s| {
+                s.split('\\').next().unwrap_or("").trim_matches(|c: char| c.is_whitespace() || c == '\0').parse::<i64>().ok()
+            });
+        }
+        Some(InstanceHints::from_counts(ints[0], ints[1]))
+    }
 }
 
 /// A series that is complete, ready for reassembly.
@@ -353,6 +377,7 @@ mod tests {
             calling_ae_title: "SCU".into(),
             received_at: SystemTime::now(),
             duplicate: false,
+            hints: None,
         }
     }
 
@@ -557,5 +582,25 @@ mod tests {
         }
         assert!(found_mf, "enhanced-mr-philips holds an 8-frame object");
         assert_eq!(instance_hints(Path::new("/nonexistent/file.dcm")), InstanceHints::default());
+    }
+
+    #[test]
+    fn hints_from_received_values_read_is_as_dicom_rs_does() {
+        let h = |frames: Option<&[u8]>, images: Option<&[u8]>| {
+            InstanceHints::from_received_values([frames.map(|b| (b, *b"IS")), images.map(|b| (b, *b"IS"))])
+        };
+        let hints = |images, expected_images| Some(InstanceHints { images, expected_images });
+        assert_eq!(h(None, None), Some(InstanceHints::default()));
+        assert_eq!(h(None, Some(b"160 ")), hints(1, Some(160)));
+        assert_eq!(h(None, Some(b" +12\\0")), hints(1, Some(12)), "first value, leading space and sign");
+        assert_eq!(h(None, Some(b"12\0")), hints(1, Some(12)));
+        assert_eq!(h(Some(b"25"), None), hints(25, Some(25)), "multi-frame: the frames are the series");
+        assert_eq!(h(Some(b"1 "), Some(b"40")), hints(1, Some(40)));
+        assert_eq!(h(Some(b"0"), Some(b"-3")), hints(1, None), "out of range counts as absent");
+        assert_eq!(h(Some(b"x"), Some(b"")), hints(1, None), "unreadable counts as absent");
+        assert_eq!(h(None, Some(b"4294967296")), hints(1, None), "above u32");
+        assert_eq!(h(None, Some(&[0xFF, b'1'])), hints(1, None), "not text");
+        // another VR: unknown here, the stage reads the file instead
+        assert_eq!(InstanceHints::from_received_values([Some((&[1u8, 0][..], *b"US")), None]), None);
     }
 }

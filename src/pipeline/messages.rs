@@ -36,6 +36,10 @@ pub struct InstanceStored {
     pub received_at: SystemTime,
     /// `true` if this SOPInstanceUID was already in the spool (nothing new was written).
     pub duplicate: bool,
+    /// The completion hints (NumberOfFrames, ImagesInAcquisition) the C-STORE path read from the
+    /// received data set; `None` when not known (files read offline or at recovery, or a count
+    /// with an unexpected VR): the assemble stage then reads them from `path`.
+    pub hints: Option<crate::assemble::tracker::InstanceHints>,
 }
 
 /// receive → assemble: an association that stored at least one instance ended (A-RELEASE,

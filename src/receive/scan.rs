@@ -15,8 +15,9 @@
 //! encapsulated pixel data as a sequence of fragment items (A.4). Little-endian and Explicit VR
 //! Big Endian (7.3) data sets are scanned; a Deflated data set is inflated by the caller first.
 //!
-//! The scan is the only reader of received bytes on the C-STORE path: the four UIDs are taken
-//! from the value ranges it reports, and no decoder that trusts declared lengths sees a data set
+//! The scan is the only reader of received bytes on the C-STORE path: the four UIDs (and the
+//! two image counts the series tracker uses, [`COUNT_TAGS`]) are taken from the value ranges it
+//! reports, and no decoder that trusts declared lengths sees a data set
 //! the scan has not accepted. Because the assemble stage later decodes accepted files with
 //! dicom-rs, the scan refuses what dicom-rs would read with different element boundaries:
 //! UN of undefined length (PS3.5 6.2.2 puts Implicit VR content inside it; dicom-rs reads it
@@ -29,6 +30,11 @@ const PIXEL_DATA: (u16, u16) = (0x7FE0, 0x0010);
 /// SOPClassUID (0008,0016), SOPInstanceUID (0008,0018), StudyInstanceUID (0020,000D),
 /// SeriesInstanceUID (0020,000E).
 pub const UID_TAGS: [(u16, u16); 4] = [(0x0008, 0x0016), (0x0008, 0x0018), (0x0020, 0x000D), (0x0020, 0x000E)];
+/// The top-level elements whose value ranges and VRs [`ScanOutcome::WellFormed`] also reports,
+/// in this order: NumberOfFrames (0028,0008) and ImagesInAcquisition (0020,1002), both IS. The
+/// assemble stage's completion rule reads them (`assemble::tracker::InstanceHints`); taking them
+/// here spares it re-opening and parsing every stored file's header.
+pub const COUNT_TAGS: [(u16, u16); 2] = [(0x0028, 0x0008), (0x0020, 0x1002)];
 const UNDEFINED: u32 = 0xFFFF_FFFF;
 /// Deepest nesting of sequences and items the scan accepts (each level is a Sequence or an
 /// Item frame, so 64 frames = 32 levels of nested sequences; real objects use fewer than 10).
@@ -40,8 +46,14 @@ pub const MAX_NESTING: usize = 64;
 pub enum ScanOutcome {
     /// The data set is structurally well formed; its top-level elements up to and including
     /// SeriesInstanceUID (0020,000E) occupy `bytes[..header_end]` (a valid data set on its own).
-    /// `uids` holds the byte ranges of the values of the top-level [`UID_TAGS`], where present.
-    WellFormed { header_end: usize, uids: [Option<std::ops::Range<usize>>; 4] },
+    /// `uids` holds the byte ranges of the values of the top-level [`UID_TAGS`], where present;
+    /// `counts` the value ranges and VRs (explicit, or the dictionary's for implicit VR) of the
+    /// top-level [`COUNT_TAGS`], where present.
+    WellFormed {
+        header_end: usize,
+        uids: [Option<std::ops::Range<usize>>; 4],
+        counts: [Option<(std::ops::Range<usize>, [u8; 2])>; 2],
+    },
     /// Not well formed, or using an encoding this node refuses (UN of undefined length, nesting
     /// deeper than [`MAX_NESTING`]): the reason and the byte offset where scanning stopped.
     Malformed { offset: usize, reason: String },
@@ -142,6 +154,7 @@ pub fn scan_data_set(bytes: &[u8], encoding: DataSetEncoding) -> ScanOutcome {
     let mut pos = 0usize;
     let mut header_end: Option<usize> = None;
     let mut uids: [Option<std::ops::Range<usize>>; 4] = Default::default();
+    let mut counts: [Option<(std::ops::Range<usize>, [u8; 2])>; 2] = Default::default();
     let mut stack: Vec<Frame> = Vec::new();
     let bad = |offset: usize, reason: &str| ScanOutcome::Malformed { offset, reason: reason.to_string() };
     loop {
@@ -262,6 +275,8 @@ pub fn scan_data_set(bytes: &[u8], encoding: DataSetEncoding) -> ScanOutcome {
         if stack.is_empty() {
             if let Some(i) = UID_TAGS.iter().position(|t| *t == tag) {
                 uids[i] = Some(pos + header..pos + header + len);
+            } else if let Some(i) = COUNT_TAGS.iter().position(|t| *t == tag) {
+                counts[i] = Some((pos + header..pos + header + len, value_vr));
             }
         }
         if &value_vr == b"SQ" && len > 0 {
@@ -278,7 +293,7 @@ pub fn scan_data_set(bytes: &[u8], encoding: DataSetEncoding) -> ScanOutcome {
     if !stack.is_empty() {
         return bad(n, "sequence, item or encapsulated pixel data not terminated");
     }
-    ScanOutcome::WellFormed { header_end: header_end.unwrap_or(n), uids }
+    ScanOutcome::WellFormed { header_end: header_end.unwrap_or(n), uids, counts }
 }
 
 #[cfg(test)]
@@ -322,7 +337,7 @@ mod tests {
     fn native_pixel_data_prefix_ends_after_series_uid() {
         let h = header();
         let ds = [h.clone(), ex((0x0028, 0x0010), b"US", &[4, 0]), ex(PIXEL_DATA, b"OW", &[0u8; 32])].concat();
-        let ScanOutcome::WellFormed { header_end, uids } = scan_data_set(&ds, DataSetEncoding::ExplicitLittle) else { panic!() };
+        let ScanOutcome::WellFormed { header_end, uids, .. } = scan_data_set(&ds, DataSetEncoding::ExplicitLittle) else { panic!() };
         assert_eq!(header_end, h.len());
         let values: Vec<&[u8]> = uids.iter().map(|r| &ds[r.clone().unwrap()]).collect();
         assert_eq!(values, [&b"1.2.840.10008.5.1.4.1.1.4\0"[..], b"1.2.3.4\0", b"1.2.3\0", b"1.2.3.5\0"]);
@@ -376,7 +391,7 @@ mod tests {
     fn implicit_vr_and_malformed_inputs() {
         let imp = [raw((0x0008, 0x0018), 8), b"1.2.3.4\0".to_vec(), raw((0x0020, 0x000E), 2), b"1\0".to_vec(),
                    raw(PIXEL_DATA, 4), vec![1, 2, 3, 4]].concat();
-        let ScanOutcome::WellFormed { header_end, uids } = scan_data_set(&imp, DataSetEncoding::ImplicitLittle) else { panic!() };
+        let ScanOutcome::WellFormed { header_end, uids, .. } = scan_data_set(&imp, DataSetEncoding::ImplicitLittle) else { panic!() };
         assert_eq!((header_end, uids), (26, [None, Some(8..16), None, Some(24..26)]));
         // a length larger than what follows
         let mut long = imp.clone();
@@ -410,7 +425,7 @@ mod tests {
         let ScanOutcome::Malformed { reason, .. } = scan_data_set(&nested(MAX_NESTING / 2 + 1), DataSetEncoding::ExplicitLittle) else { panic!() };
         assert!(reason.contains("nested too deeply"), "{reason}");
         // empty data set: well formed, nothing to decode beyond it
-        assert_eq!(scan_data_set(&[], DataSetEncoding::ExplicitLittle), ScanOutcome::WellFormed { header_end: 0, uids: Default::default() });
+        assert_eq!(scan_data_set(&[], DataSetEncoding::ExplicitLittle), ScanOutcome::WellFormed { header_end: 0, uids: Default::default(), counts: Default::default() });
     }
 
     /// Implicit VR: a defined-length value whose dictionary VR is SQ (ReferencedSeriesSequence
@@ -510,6 +525,7 @@ mod tests {
             }
         }
         let mut scanned = 0;
+        let mut with_counts = 0;
         for f in &files {
             let Ok(obj) = dicom_object::open_file(f) else { continue };
             let ts_uid = obj.meta().transfer_syntax().trim_end_matches('\0').to_string();
@@ -520,7 +536,14 @@ mod tests {
                 continue;
             }
             let outcome = scan_data_set(&bytes[start..], enc);
-            let ScanOutcome::WellFormed { header_end, uids } = outcome else { panic!("{}: {outcome:?}", f.display()) };
+            let ScanOutcome::WellFormed { header_end, uids, counts } = outcome else { panic!("{}: {outcome:?}", f.display()) };
+            // the completion hints from the scan equal those the assemble stage reads from the file
+            let from_scan = crate::assemble::tracker::InstanceHints::from_received_values(
+                counts.map(|c| c.map(|(r, vr)| (&bytes[start..][r], vr))),
+            );
+            let from_file = crate::assemble::tracker::instance_hints(f);
+            assert_eq!(from_scan, Some(from_file), "{}: completion hints", f.display());
+            with_counts += usize::from(from_file.expected_images.is_some());
             let ts = dicom_transfer_syntax_registry::TransferSyntaxRegistry.get(&ts_uid).unwrap();
             let prefix = dicom_object::InMemDicomObject::read_dataset_with_ts(&bytes[start..start + header_end], ts).unwrap();
             let all = [tags::SOP_CLASS_UID, tags::SOP_INSTANCE_UID, tags::STUDY_INSTANCE_UID, tags::SERIES_INSTANCE_UID];
@@ -536,5 +559,7 @@ mod tests {
             scanned += 1;
         }
         assert!(scanned >= 200, "only {scanned} files scanned");
+        // the check above must have compared real counts, not only absent ones
+        assert!(with_counts >= 80, "only {with_counts} files with ImagesInAcquisition or NumberOfFrames > 1");
     }
 }

@@ -15,6 +15,7 @@ use tracing::{debug, error, warn};
 
 use super::scan::{scan_data_set, DataSetEncoding, ScanOutcome};
 use super::ReceiveContext;
+use crate::assemble::tracker::InstanceHints;
 use crate::dimse::{status, CommandSet};
 use crate::pipeline::messages::InstanceStored;
 use crate::spool::{is_valid_uid, InstanceIdentity, SpoolError, StagedInstance, StoreOutcome};
@@ -106,6 +107,10 @@ enum ReadUidsError {
 /// a value's declared length before reading it, so a short crafted message could make it touch
 /// up to ~1 GiB (found by the `received_data_set` fuzz target).
 ///
+/// Also returns the series tracker's completion hints read from the same scan
+/// ([`InstanceHints::from_received_values`]; `None` when a count has an unexpected VR, and the
+/// assemble stage then reads them from the stored file).
+///
 /// # Errors
 /// [`ReadUidsError::Malformed`] from the scan or a corrupt deflate stream,
 /// [`ReadUidsError::Encoding`] for a data set encoding the scan does not read.
@@ -113,7 +118,7 @@ fn read_uids(
     dataset: &[u8],
     transfer_syntax: &str,
     ts: &dicom_encoding::TransferSyntax,
-) -> Result<[Option<String>; 4], ReadUidsError> {
+) -> Result<([Option<String>; 4], Option<InstanceHints>), ReadUidsError> {
     // Deflated Explicit VR Little Endian (PS3.5 A.5): inflate here, bounded, and scan the result
     // as Explicit VR Little Endian.
     let inflated;
@@ -130,8 +135,9 @@ fn read_uids(
         data_set_encoding(transfer_syntax, ts).ok_or_else(|| ReadUidsError::Encoding(transfer_syntax.to_string()))?;
     match scan_data_set(dataset, encoding) {
         ScanOutcome::Malformed { offset, reason } => Err(ReadUidsError::Malformed { offset, reason }),
-        ScanOutcome::WellFormed { uids, .. } => {
-            Ok(uids.map(|r| r.map(|r| String::from_utf8_lossy(&dataset[r]).into_owned())))
+        ScanOutcome::WellFormed { uids, counts, .. } => {
+            let hints = InstanceHints::from_received_values(counts.map(|c| c.map(|(r, vr)| (&dataset[r], vr))));
+            Ok((uids.map(|r| r.map(|r| String::from_utf8_lossy(&dataset[r]).into_owned())), hints))
         }
     }
 }
@@ -223,7 +229,7 @@ pub fn store_instance_blocking(
     // Check the structure of the whole data set without decoding values (scan.rs) and take the
     // four UIDs from it; pixel data are never decoded or copied, and no length-trusting decoder
     // reads the received bytes.
-    let raw = match read_uids(&dataset, transfer_syntax, ts) {
+    let (raw, hints) = match read_uids(&dataset, transfer_syntax, ts) {
         Ok(v) => v,
         Err(e) => {
             debug!(error = %e, sop_instance_uid = cmd_instance, "unparsable data set");
@@ -306,6 +312,7 @@ pub fn store_instance_blocking(
         calling_ae_title: calling_ae.to_string(),
         received_at: SystemTime::now(),
         duplicate,
+        hints,
     };
     let series_instance_uid = Some(msg.series_instance_uid.clone());
     if let Err(e) = ctx.tx.send(msg) {
@@ -405,7 +412,7 @@ pub fn read_uids_checked(dataset: &[u8], transfer_syntax: &str) -> ReceivedUids 
         return ReceivedUids::Refused(format!("unknown transfer syntax {transfer_syntax}"));
     };
     let raw = match read_uids(dataset, transfer_syntax, ts) {
-        Ok(r) => r,
+        Ok((r, _)) => r,
         Err(e) => return ReceivedUids::Refused(e.to_string()),
     };
     let mut out: [String; 4] = Default::default();
