@@ -643,7 +643,7 @@ def bench_memory(args, out: Path, cases: dict[str, tuple[Path, tuple[int, int, i
 
 
 # ---------------------------------------------------------------------------- scaling
-def bench_scaling(args, out: Path, series_dirs: list[Path]) -> dict:
+def bench_scaling(args, out: Path, series_dirs: list[Path], **node_env_overrides: str) -> dict:
     import pydicom
     work = out / "scaling"
     shutil.rmtree(work, ignore_errors=True)
@@ -653,7 +653,8 @@ def bench_scaling(args, out: Path, series_dirs: list[Path]) -> dict:
     quiet = args.quiet
     try:
         node = Node(args.bin, work / "node", pacs_port=pacs.port, json_log=True, debug_receive=True,
-                    MYONODE__ASSEMBLE__QUIET_PERIOD_SECONDS=str(quiet), MYONODE__SPOOL__FSYNC="true")
+                    MYONODE__ASSEMBLE__QUIET_PERIOD_SECONDS=str(quiet), MYONODE__SPOOL__FSYNC="true",
+                    **node_env_overrides)
         lists = [files_of(d) for d in series_dirs]
         t0 = time.time()
         procs = []
@@ -686,7 +687,7 @@ def bench_scaling(args, out: Path, series_dirs: list[Path]) -> dict:
                     "waited_behind_others_ms": round(st["completion_wait_minus_quiet_period"] + st["segment_queue"], 1)})
     last = max(p["delivered"] for p in per)
     n_inst = sum(len(f) for f in lists)
-    res = {"series": len(lists), "instances": n_inst, "quiet_period_s": quiet,
+    res = {"series": len(lists), "instances": n_inst, "quiet_period_s": quiet, "data": args.scaling_data,
            "send_seconds": round(sent - t0, 2), "receive_instances_per_s": round(n_inst / (sent - t0), 1),
            "all_delivered_seconds": round(last, 2),
            "series_per_minute_excl_quiet": round(60 * len(lists) / (last - quiet), 2),
@@ -775,6 +776,9 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("MYONODE_DATA", REPO.parent / "shared" / "data")))
     ap.add_argument("--sections", default="receive,latency,inference,memory,scaling")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--scaling-data", choices=["knee", "lumbar"], default="knee",
+                    help="scaling: 8 copies of the knee series (body-mask), or 8 lumbar water series with "
+                         "GENERATED HEADERS from the shipped model's test and validation volumes (the shipped model)")
     ap.add_argument("--latency-warmups", type=int, default=2,
                     help="warm-up series sent at once before each measured series: one per segment worker "
                          "(conf default segment.workers = 2)")
@@ -879,12 +883,26 @@ def main(argv=None) -> int:
         res["memory"] = bench_memory(args, out, cases)
     if "scaling" in sections:
         dirs = []
-        for i in range(8):
-            d = gen / f"scaling-{i}"
-            shutil.rmtree(d, ignore_errors=True)
-            copy_series(knee, d)
-            dirs.append(d)
-        res["scaling"] = bench_scaling(args, out, dirs)
+        if args.scaling_data == "lumbar":
+            # the shipped model's own input: its 5 test and 3 of its validation volumes, each a
+            # sagittal Dixon water series with GENERATED HEADERS (lumbar_series.write_series);
+            # the site sends only water images (no wait for Dixon partners)
+            import scipy.io
+            from lumbar_series import write_series
+            m = json.loads((REPO / "models" / "lumbar-vertebrae-mr" / "metrics.json").read_text())
+            for i, name in enumerate((m["test"] + m["validation"])[:8]):
+                d = gen / f"scaling-{i}"
+                shutil.rmtree(d, ignore_errors=True)
+                write_series(scipy.io.loadmat(args.data / "training" / "lumbar-vertebrae-mr" / name)["I"], d, seed=i)
+                dirs.append(d)
+            res["scaling"] = bench_scaling(args, out, dirs, MYONODE__ASSEMBLE__DIXON_CHANNELS="water")
+        else:
+            for i in range(8):
+                d = gen / f"scaling-{i}"
+                shutil.rmtree(d, ignore_errors=True)
+                copy_series(knee, d)
+                dirs.append(d)
+            res["scaling"] = bench_scaling(args, out, dirs)
     if not args.keep:
         shutil.rmtree(gen, ignore_errors=True)
     (out / "bench.json").write_text(json.dumps(res, indent=2))
