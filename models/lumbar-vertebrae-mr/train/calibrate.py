@@ -53,6 +53,7 @@ ORDER_RELABEL = False  # set by --order-relabel
 
 SPLIT_FACTOR = None  # set by --split-factor (relabel_by_order)
 KEEP_ALL_PIECES = False  # --keep-all-pieces / crossval.py "order-split-all:F": no largest-component step after the relabel
+FILL_HOLES = False  # --fill-holes / crossval.py "order-split-all-fill:F": fill the holes of each level (node: fill_holes)
 
 
 def relabel_by_order(lab, min_voxels=2000, merge_mm=15.0, split_factor=None):
@@ -120,8 +121,22 @@ def decide(logits, background_weight):
     if ORDER_RELABEL:
         lab = relabel_by_order(lab)
         if KEEP_ALL_PIECES:
-            return lab  # every piece >= min_voxels that relabel_by_order kept (crossval experiment)
-    return train.largest_component_per_label(lab)
+            # every piece >= min_voxels that relabel_by_order kept
+            return fill_holes(lab) if FILL_HOLES else lab
+    lab = train.largest_component_per_label(lab)
+    return fill_holes(lab) if FILL_HOLES else lab
+
+
+def fill_holes(lab):
+    """The node's ``fill_holes`` per level in label order: voxels of any other label or background
+    enclosed by the level (not 6-connected to the volume border) get the level."""
+    import scipy.ndimage as ndi
+    out = lab.copy()
+    for v in range(1, train.NUM_CLASSES):
+        m = out == v
+        if m.any():
+            out[ndi.binary_fill_holes(m) & ~m] = v
+    return out
 
 
 def main():

@@ -71,7 +71,9 @@ def main():
                     calibrate.ORDER_RELABEL = relabel != "none"
                     # "order-split-all:F": the same without the largest-component step afterwards
                     calibrate.SPLIT_FACTOR = float(relabel.split(":")[1]) if relabel.startswith("order-split") else None
-                    calibrate.KEEP_ALL_PIECES = relabel.startswith("order-split-all:")
+                    calibrate.KEEP_ALL_PIECES = relabel.startswith("order-split-all")
+                    # "order-split-all-fill:F": and the holes of each level filled (node: fill_holes)
+                    calibrate.FILL_HOLES = relabel.startswith("order-split-all-fill:")
                     pred = calibrate.decide(lg, w0)
                     d = train.dice_per_level(pred, gt)
                     out.append({"run": run.name, "shift_mode": metrics["shift_mode"], "background_weight": w0,
@@ -83,6 +85,7 @@ def main():
                                                                "shifted_levels")} | {"dice": round(out[-1]["dice"], 3)}),
                           flush=True)
         calibrate.ORDER_RELABEL, calibrate.SPLIT_FACTOR, calibrate.KEEP_ALL_PIECES = False, None, False
+        calibrate.FILL_HOLES = False
     # summary per recipe, condition and relabel flag
     summary = {}
     for r in out:
