@@ -53,6 +53,7 @@ ORDER_RELABEL = False  # set by --order-relabel
 
 SPLIT_FACTOR = None  # set by --split-factor (relabel_by_order)
 KEEP_ALL_PIECES = False  # --keep-all-pieces / crossval.py "order-split-all:F": no largest-component step after the relabel
+LEVEL_WEIGHTS = None  # --level-weights / crossval.py "...@w1,w2,w3,w4,w5": decision weights of L1..L5 (default 1)
 FILL_HOLES = False  # --fill-holes / crossval.py "order-split-all-fill:F": fill the holes of each level (node: fill_holes)
 
 
@@ -117,6 +118,9 @@ def relabel_by_order(lab, min_voxels=2000, merge_mm=15.0, split_factor=None):
 def decide(logits, background_weight):
     shifted = logits.copy()
     shifted[0] += np.float32(np.log(background_weight))
+    if LEVEL_WEIGHTS is not None:
+        for k, w in enumerate(LEVEL_WEIGHTS, start=1):
+            shifted[k] += np.float32(np.log(w))
     lab = shifted.argmax(0)
     if ORDER_RELABEL:
         lab = relabel_by_order(lab)

@@ -65,9 +65,12 @@ def main():
                 img, gt, first = robustness.moved(img0, gt0, int(s), mode)
                 lg = calibrate.logits_full_res(sess, img, 0) if img.shape[0] == 224 else robustness.logits_padded(sess, img)
                 l1 = np.argwhere(gt == 1)[:, 0]
-                for relabel in args.relabel:
+                for relabel_spec in args.relabel:
                     # "none": the network's labels; "order": relabel_by_order; "order-split:F": with
                     # components larger than F times the median split into the network's labels
+                    # "RELABEL@w1,w2,w3,w4,w5": with decision weights of L1..L5 (background: the chosen w0)
+                    relabel, _, lw = relabel_spec.partition("@")
+                    calibrate.LEVEL_WEIGHTS = [float(x) for x in lw.split(",")] if lw else None
                     calibrate.ORDER_RELABEL = relabel != "none"
                     # "order-split-all:F": the same without the largest-component step afterwards
                     calibrate.SPLIT_FACTOR = float(relabel.split(":")[1]) if relabel.startswith("order-split") else None
@@ -77,7 +80,7 @@ def main():
                     pred = calibrate.decide(lg, w0)
                     d = train.dice_per_level(pred, gt)
                     out.append({"run": run.name, "shift_mode": metrics["shift_mode"], "background_weight": w0,
-                                "val_dice": val_dice, "volume": name, "condition": cond, "order_relabel": relabel,
+                                "val_dice": val_dice, "volume": name, "condition": cond, "order_relabel": relabel_spec,
                                 "dice": float(np.mean(d)), "dice_per_level": [round(x, 3) for x in d],
                                 "shifted_levels": robustness.shifted_levels(pred, gt),
                                 "gt_l1_mm": round(float(l1.mean()) - first, 1) if l1.size else None})
@@ -85,7 +88,7 @@ def main():
                                                                "shifted_levels")} | {"dice": round(out[-1]["dice"], 3)}),
                           flush=True)
         calibrate.ORDER_RELABEL, calibrate.SPLIT_FACTOR, calibrate.KEEP_ALL_PIECES = False, None, False
-        calibrate.FILL_HOLES = False
+        calibrate.FILL_HOLES, calibrate.LEVEL_WEIGHTS = False, None
     # summary per recipe, condition and relabel flag
     summary = {}
     for r in out:
