@@ -617,28 +617,41 @@ def bench_memory(args, out: Path, cases: dict[str, tuple[Path, tuple[int, int, i
     """Peak RSS of `myonode process` per case: name -> (folder, volume shape (z, y, x), analysis).
     The analysis is what the default configuration chooses for the series (its [[routes]]:
     the lumbar series go to the shipped model); it is checked against the job's job.json. The
-    goal's denominator is the f32 volume plus the model file (0 for built-in analyses)."""
+    goal's denominator is the f32 volume plus the model file (0 for built-in analyses).
+    The peak varies between runs (the C library's heap), so each case runs `--memory-repeat`
+    times, every binary once per repetition in turn (`myonode-before` with `--compare-bin`);
+    the row gives the maximum (what the goal is judged on) and every repetition's figure."""
+    binaries = [("myonode", args.bin)] + ([("myonode-before", args.compare_bin)] if args.compare_bin else [])
     rows = []
     for name, (src, shape, analysis) in cases.items():
-        work = out / "memory" / name
-        rss, dt = peak_rss_process(args.bin, src, work)
-        jobs = [json.loads(p.read_text()) for p in (work / "out" / "jobs").glob("*/job.json")]
-        ran = {j["analysis"]["name"] for j in jobs}
         model = REPO / "models" / analysis / "model.onnx"
         want = ({tomllib.loads((REPO / "models" / analysis / "model.toml").read_text())["model"]["name"]}
                 if model.is_file() else {f"myonode {analysis}"})
-        if len(jobs) != 1 or ran != want:
-            raise BenchError(f"memory {name}: expected one job of {want}, got {len(jobs)} of {ran}")
         vol_mib = shape[0] * shape[1] * shape[2] * 4 / 2**20
         model_mib = model.stat().st_size / 2**20 if model.is_file() else 0.0
-        row = {"series": name, "volume_zyx": list(shape), "f32_volume_mib": round(vol_mib, 1),
-               "model_mib": round(model_mib, 1),
-               "analysis": analysis, "peak_rss_mib": round(rss, 1), "seconds": round(dt, 2),
-               "ratio_to_volume_plus_model": round(rss / (vol_mib + model_mib), 2),
-               "goal_lt_3x": rss < 3 * (vol_mib + model_mib)}
-        print(f"  memory {name} ({analysis}): peak RSS {rss:.0f} MiB = {row['ratio_to_volume_plus_model']}x "
-              f"f32 volume + model ({vol_mib:.0f} + {model_mib:.0f} MiB), {dt:.1f} s", flush=True)
-        rows.append(row)
+        runs: dict[str, list[tuple[float, float]]] = {b: [] for b, _ in binaries}
+        for _ in range(max(1, args.memory_repeat)):
+            for label, binary in binaries:
+                work = out / "memory" / name / label
+                rss, dt = peak_rss_process(binary, src, work)
+                jobs = [json.loads(p.read_text()) for p in (work / "out" / "jobs").glob("*/job.json")]
+                ran = {j["analysis"]["name"] for j in jobs}
+                if len(jobs) != 1 or ran != want:
+                    raise BenchError(f"memory {name} ({label}): expected one job of {want}, got {len(jobs)} of {ran}")
+                runs[label].append((rss, dt))
+        for label, _ in binaries:
+            rss = max(r for r, _ in runs[label])
+            dt = statistics.median(d for _, d in runs[label])
+            row = {"series": name, "binary": label, "volume_zyx": list(shape), "f32_volume_mib": round(vol_mib, 1),
+                   "model_mib": round(model_mib, 1),
+                   "analysis": analysis, "peak_rss_mib": round(rss, 1), "seconds": round(dt, 2),
+                   "peak_rss_mib_runs": [round(r, 1) for r, _ in runs[label]],
+                   "ratio_to_volume_plus_model": round(rss / (vol_mib + model_mib), 2),
+                   "goal_lt_3x": rss < 3 * (vol_mib + model_mib)}
+            print(f"  memory {name} ({analysis}, {label}): peak RSS {rss:.0f} MiB (runs "
+                  f"{', '.join(f'{r:.0f}' for r, _ in runs[label])}) = {row['ratio_to_volume_plus_model']}x "
+                  f"f32 volume + model ({vol_mib:.0f} + {model_mib:.0f} MiB), {dt:.1f} s", flush=True)
+            rows.append(row)
     return rows
 
 
@@ -747,11 +760,13 @@ def table(res: dict) -> str:
         out.append("")
     if res.get("memory"):
         out += ["## Memory (myonode process)", "",
-                "| series | analysis | shape z,y,x | f32 volume MiB | model MiB | peak RSS MiB | ratio | < 3x | s |",
-                "|---|---|---|---:|---:|---:|---:|---|---:|"]
+                "| series | binary | analysis | shape z,y,x | f32 volume MiB | model MiB | peak RSS MiB (max) | runs | ratio | < 3x | s |",
+                "|---|---|---|---|---:|---:|---:|---|---:|---|---:|"]
         for r in res["memory"]:
-            out.append(f"| {r['series']} | {r['analysis']} | {r['volume_zyx']} | {r['f32_volume_mib']} | {r['model_mib']} | "
-                       f"{r['peak_rss_mib']} | {r['ratio_to_volume_plus_model']} | {r['goal_lt_3x']} | {r['seconds']} |")
+            out.append(f"| {r['series']} | {r.get('binary', 'myonode')} | {r['analysis']} | {r['volume_zyx']} | "
+                       f"{r['f32_volume_mib']} | {r['model_mib']} | {r['peak_rss_mib']} | "
+                       f"{', '.join(str(x) for x in r.get('peak_rss_mib_runs', []))} | "
+                       f"{r['ratio_to_volume_plus_model']} | {r['goal_lt_3x']} | {r['seconds']} |")
         out.append("")
     if res.get("scaling"):
         s = res["scaling"]
@@ -783,6 +798,8 @@ def main(argv=None) -> int:
                     help="warm-up series sent at once before each measured series: one per segment worker "
                          "(conf default segment.workers = 2)")
     ap.add_argument("--latency-repeat", type=int, default=1, help="repetitions of the latency section (median reported)")
+    ap.add_argument("--memory-repeat", type=int, default=1,
+                    help="repetitions of each memory case (the maximum peak RSS is reported)")
     ap.add_argument("--analyses", default=None, help="latency analyses, comma-separated (default body-mask[,lumbar-vertebrae-mr])")
     ap.add_argument("--lumbar-cases", choices=["both", "water-only"], default="both",
                     help="latency of the lumbar model: with the default assemble.dixon_channels (waits "
@@ -795,7 +812,7 @@ def main(argv=None) -> int:
     ap.add_argument("--edge-3d", type=int, default=128)
     ap.add_argument("--keep", action="store_true", help="keep the servers' output folders")
     ap.add_argument("--compare-bin", type=Path, default=None,
-                    help="an earlier myonode binary, measured as server `myonode-before` in the receive section")
+                    help="an earlier myonode binary, measured as `myonode-before` in the receive and memory sections")
     args = ap.parse_args(argv)
     sections = set(args.sections.split(","))
     if args.quick:

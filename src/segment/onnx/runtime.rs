@@ -177,6 +177,53 @@ pub fn open_session(model: &Path, cfg: &SegmentConfig) -> Result<(Session, Vec<E
     if !report.iter().any(|s| s.active) {
         warn!(model = %model.display(), "no requested execution provider registered; ONNX Runtime falls back to CPU");
     }
-    let session = builder.commit_from_file(model).map_err(|e| sess_err(e.to_string()))?;
+    let session = with_load_heap(|| builder.commit_from_file(model)).map_err(|e| sess_err(e.to_string()))?;
     Ok((session, report))
+}
+
+/// glibc's `M_MMAP_THRESHOLD` while a session is created: blocks of at least this size get
+/// their own mapping, so the load's transient buffers go back to the system when freed.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const LOAD_MMAP_THRESHOLD: libc::c_int = 256 * 1024;
+
+/// glibc's `M_MMAP_THRESHOLD` after a session is created: 32 MiB, the largest value glibc's
+/// own dynamic threshold reaches on 64-bit systems (`DEFAULT_MMAP_THRESHOLD_MAX`), so that
+/// the buffers of every `Session::run` are reused from the heap instead of being mapped
+/// (and page-faulted in) afresh on each run.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const RUN_MMAP_THRESHOLD: libc::c_int = 32 * 1024 * 1024;
+
+/// Run `load` (ONNX Runtime session creation) so that the memory it only needs while loading
+/// is returned to the system afterwards; sessions are created one at a time.
+///
+/// Creating a session parses the model, copies its initializers, optimises the graph and
+/// prepacks weights; most of those buffers are freed again, but with glibc's default
+/// (dynamic) mmap threshold they are taken from the heap and stay resident below live data.
+/// For the shipped 29.7 MiB model that was ~40 MiB of the ~83 MiB a session seemed to hold
+/// (`docs/PERFORMANCE.md`, tenth round). Here the threshold is lowered to
+/// [`LOAD_MMAP_THRESHOLD`] during the load, then fixed at [`RUN_MMAP_THRESHOLD`] with the trim
+/// threshold at twice that (what glibc's dynamic rule would set; a fixed mmap threshold
+/// otherwise leaves the trim threshold at 128 KiB, and every run would give back and fault in
+/// its buffers again), and `malloc_trim(0)` releases the free pages of every arena. The threshold is process-wide:
+/// an inference running on another worker during a load gets its large buffers mapped for
+/// that time, which costs speed, not memory. Other C libraries: `load` runs unchanged.
+fn with_load_heap<T>(load: impl FnOnce() -> T) -> T {
+    static LOADING: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = LOADING.lock().unwrap_or_else(|p| p.into_inner());
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt and malloc_trim only change glibc's allocation policy and release free
+    // pages; they are thread-safe (each takes the arena locks) and touch no Rust-owned memory.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, LOAD_MMAP_THRESHOLD);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 2 * LOAD_MMAP_THRESHOLD);
+    }
+    let out = load();
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: as above.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, RUN_MMAP_THRESHOLD);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 2 * RUN_MMAP_THRESHOLD);
+        libc::malloc_trim(0);
+    }
+    out
 }
