@@ -160,8 +160,13 @@ def main():
                     help="with --order-relabel: keep every piece the relabel assigned to a level (no largest "
                          "component per label afterwards; node: largest_component = false). Chosen by "
                          "crossval.py order-split-all (MODEL_CARD.md, session 13)")
+    ap.add_argument("--background-weight", type=float, default=None,
+                    help="use this w_0 and do not choose it on the validation split (for a model trained with "
+                         "train.py --refit, whose training data include the validation volumes)")
     args = ap.parse_args()
     global ORDER_RELABEL, SPLIT_FACTOR, KEEP_ALL_PIECES
+    if args.validation_only and args.background_weight is not None:
+        ap.error("--validation-only chooses the weight on validation; it excludes --background-weight")
     ORDER_RELABEL = args.order_relabel
     SPLIT_FACTOR = args.split_factor
     KEEP_ALL_PIECES = args.keep_all_pieces and args.order_relabel
@@ -172,18 +177,21 @@ def main():
     _, val_f, test_f = train.split(files)
 
     val = []
-    for f in val_f:
+    for f in ([] if args.background_weight is not None else val_f):
         img, gt = train.load(f)
         val.append((logits_full_res(sess, img, context), gt))
     table = []
-    for w in GRID:
+    for w in ([] if args.background_weight is not None else GRID):
         preds = [decide(lg, w) for lg, _ in val]
         dice = [float(np.mean(train.dice_per_level(p, gt))) for p, (_, gt) in zip(preds, val)]
         order = [train.level_order_ok(p) for p in preds]
         table.append({"background_weight": w, "val_mean_dice": float(np.mean(dice)), "val_order_ok": sum(order)})
         print(json.dumps(table[-1]), flush=True)
-    ok = [r for r in table if r["val_order_ok"] == len(val)] or table
-    chosen = max(ok, key=lambda r: r["val_mean_dice"])["background_weight"]
+    if args.background_weight is not None:
+        chosen = args.background_weight
+    else:
+        ok = [r for r in table if r["val_order_ok"] == len(val)] or table
+        chosen = max(ok, key=lambda r: r["val_mean_dice"])["background_weight"]
     del val
     if args.validation_only:
         args.out.write_text(json.dumps({"model": str(args.model), "grid": table, "background_weight": chosen,
@@ -200,6 +208,7 @@ def main():
                # the node's per-label largest_component (model.toml [[labels]]) that matches decide()
                "largest_component": not KEEP_ALL_PIECES,
                "grid": table, "background_weight": chosen,
+               "background_weight_fixed": args.background_weight is not None,
                "validation": [f.name for f in val_f], "test": [f.name for f in test_f]}
     for name, w in (("uncalibrated", 1.0), ("calibrated", chosen)):
         per_volume = {}

@@ -278,6 +278,10 @@ def main():
                     help="cross-validation: hold out training volumes train[K::--cv-folds] (recorded as cv_heldout in "
                          "metrics.json) and train on the rest; the test split is not read")
     ap.add_argument("--cv-folds", type=int, default=3)
+    ap.add_argument("--refit", action="store_true",
+                    help="train on the training and validation volumes together (35) and keep the final weights: "
+                         "no validation, no checkpoint selection (the recipe's settings were chosen on validation "
+                         "before; MODEL_CARD.md, 1.3.0 attempt)")
     args = ap.parse_args()
     global CONTEXT
     CONTEXT = args.context
@@ -294,6 +298,10 @@ def main():
         heldout_f = train_f[args.cv_fold::args.cv_folds]
         train_f = [f for f in train_f if f not in heldout_f]
         test_f = []
+    if args.refit:
+        if args.cv_fold is not None:
+            raise SystemExit("--refit and --cv-fold exclude each other")
+        train_f, val_f = train_f + val_f, []
     if args.smoke:
         train_f, val_f, test_f = train_f[:2], val_f[:1], []
     t0 = time.time()
@@ -349,7 +357,7 @@ def main():
         opt.step()
         losses.append(float(loss))
         step += 1
-        if step % args.val_every == 0 or args.smoke and step % 4 == 0:
+        if val and (step % args.val_every == 0 or args.smoke and step % 4 == 0):
             scores = [dice_per_level(predict_volume(model, im), gt) for im, gt in val]
             order = [level_order_ok(predict_volume(model, im)) for im, _ in val] if not args.smoke else []
             mean = float(np.mean(scores))
@@ -371,7 +379,7 @@ def main():
                "augmentation": args.aug, "seed": args.seed,
                "init": str(args.init) if args.init else None, "peak_lr": args.lr,
                "shift_rows": args.shift_rows, "shift_mode": args.shift_mode,
-               "cv_heldout": [f.name for f in heldout_f]}
+               "cv_heldout": [f.name for f in heldout_f], "refit": args.refit}
     per_volume = {}
     for f in test_f:
         img, gt = load(f)
