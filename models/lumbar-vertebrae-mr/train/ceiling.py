@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-NUM_CLASSES = 6
+from scoring import NUM_CLASSES, dice_per_level
 
 
 def data_dir() -> Path:
@@ -56,15 +56,6 @@ def grid_ceiling(gt):
     onehot = np.stack([(gt == v).astype(np.float32) for v in range(NUM_CLASSES)])
     coarse = onehot.reshape(NUM_CLASSES, h // 2, 2, w // 2, 2, s).mean(axis=(2, 4))
     return upsample2(upsample2(coarse, 1), 2).argmax(0)
-
-
-def dice_per_level(pred, gt):
-    out = []
-    for v in range(1, NUM_CLASSES):
-        a, b = pred == v, gt == v
-        t = a.sum() + b.sum()
-        out.append(float(2 * (a & b).sum() / t) if t else 1.0)
-    return out
 
 
 def copy_runs(gt):

@@ -26,6 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from scoring import dice_per_level  # noqa: F401 (train.dice_per_level is used by the other tools)
+
 NUM_CLASSES = 6
 LEVELS = ["L1", "L2", "L3", "L4", "L5"]
 
@@ -153,13 +155,6 @@ def largest_component_per_label(lab):
     return out
 
 
-def dice_per_level(pred, gt):
-    d = []
-    for v in range(1, NUM_CLASSES):
-        a, b = pred == v, gt == v
-        s = a.sum() + b.sum()
-        d.append(float(2 * (a & b).sum() / s) if s else 1.0)
-    return d
 
 
 def level_order_ok(pred):
